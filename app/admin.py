@@ -1,0 +1,144 @@
+"""Topic checks and creation at start: sources must exist and be co-partitioned; internal topics
+(changelogs, dead letters) are created by the framework with the configured replication factor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import for_code
+
+from app.app import App
+from app.errors import ConfigurationError, CopartitioningError, TopicNotFoundError
+
+__all__ = ["InternalTopic", "TopicAdmin", "internal_topics"]
+
+log = logging.getLogger("onceflow.admin")
+_TOPIC_ALREADY_EXISTS = 36
+_UNKNOWN_TOPIC = 3
+
+
+@dataclass(frozen=True)
+class InternalTopic:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def internal_topics(app: App, partitions: dict[str, int]) -> list[InternalTopic]:
+    """The changelog of every table (partitions = its group's) and the dead-letter topic."""
+    topics = []
+    for table in app.tables.values():
+        if table.group not in partitions:
+            raise ConfigurationError(
+                f"table {table.name!r} is in task group {table.group!r}, which has no handler"
+            )
+        config = {"cleanup.policy": "compact"}
+        retention = getattr(table, "retention_ms", None)
+        if retention is not None:
+            # Windowed changelogs also expire: keep a day beyond the store's own retention, as
+            # Kafka Streams does, so a restore always finds every live window.
+            config = {
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(retention + 86_400_000),
+            }
+        topics.append(InternalTopic(table.changelog_topic, partitions[table.group], config))
+    topics.append(InternalTopic(app.dlq_topic, max(partitions.values(), default=1)))
+    return topics
+
+
+class TopicAdmin:
+    """Checks and creates the app's topics through one admin client."""
+
+    def __init__(self, client: AIOKafkaAdminClient, *, replication_factor: int) -> None:
+        self._client = client
+        self._replication_factor = replication_factor
+
+    async def partition_counts(self, topics: Iterable[str]) -> dict[str, int]:
+        """Partitions per existing topic; missing topics are left out."""
+        names = list(topics)
+        counts: dict[str, int] = {}
+        for meta in await self._client.describe_topics(names):
+            if meta["error_code"] == 0:
+                counts[meta["topic"]] = len(meta["partitions"])
+            elif meta["error_code"] != _UNKNOWN_TOPIC:
+                raise for_code(meta["error_code"])(f"describing topic {meta['topic']!r}")
+        return counts
+
+    async def check_sources(self, app: App) -> dict[str, int]:
+        """Partition count of each task group; fail on a missing or mis-partitioned source."""
+        groups = app.groups()
+        if not groups:
+            raise ConfigurationError(f"app {app.app_id!r} has no handlers: nothing to run")
+        counts = await self.partition_counts(t for topics in groups.values() for t in topics)
+        missing = sorted({t for topics in groups.values() for t in topics} - counts.keys())
+        if missing:
+            raise TopicNotFoundError(
+                f"source topic(s) {', '.join(map(repr, missing))} do not exist on the cluster; "
+                "create them (`onceflow topics create MODULE`) and restart"
+            )
+        result = {}
+        for group, topics in groups.items():
+            found = {t: counts[t] for t in topics}
+            if len(set(found.values())) > 1:
+                detail = ", ".join(f"{t!r}: {n}" for t, n in found.items())
+                raise CopartitioningError(
+                    f"task group {group!r} reads topics with different partition counts ({detail});"
+                    " co-partitioned sources need equal counts — repartition or split the group"
+                )
+            result[group] = next(iter(found.values()))
+        return result
+
+    async def ensure(self, topics: list[InternalTopic]) -> None:
+        """Create the missing internal topics; check the partitions of the existing ones."""
+        existing = await self.partition_counts(t.name for t in topics)
+        for topic in topics:
+            if topic.name in existing and existing[topic.name] != topic.partitions:
+                raise ConfigurationError(
+                    f"internal topic {topic.name!r} has {existing[topic.name]} partitions but the "
+                    f"sources have {topic.partitions}; delete it (and the state dir) to rebuild"
+                )
+        wanted = [t for t in topics if t.name not in existing]
+        if not wanted:
+            return
+        rf = await self._resolve_replication_factor()
+        new = [NewTopic(t.name, t.partitions, rf, topic_configs=t.config) for t in wanted]
+        response = await self._client.create_topics(new)
+        for name, code, *rest in response.topic_errors:
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                message = rest[0] if rest else ""
+                raise ConfigurationError(
+                    f"cannot create internal topic {name!r} (replication factor {rf}): "
+                    f"{for_code(code).__name__} {message}"
+                )
+            log.info("created internal topic %s (partitions=%d, rf=%d)", name, len(new), rf)
+        await self._wait_visible([t.name for t in wanted])
+
+    async def _wait_visible(self, names: list[str], timeout_s: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if len(await self.partition_counts(names)) == len(names):
+                return
+            await asyncio.sleep(0.2)
+        raise ConfigurationError(f"internal topics {names} not visible after {timeout_s}s")
+
+    async def _resolve_replication_factor(self) -> int:
+        if self._replication_factor > 0:
+            return self._replication_factor
+        # CreateTopics below v4 (all aiokafka speaks) cannot say "broker default": ask for it.
+        cluster = await self._client.describe_cluster()
+        broker = str(cluster["brokers"][0]["node_id"])
+        resource = ConfigResource(
+            ConfigResourceType.BROKER, broker, configs={"default.replication.factor": None}
+        )
+        for response in await self._client.describe_configs([resource]):
+            for _code, _msg, _type, _name, entries in response.resources:
+                for entry in entries:
+                    if entry[0] == "default.replication.factor":
+                        return min(int(entry[1]), len(cluster["brokers"]))
+        return 1

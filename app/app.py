@@ -1,0 +1,194 @@
+"""``App``: the declaration of a onceflow service — topics, handlers and tables.
+
+The App holds no connections; ``onceflow worker`` (``app.worker.Worker``) runs it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal, TypeVar, cast
+
+from app.context import Context
+from app.errors import ConfigurationError
+from app.serdes import Serde, resolve_serde
+from app.tables import Table, WindowedTable
+from app.topics import Topic
+from app.windows import Hopping, Tumbling
+
+__all__ = ["App", "Handler", "HandlerFn"]
+
+HandlerFn = Callable[[Context, Any, Any], Awaitable[None]]
+F = TypeVar("F", bound=HandlerFn)
+DEFAULT_GROUP = "0"
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A registered handler: its coroutine, source topics and task group."""
+
+    fn: HandlerFn
+    topics: tuple[Topic[Any, Any], ...]
+    group: str
+    max_retries: int | None
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__qualname__", repr(self.fn))
+
+
+def _ms(value: timedelta | int | None) -> int | None:
+    if value is None:
+        return None
+    return int(value.total_seconds() * 1000) if isinstance(value, timedelta) else int(value)
+
+
+class App:
+    """A stream-processing service: declare topics, tables and handlers, then run it with
+    ``onceflow worker module:app``.
+
+    ``app_id`` names the consumer group, prefixes the transactional ids and the internal topics
+    (``<app_id>-<table>-changelog``, ``<app_id>-dlq``). ``ONCEFLOW_APP_ID`` overrides it.
+
+    Handlers are grouped into task groups (``group=``, default ``"0"``): the source topics of one
+    group are co-partitioned, one task per partition number owns their partitions and the
+    group's tables, and each task has its own transactional producer.
+    """
+
+    def __init__(self, app_id: str, *, error_policy: Literal["dlq", "fail"] | None = None):
+        if not app_id or any(c.isspace() for c in app_id):
+            raise ConfigurationError(f"App id {app_id!r} must be a non-empty word")
+        self.app_id = app_id
+        self.error_policy = error_policy
+        self.topics: dict[str, Topic[Any, Any]] = {}
+        self.handlers: dict[str, Handler] = {}
+        self.tables: dict[str, Table[Any, Any] | WindowedTable[Any, Any]] = {}
+
+    # -- declarations --------------------------------------------------------------------------
+
+    def topic(
+        self,
+        name: str,
+        *,
+        key_serde: str | Serde[Any] = "bytes",
+        value_serde: str | Serde[Any] = "bytes",
+        partitions: int | None = None,
+    ) -> Topic[Any, Any]:
+        """Declare a topic (source or sink) with its serdes: "bytes", "str", "json", "int64"…"""
+        if name in self.topics:
+            raise ConfigurationError(f"topic {name!r} is declared twice")
+        topic = Topic.of(name, key_serde, value_serde, partitions=partitions)
+        self.topics[name] = topic
+        return topic
+
+    def handler(
+        self,
+        *topics: Topic[Any, Any],
+        group: str = DEFAULT_GROUP,
+        max_retries: int | None = None,
+    ) -> Callable[[F], F]:
+        """Register ``async def fn(ctx, key, value)`` for records of ``topics``.
+
+        A handler that raises is retried (``max_retries``, default ``ONCEFLOW_MAX_RETRIES``,
+        with backoff); then the record goes to the dead-letter topic, or the task stops under
+        error policy ``fail``.
+        """
+        if not topics:
+            raise ConfigurationError("@app.handler needs at least one source topic")
+
+        def register(fn: F) -> F:
+            if not inspect.iscoroutinefunction(cast(Any, fn)):
+                raise ConfigurationError(f"handler {fn.__qualname__} must be an async def")
+            for topic in topics:
+                if topic.name in self.handlers:
+                    raise ConfigurationError(
+                        f"topic {topic.name!r} already has handler "
+                        f"{self.handlers[topic.name].name}; one handler per source topic"
+                    )
+                self.handlers[topic.name] = Handler(fn, tuple(topics), group, max_retries)
+            return fn
+
+        return register
+
+    def table(
+        self,
+        name: str,
+        *,
+        default: Any = None,
+        key_serde: str | Serde[Any] = "str",
+        value_serde: str | Serde[Any] = "json",
+        group: str = DEFAULT_GROUP,
+    ) -> Table[Any, Any]:
+        """Declare a key-value table. ``default`` (a value or a zero-argument callable) is what
+        ``get`` returns for a missing key."""
+        table: Table[Any, Any] = Table(
+            self._table_name(name),
+            app_id=self.app_id,
+            key_serde=resolve_serde(key_serde),
+            value_serde=resolve_serde(value_serde),
+            default=default,
+            group=group,
+        )
+        self.tables[name] = table
+        return table
+
+    def windowed_table(
+        self,
+        name: str,
+        *,
+        window: Tumbling | Hopping,
+        grace: timedelta | int = 0,
+        retention: timedelta | int | None = None,
+        emit: Literal["update", "close"] = "update",
+        default: Any = None,
+        key_serde: str | Serde[Any] = "str",
+        value_serde: str | Serde[Any] = "json",
+        group: str = DEFAULT_GROUP,
+    ) -> WindowedTable[Any, Any]:
+        """Declare a windowed table: one value per key and window (``grace``/``retention`` as
+        ``timedelta`` or milliseconds)."""
+        table: WindowedTable[Any, Any] = WindowedTable(
+            self._table_name(name),
+            app_id=self.app_id,
+            window=window,
+            grace_ms=_ms(grace) or 0,
+            retention_ms=_ms(retention),
+            emit=emit,
+            key_serde=resolve_serde(key_serde),
+            value_serde=resolve_serde(value_serde),
+            default=default,
+            group=group,
+        )
+        self.tables[name] = table
+        return table
+
+    def _table_name(self, name: str) -> str:
+        if name in self.tables:
+            raise ConfigurationError(f"table {name!r} is declared twice")
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigurationError(f"table name {name!r} must be a plain word (used in paths)")
+        return name
+
+    # -- derived -------------------------------------------------------------------------------
+
+    def with_app_id(self, app_id: str) -> None:
+        """Rename the app (``ONCEFLOW_APP_ID``) before it runs; tables follow the new id."""
+        self.app_id = app_id
+        for table in self.tables.values():
+            table.changelog_topic = f"{app_id}-{table.name}-changelog"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.app_id}-dlq"
+
+    def groups(self) -> dict[str, list[str]]:
+        """Task group -> its source topic names, in declaration order."""
+        groups: dict[str, list[str]] = {}
+        for topic, handler in self.handlers.items():
+            groups.setdefault(handler.group, []).append(topic)
+        return groups
+
+    def tables_of(self, group: str) -> list[Table[Any, Any] | WindowedTable[Any, Any]]:
+        return [t for t in self.tables.values() if t.group == group]

@@ -1,0 +1,161 @@
+"""The ``onceflow`` command line.
+
+onceflow worker MODULE[:ATTR]            run the App found there (attribute ``app`` by default)
+onceflow topics create MODULE[:ATTR]     create the App's source topics
+onceflow send TOPIC VALUE [--key K]      produce one record (for trying things)
+onceflow tables get TABLE KEY            read a key's committed value through the HTTP API
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+
+from app.app import App
+from app.errors import ConfigurationError, OnceflowError
+from app.logs import configure_logging
+from app.settings import Settings, load_settings
+
+__all__ = ["load_app", "main"]
+
+log = logging.getLogger("onceflow.cli")
+
+
+def load_app(spec: str) -> App:
+    """Import ``module[:attr]`` and return the App there."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    app = getattr(module, attr or "app", None)
+    if not isinstance(app, App):
+        raise ConfigurationError(
+            f"{spec!r} is not an onceflow App (looked for attribute "
+            f"{attr or 'app'!r} in module {module_name!r})"
+        )
+    return app
+
+
+async def _run_worker(app: App, settings: Settings) -> None:
+    from app.worker import Worker
+
+    worker = Worker(app, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+
+async def _create_topics(app: App, settings: Settings, partitions: int, rf: int) -> None:
+    from aiokafka.admin import NewTopic
+
+    from app.admin import TopicAdmin
+    from app.clients import Clients
+
+    client = Clients(settings, client_id="onceflow-cli").admin()
+    await client.start()
+    try:
+        existing = await TopicAdmin(client, replication_factor=rf).partition_counts(app.handlers)
+        wanted = [
+            NewTopic(name, app.topics[name].partitions or partitions, rf if rf > 0 else 1)
+            for name in app.handlers
+            if name not in existing
+        ]
+        if wanted:
+            await client.create_topics(wanted)
+        for name in app.handlers:
+            state = "exists" if name in existing else "created"
+            print(f"{name}: {state}")
+    finally:
+        await client.close()
+
+
+async def _send(settings: Settings, topic: str, value: str, key: str | None) -> None:
+    from app.clients import Clients
+
+    producer = Clients(settings, client_id="onceflow-cli").producer()
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(
+            topic, value=value.encode(), key=key.encode() if key is not None else None
+        )
+        print(f"{topic}[{meta.partition}]@{meta.offset}")
+    finally:
+        await producer.stop()
+
+
+def _get_table(settings: Settings, url: str | None, table: str, key: str) -> int:
+    import httpx
+
+    base = (url or f"http://127.0.0.1:{settings.http_port}").rstrip("/")
+    headers = {}
+    if settings.http_token is not None:
+        headers["Authorization"] = f"Bearer {settings.http_token.get_secret_value()}"
+    response = httpx.get(f"{base}/tables/{table}/keys/{key}", headers=headers, timeout=10)
+    print(response.text)
+    return 0 if response.status_code == 200 else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onceflow",
+        description="Exactly-once stateful stream processing on Apache Kafka. "
+        "Settings come from ONCEFLOW_* environment variables (see the README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker", help="run an App (MODULE[:ATTR], attribute 'app' by default)")
+    worker.add_argument("app", metavar="MODULE[:ATTR]")
+    topics = sub.add_parser("topics", help="manage the App's source topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    create = topics_sub.add_parser("create", help="create the App's source topics if missing")
+    create.add_argument("app", metavar="MODULE[:ATTR]")
+    create.add_argument("--partitions", type=int, default=6)
+    create.add_argument("--replication-factor", type=int, default=-1)
+    send = sub.add_parser("send", help="produce one record with a UTF-8 value (and key)")
+    send.add_argument("topic")
+    send.add_argument("value")
+    send.add_argument("--key")
+    tables = sub.add_parser("tables", help="query tables through a worker's HTTP API")
+    tables_sub = tables.add_subparsers(dest="tables_command", required=True)
+    get = tables_sub.add_parser("get", help="a key's committed value")
+    get.add_argument("table")
+    get.add_argument("key")
+    get.add_argument("--url", help="worker URL (default http://127.0.0.1:$ONCEFLOW_HTTP_PORT)")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "worker":
+        asyncio.run(_run_worker(load_app(args.app), settings))
+    elif args.command == "topics":
+        asyncio.run(
+            _create_topics(load_app(args.app), settings, args.partitions, args.replication_factor)
+        )
+    elif args.command == "send":
+        asyncio.run(_send(settings, args.topic, args.value, args.key))
+    elif args.command == "tables":
+        return _get_table(settings, args.url, args.table, args.key)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(f"onceflow: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    sys.path.insert(0, ".")
+    try:
+        return _dispatch(args, settings)
+    except OnceflowError as exc:
+        print(f"onceflow: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

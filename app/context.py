@@ -1,0 +1,130 @@
+"""The per-record context handed to every handler.
+
+A ``Context`` carries the record's metadata and stages the record's effects — sends and table
+writes — so that a handler attempt that raises leaves nothing behind: its effects are applied to
+the task's open transaction only when the handler returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+from app.topics import Topic
+
+if TYPE_CHECKING:
+    from app.task import Task
+
+__all__ = ["Context", "Header", "OutgoingRecord"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+Header = tuple[str, bytes]
+_ABSENT = object()
+
+
+class OutgoingRecord(NamedTuple):
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[Header]
+    partition: int | None
+    timestamp_ms: int | None
+
+
+class Context:
+    """What a handler knows about the record it handles, and how it acts.
+
+    Example::
+
+        @app.handler(orders)
+        async def enrich(ctx: Context, key: str, order: dict) -> None:
+            if ctx.timestamp < cutoff:
+                return
+            await ctx.send(enriched, key, {**order, "partition": ctx.partition})
+    """
+
+    __slots__ = (
+        "_sends",
+        "_staged",
+        "_task",
+        "headers",
+        "key_bytes",
+        "offset",
+        "partition",
+        "timestamp",
+        "topic",
+    )
+
+    def __init__(
+        self,
+        task: Task,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: int,
+        headers: Sequence[Header],
+        key_bytes: bytes | None,
+    ) -> None:
+        self._task = task
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp
+        self.headers = headers
+        self.key_bytes = key_bytes
+        self._sends: list[OutgoingRecord] = []
+        # (store name, store key) -> serialized value, or None for a delete
+        self._staged: dict[tuple[str, bytes], bytes | None] = {}
+
+    @property
+    def task_id(self) -> str:
+        """The task handling this record, e.g. ``"0_3"`` (group 0, partition 3)."""
+        return self._task.task_id
+
+    @property
+    def stream_time(self) -> int:
+        """The largest record timestamp this task has seen (event time, ms)."""
+        return self._task.stream_time
+
+    async def send(
+        self,
+        topic: Topic[K, V],
+        key: K | None,
+        value: V | None,
+        *,
+        headers: Sequence[Header] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Send a record as part of this task's current transaction.
+
+        The record is serialized now (a serde error fails this handler attempt) and handed to the
+        producer once the handler returns. Under exactly-once it becomes visible to
+        ``read_committed`` consumers when the task commits.
+        """
+        key_bytes = None if key is None else topic.key_serde.serialize(key)
+        value_bytes = None if value is None else topic.value_serde.serialize(value)
+        self._sends.append(
+            OutgoingRecord(
+                topic.name,
+                key_bytes,
+                value_bytes,
+                list(headers) if headers else [],
+                partition,
+                timestamp_ms,
+            )
+        )
+
+    # -- used by tables ---------------------------------------------------------------------
+
+    def _staged_get(self, store: str, key: bytes) -> Any:
+        """The value staged by this record for ``key``, or ``_ABSENT``."""
+        return self._staged.get((store, key), _ABSENT)
+
+    def _stage(self, store: str, key: bytes, value: bytes | None) -> None:
+        self._staged[(store, key)] = value
+
+
+ABSENT = _ABSENT

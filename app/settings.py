@@ -1,0 +1,131 @@
+"""Runtime settings, read once from ``ONCEFLOW_*`` environment variables at start.
+
+Components receive typed values from a ``Settings`` instance and never read ``os.environ``
+themselves. A bad value fails at start with a message that names the variable and what it
+accepts (see ``load_settings``).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.errors import ConfigurationError
+
+__all__ = ["ProcessingGuarantee", "Settings", "load_settings"]
+
+ProcessingGuarantee = Literal["exactly_once", "at_least_once"]
+
+
+class Settings(BaseSettings):
+    """Every ``ONCEFLOW_`` setting, with defaults that work against a local broker."""
+
+    model_config = SettingsConfigDict(env_prefix="ONCEFLOW_", extra="ignore", frozen=True)
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str | None = None
+    processing_guarantee: ProcessingGuarantee = "exactly_once"
+    commit_interval_ms: int | None = Field(default=None, ge=1)
+    commit_every: int = Field(default=10_000, ge=1)
+    state_dir: Path = Path("/tmp/onceflow-state")
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_enabled: bool = True
+    http_token: SecretStr | None = None
+    advertised_url: str | None = None
+    replication_factor: int = Field(default=-1, ge=-1)
+    group_instance_id: str | None = None
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    transaction_timeout_ms: int = Field(default=60_000, ge=1000)
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    shutdown_grace_ms: int = Field(default=30_000, ge=0)
+    max_poll_records: int = Field(default=2_000, ge=1)
+    stuck_after_ms: int = Field(default=120_000, ge=1000)
+    error_policy: Literal["dlq", "fail"] = "dlq"
+    max_retries: int = Field(default=3, ge=0)
+    retry_backoff_ms: int = Field(default=100, ge=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("processing_guarantee", mode="before")
+    @classmethod
+    def _alias_v2(cls, value: Any) -> Any:
+        # Kafka Streams calls the same protocol exactly_once_v2; accept its spelling.
+        return "exactly_once" if value == "exactly_once_v2" else value
+
+    @property
+    def eos(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
+
+    @property
+    def effective_commit_interval_ms(self) -> int:
+        """100 ms under exactly-once and 5 s under at-least-once, as in Kafka Streams."""
+        if self.commit_interval_ms is not None:
+            return self.commit_interval_ms
+        return 100 if self.eos else 5_000
+
+    def effective_advertised_url(self, port: int | None = None) -> str:
+        if self.advertised_url:
+            return self.advertised_url.rstrip("/")
+        host = self.http_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return f"http://{host}:{port if port is not None else self.http_port}"
+
+    def kafka_security(self) -> dict[str, Any]:
+        """Keyword arguments for every aiokafka client (consumer, producers, admin, restore)."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+                password=self.ssl_password.get_secret_value() if self.ssl_password else None,
+            )
+        return kwargs
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (plus explicit overrides) or raise a ``ConfigurationError``.
+
+    The error names each bad variable as it is spelled in the environment, e.g.
+    ``ONCEFLOW_PROCESSING_GUARANTEE: Input should be 'exactly_once' or 'at_least_once'``.
+    """
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = "_".join(str(p) for p in err["loc"])
+            # Never echo what was given for a secret, even a malformed one.
+            shown = "***" if field.endswith(("password", "token")) else repr(err.get("input"))
+            lines.append(f"ONCEFLOW_{field.upper()}: {err['msg']} (got {shown})")
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    if settings.security_protocol.startswith("SASL") and not settings.sasl_username:
+        raise ConfigurationError(
+            f"ONCEFLOW_SASL_USERNAME: required when ONCEFLOW_SECURITY_PROTOCOL="
+            f"{settings.security_protocol}"
+        )
+    return settings

@@ -1,0 +1,417 @@
+"""A task: partition ``p`` of one task group — its source partitions, its tables' store
+partitions and its own transactional producer.
+
+Lifecycle: ``start()`` (fence the previous owner, seek to the committed offsets, restore the
+stores, resume) → ``process()`` / ``commit()`` → ``close()``. A task never outlives a failure:
+the worker closes it and builds a fresh one from the committed state (see ``app.worker``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from state.partition import open_store
+from state.windowed import WindowedStorePartition
+
+from app.context import Context, OutgoingRecord
+from app.errors import HandlerFailedError, SerdeError, TaskFencedError
+from app.producers import FENCING_ERRORS, Sink, TaskCorruptedError
+from app.tables import Table, WindowedTable
+from state.restore import RestoreCancelledError, RestoreProgress, restore_partition
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import ConsumerRecord
+    from state.typing import StorePartition
+
+    from app.app import App, Handler
+    from app.metrics import Metrics
+    from app.settings import Settings
+    from state.restore import ConsumerFactory
+
+__all__ = ["Task", "TaskState"]
+
+log = logging.getLogger("onceflow.task")
+
+
+class TaskState(enum.StrEnum):
+    CREATED = "created"
+    RESTORING = "restoring"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+class Task:
+    """One unit of exactly-once processing (Kafka Streams' task)."""
+
+    def __init__(
+        self,
+        *,
+        app: App,
+        group: str,
+        partition: int,
+        num_partitions: int,
+        sink: Sink,
+        consumer: AIOKafkaConsumer,
+        consumer_factory: ConsumerFactory,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self.app = app
+        self.group = group
+        self.partition = partition
+        self.num_partitions = num_partitions
+        self.task_id = f"{group}_{partition}"
+        self.tps = [TopicPartition(t, partition) for t in app.groups()[group]]
+        self.sink = sink
+        self.state = TaskState.CREATED
+        self.stream_time = -1
+        self.restores: dict[str, RestoreProgress] = {}
+        self.closing = False  # set when the task is revoked while it starts
+        self._consumer = consumer
+        self._consumer_factory = consumer_factory
+        self._settings = settings
+        self._metrics = metrics
+        self._tables = app.tables_of(group)
+        self._stores: dict[str, StorePartition] = {}
+        self._windowed: dict[str, WindowedStorePartition] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._dirty = False
+        self._uncommitted = 0
+        self._futures: list[asyncio.Future[Any]] = []
+        self._error_policy = app.error_policy or settings.error_policy
+        labels = (app.app_id,)
+        self._late = {
+            t.name: metrics.late_records_dropped.labels(*labels, t.name) for t in self._tables
+        }
+        self._latency = metrics.process_latency.labels(*labels)
+        self._processed = {
+            tp: metrics.records_processed.labels(*labels, tp.topic, str(partition))
+            for tp in self.tps
+        }
+
+    # -- accessors used by tables ------------------------------------------------------------
+
+    def store(self, name: str) -> StorePartition:
+        return self._stores[name]
+
+    def windowed_store(self, name: str) -> WindowedStorePartition:
+        return self._windowed[name]
+
+    def count_late(self, table: str) -> None:
+        self._late[table].inc()
+
+    @property
+    def uncommitted(self) -> int:
+        return self._uncommitted
+
+    # -- start ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take the task over, in the order DESIGN §3 fixes.
+
+        1. Start the producer: InitProducerId fences the previous owner and ends its transaction.
+        2. Read the committed offsets (stable only after step 1) and seek to them explicitly.
+        3. Open and restore the stores from their changelogs.
+        4. Mark running; the worker resumes the partitions.
+        """
+        self.state = TaskState.RESTORING
+        # Step 1
+        await self.sink.start()
+        # Step 2
+        self._check_closing()
+        await self._seek_committed()
+        # Step 3
+        for table in self._tables:
+            self._check_closing()
+            await self._open_and_restore(table)
+        self._check_closing()
+        # Step 4
+        self.state = TaskState.RUNNING
+        log.info("task %s running (stream time %d)", self.task_id, self.stream_time)
+
+    def _check_closing(self) -> None:
+        if self.closing:
+            raise RestoreCancelledError(f"task {self.task_id} was revoked while starting")
+
+    async def _seek_committed(self) -> None:
+        # aiokafka has no batch `committed()` returning metadata; the coordinator call does both.
+        committed = await self._consumer._coordinator.fetch_committed_offsets(self.tps)
+        for tp in self.tps:
+            meta = committed.get(tp)
+            if meta is not None and meta.offset >= 0:
+                self._consumer.seek(tp, meta.offset)
+                self.stream_time = max(self.stream_time, _stream_time_of(meta.metadata))
+            else:
+                await self._consumer.seek_to_beginning(tp)
+
+    async def _open_and_restore(self, table: Table[Any, Any] | WindowedTable[Any, Any]) -> None:
+        path = Path(self._settings.state_dir) / self.app.app_id / table.name / str(self.partition)
+        store, reason = await asyncio.to_thread(open_store, path, lock_timeout_s=30.0)
+        if reason:
+            log.warning("store %s partition %d wiped: %s", table.name, self.partition, reason)
+        self._stores[table.name] = store
+        target: Any = store
+        if isinstance(table, WindowedTable):
+            target = WindowedStorePartition(store, segment_interval_ms=table.segment_interval_ms)
+            self._windowed[table.name] = target
+        progress = RestoreProgress(table.name, self.partition, wiped_because=reason)
+        self.restores[table.name] = progress
+        gauge = self._metrics.restore_remaining.labels(
+            self.app.app_id, table.name, str(self.partition)
+        )
+        counter = self._metrics.restored_records.labels(
+            self.app.app_id, table.name, str(self.partition)
+        )
+
+        def on_batch(p: RestoreProgress, n: int) -> None:
+            gauge.set(p.remaining)
+            counter.inc(n)
+            log.info(
+                "restoring %s partition %d: %d done, %d remaining, %.0f records/s",
+                p.store,
+                p.partition,
+                p.restored,
+                p.remaining,
+                p.rate,
+            )
+
+        await restore_partition(
+            self._consumer_factory,
+            table.changelog_topic,
+            self.partition,
+            target,
+            progress,
+            on_batch=on_batch,
+        )
+        gauge.set(0)
+        if progress.restored:
+            log.info(
+                "restored %s partition %d: %d records from offset %d in %.2fs",
+                table.name,
+                self.partition,
+                progress.restored,
+                progress.start_offset,
+                time.monotonic() - progress.started_at,
+            )
+
+    # -- processing ----------------------------------------------------------------------------
+
+    async def process(
+        self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
+        """Handle ``records`` of ``tp`` in offset order inside the open transaction."""
+        handler = self.app.handlers[tp.topic]
+        await self.sink.begin()
+        processed = self._processed[tp]
+        for record in records:
+            await self._process_one(handler, record)
+            self._positions[tp] = record.offset + 1
+        processed.inc(len(records))
+        self._uncommitted += len(records)
+        self._dirty = True
+
+    async def _process_one(self, handler: Handler, record: ConsumerRecord[Any, Any]) -> None:
+        if record.timestamp > self.stream_time:
+            self.stream_time = record.timestamp
+        topic = self.app.topics[record.topic]
+        try:
+            key = None if record.key is None else topic.key_serde.deserialize(record.key)
+            value = None if record.value is None else topic.value_serde.deserialize(record.value)
+        except SerdeError as exc:
+            await self._fail_record(record, exc, "deserialize")
+            return
+        ctx = await self._run_handler(handler, record, key, value)
+        if ctx is None:
+            return
+        for out in ctx._sends:
+            self._futures.append(await self.sink.send(out))
+            self._metrics.records_produced.labels(self.app.app_id, out.topic).inc()
+        for (name, key_bytes), raw in ctx._staged.items():
+            self._apply(name, key_bytes, raw)
+
+    def _apply(self, name: str, key: bytes, raw: bytes | None) -> None:
+        windowed = self._windowed.get(name)
+        if windowed is not None:
+            start = int.from_bytes(key[-8:], "big", signed=True)
+            if raw is None:
+                windowed.delete(key[:-8], start)
+            else:
+                windowed.put(key[:-8], start, raw)
+        elif raw is None:
+            self._stores[name].delete(key)
+        else:
+            self._stores[name].put(key, raw)
+
+    async def _run_handler(
+        self, handler: Handler, record: ConsumerRecord[Any, Any], key: Any, value: Any
+    ) -> Context | None:
+        retries = self._settings.max_retries if handler.max_retries is None else handler.max_retries
+        for attempt in range(retries + 1):
+            ctx = Context(
+                self,
+                record.topic,
+                record.partition,
+                record.offset,
+                record.timestamp,
+                record.headers,
+                record.key,
+            )
+            started = time.perf_counter()
+            try:
+                await handler.fn(ctx, key, value)
+            except Exception as exc:
+                if attempt < retries:
+                    await asyncio.sleep(self._settings.retry_backoff_ms / 1000 * 2**attempt)
+                    continue
+                await self._fail_record(record, exc, "handler")
+                return None
+            self._latency.observe(time.perf_counter() - started)
+            return ctx
+        return None  # pragma: no cover - the loop always returns
+
+    async def _fail_record(
+        self, record: ConsumerRecord[Any, Any], exc: Exception, stage: str
+    ) -> None:
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        if self._error_policy == "fail":
+            raise HandlerFailedError(
+                f"{stage} failed for record {where}: {type(exc).__name__}: {exc}. Error policy is "
+                "'fail': fix the handler or the input, or set ONCEFLOW_ERROR_POLICY=dlq"
+            ) from exc
+        log.warning("record %s -> %s (%s failed: %r)", where, self.app.dlq_topic, stage, exc)
+        headers = [
+            ("onceflow.source.topic", record.topic.encode()),
+            ("onceflow.source.partition", str(record.partition).encode()),
+            ("onceflow.source.offset", str(record.offset).encode()),
+            ("onceflow.source.timestamp", str(record.timestamp).encode()),
+            ("onceflow.error.stage", stage.encode()),
+            ("onceflow.error.type", type(exc).__name__.encode()),
+            ("onceflow.error.message", str(exc)[:4000].encode("utf-8", "replace")),
+            *[(f"onceflow.original.{k}", v) for k, v in (record.headers or ())],
+        ]
+        out = OutgoingRecord(
+            self.app.dlq_topic, record.key, record.value, headers, None, record.timestamp
+        )
+        self._futures.append(await self.sink.send(out))
+        self._metrics.dead_letter_records.labels(self.app.app_id, record.topic, stage).inc()
+
+    # -- commit --------------------------------------------------------------------------------
+
+    @property
+    def has_work(self) -> bool:
+        return self._dirty
+
+    async def commit(self) -> bool:
+        """Commit what the task processed since its last commit; False when there was nothing.
+
+        1. Await every send future: aiokafka would commit a transaction whose sends failed.
+        2. Expire old windows; send each store's changelog records (last value per key) and
+           await them, keeping the last changelog offset per store.
+        3. Send the consumed offsets to the transaction — once — and commit it.
+        4. Persist each store's buffer with its changelog checkpoint to SQLite (Invariant 1:
+           only after the commit returned; Invariant 2: data and checkpoint in one SQLite
+           transaction).
+        """
+        if not self._dirty:
+            return False
+        started = time.perf_counter()
+        # Step 1
+        await self._await_sends(self._futures)
+        self._futures = []
+        # Step 2
+        checkpoints = await self._send_changelogs()
+        # Step 3
+        meta = orjson.dumps({"stream_time": self.stream_time}).decode()
+        offsets = {tp: OffsetAndMetadata(pos, meta) for tp, pos in self._positions.items()}
+        await self.sink.commit(offsets)
+        self._metrics.transactions.labels(self.app.app_id, "committed").inc()
+        # Step 4
+        for store in self._stores.values():
+            store.seal()  # on the loop: later writes go to a fresh buffer while this one lands
+        for name, store in self._stores.items():
+            await asyncio.to_thread(store.flush, checkpoints.get(name))
+        self._dirty = False
+        self._uncommitted = 0
+        self._metrics.commit_latency.labels(self.app.app_id).observe(time.perf_counter() - started)
+        return True
+
+    async def _await_sends(self, futures: list[asyncio.Future[Any]]) -> list[Any]:
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                self._metrics.producer_errors.labels(self.app.app_id).inc()
+                if isinstance(result, FENCING_ERRORS):
+                    raise TaskFencedError(f"task {self.task_id}: send fenced") from result
+                if isinstance(result, KafkaError | asyncio.CancelledError | TimeoutError):
+                    raise TaskCorruptedError(
+                        f"task {self.task_id}: a send failed: {result!r}"
+                    ) from result
+                raise result
+        return results
+
+    async def _send_changelogs(self) -> dict[str, int]:
+        for table in self._tables:
+            windowed = self._windowed.get(table.name)
+            if windowed is not None and isinstance(table, WindowedTable) and self.stream_time >= 0:
+                windowed.expire_before(self.stream_time - table.retention_ms)
+        futures: dict[str, list[asyncio.Future[Any]]] = {}
+        for table in self._tables:
+            windowed = self._windowed.get(table.name)
+            records = (
+                windowed.pending_changelog()
+                if windowed is not None
+                else list(self._stores[table.name].pending().items())
+            )
+            sends = futures.setdefault(table.name, [])
+            for key, value in records:
+                out = OutgoingRecord(table.changelog_topic, key, value, [], self.partition, None)
+                sends.append(await self.sink.send(out))
+        checkpoints = {}
+        for name, sends in futures.items():
+            if sends:
+                metadata = await self._await_sends(sends)
+                checkpoints[name] = max(m.offset for m in metadata)
+        return checkpoints
+
+    # -- close ---------------------------------------------------------------------------------
+
+    async def close(self, *, commit: bool) -> None:
+        """Close the task: commit first if asked (and possible), else abort; release stores."""
+        if self.state is TaskState.CLOSED:
+            return
+        try:
+            if commit and self.state is TaskState.RUNNING:
+                await self.commit()
+            else:
+                await self.sink.abort()
+        except (TaskFencedError, TaskCorruptedError, KafkaError) as exc:
+            log.warning(
+                "task %s: final commit failed (%s); the next owner re-processes", self.task_id, exc
+            )
+            await self.sink.abort()
+        finally:
+            self.state = TaskState.CLOSED
+            for store in self._stores.values():
+                store.discard()
+                await asyncio.to_thread(store.close)
+            await self.sink.close()
+
+
+def _stream_time_of(metadata: str | None) -> int:
+    if not metadata:
+        return -1
+    try:
+        value = orjson.loads(metadata).get("stream_time", -1)
+    except (orjson.JSONDecodeError, AttributeError):
+        return -1
+    return int(value) if isinstance(value, int) else -1

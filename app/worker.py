@@ -1,0 +1,379 @@
+"""The worker: one group consumer, the tasks it is assigned, and the poll-process-commit loop.
+
+``Worker(app).run()`` joins the group ``app_id``; tasks are created on assignment and started in
+the background (fence, seek, restore) with their partitions paused, so a long restore never
+stalls heartbeats. The loop fetches, hands each task its records, and commits every
+``commit_interval_ms`` (or ``commit_every`` records). A task that fails is closed without
+committing and rebuilt from the committed state; a fenced task waits for the rebalance that
+follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+
+from app.admin import TopicAdmin, internal_topics
+from app.app import App
+from app.assignor import TaskAssignor, TaskKey
+from app.clients import Clients
+from app.errors import OnceflowError, StateError, TaskFencedError
+from app.metrics import Metrics
+from app.producers import AtLeastOnceSink, Sink, TaskCorruptedError, TransactionalSink
+from app.settings import Settings, load_settings
+from app.task import Task, TaskState
+from state.restore import RestoreCancelledError
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("onceflow.worker")
+RECOVERABLE = (TaskCorruptedError, StateError, KafkaError, TimeoutError, RestoreCancelledError)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._worker._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._worker._on_assigned(set(assigned))
+
+
+class Worker:
+    """Runs an ``App``: ``await Worker(app).run()`` until ``stop()`` (SIGTERM in the CLI).
+
+    ``phase`` is one of ``starting``, ``joining``, ``running``, ``rebalancing``, ``stopping``,
+    ``stopped``; ``tasks`` are the tasks this instance owns, by (group, partition).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        settings: Settings | None = None,
+        *,
+        clients: Clients | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        if self.settings.app_id:
+            app.with_app_id(self.settings.app_id)
+        self.app = app
+        self.clients = clients or Clients(
+            self.settings, client_id=f"{app.app_id}-{socket.gethostname()}-{os.getpid()}"
+        )
+        self.metrics = metrics or Metrics(app.app_id, eos=self.settings.eos)
+        self.phase = "starting"
+        self.tasks: dict[TaskKey, Task] = {}
+        self.partitions: dict[str, int] = {}  # task group -> partition count
+        self.http_port: int | None = None
+        self.assignor = TaskAssignor(app.groups(), self.settings.effective_advertised_url())
+        self.fatal_error: BaseException | None = None
+        self.last_loop_at = time.monotonic()
+        self._assigned: set[TaskKey] = set()
+        self._starting: dict[TaskKey, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._shared_producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._last_commit = time.monotonic()
+        self._rebalances = 0
+
+    # -- public --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to finish: stop fetching, commit, leave the group. Safe to call twice."""
+        self._stop.set()
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise OnceflowError("the worker is not started")
+        return self._consumer
+
+    async def run(self) -> None:
+        """Run until ``stop()``; re-raises a fatal error (bad config, handler under ``fail``)."""
+        try:
+            await self._setup()
+            await self._loop()
+        finally:
+            await self._shutdown()
+        if self.fatal_error is not None:
+            raise self.fatal_error
+
+    # -- setup and shutdown ----------------------------------------------------------------------
+
+    async def _setup(self) -> None:
+        admin_client = self.clients.admin()
+        await admin_client.start()
+        try:
+            admin = TopicAdmin(admin_client, replication_factor=self.settings.replication_factor)
+            self.partitions = await admin.check_sources(self.app)
+            await admin.ensure(internal_topics(self.app, self.partitions))
+        finally:
+            await admin_client.close()
+        s = self.settings
+        self._consumer = self.clients.consumer(
+            group_id=self.app.app_id,
+            group_instance_id=s.group_instance_id,
+            partition_assignment_strategy=(self.assignor,),
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            max_poll_records=s.max_poll_records,
+            isolation_level="read_committed",
+        )
+        if not s.eos:
+            self._shared_producer = self.clients.producer()
+            await self._shared_producer.start()
+        await self._consumer.start()
+        self._consumer.subscribe(sorted(self.app.handlers), listener=_Listener(self))
+        self.phase = "joining"
+        log.info(
+            "worker %s joining group %r (%s, commit every %d ms)",
+            self.clients,
+            self.app.app_id,
+            s.processing_guarantee,
+            s.effective_commit_interval_ms,
+        )
+
+    async def _shutdown(self) -> None:
+        self.phase = "stopping"
+        grace = self.settings.shutdown_grace_ms / 1000
+        try:
+            await asyncio.wait_for(self._close_tasks(list(self.tasks), commit=True), grace)
+        except TimeoutError:
+            log.error(
+                "tasks did not close within %.1fs; their transactions abort on fencing", grace
+            )
+        for bg in list(self._background):
+            bg.cancel()
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError, TimeoutError):
+                await asyncio.wait_for(self._consumer.stop(), grace or 1)
+        if self._shared_producer is not None:
+            with contextlib.suppress(KafkaError, TimeoutError):
+                await asyncio.wait_for(self._shared_producer.stop(), grace or 1)
+        self.phase = "stopped"
+        log.info("worker stopped")
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        interval = self.settings.effective_commit_interval_ms
+        consumer = self.consumer
+        while not self._stop.is_set():
+            self.last_loop_at = time.monotonic()
+            wait_ms = max(
+                1, min(100, interval - int((time.monotonic() - self._last_commit) * 1000))
+            )
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=wait_ms, max_records=self.settings.max_poll_records
+                )
+            except KafkaError as exc:
+                log.warning("fetch failed: %r; retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            async with self._lock:
+                if batch:
+                    await self._process(batch)
+                if self._commit_due(interval):
+                    await self._commit_all()
+
+    def _commit_due(self, interval_ms: int) -> bool:
+        if (time.monotonic() - self._last_commit) * 1000 >= interval_ms:
+            return True
+        return any(t.uncommitted >= self.settings.commit_every for t in self.tasks.values())
+
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        per_task: dict[TaskKey, list[tuple[TopicPartition, list[Any]]]] = {}
+        consumed = self.metrics.records_consumed
+        for tp, records in batch.items():
+            key = (self.app.handlers[tp.topic].group, tp.partition)
+            task = self.tasks.get(key)
+            consumed.labels(self.app.app_id, tp.topic, str(tp.partition)).inc(len(records))
+            # Records of a task that is not running are dropped: its start seeks explicitly.
+            if task is not None and task.state is TaskState.RUNNING:
+                per_task.setdefault(key, []).append((tp, records))
+        await self._each(per_task, self._process_task)
+
+    async def _process_task(self, task: Task, work: list[tuple[TopicPartition, list[Any]]]) -> None:
+        for tp, records in work:
+            await task.process(tp, records)
+
+    async def _commit_all(self) -> None:
+        work = {
+            k: None for k, t in self.tasks.items() if t.state is TaskState.RUNNING and t.has_work
+        }
+        await self._each(work, lambda task, _: task.commit())
+        self._last_commit = time.monotonic()
+        self._update_lag()
+
+    async def _each(self, work: dict[TaskKey, Any], fn: Any) -> None:
+        """Run ``fn(task, item)`` for every task concurrently; fail tasks one by one."""
+        keys = list(work)
+        results = await asyncio.gather(
+            *(fn(self.tasks[k], work[k]) for k in keys), return_exceptions=True
+        )
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, BaseException):
+                await self._task_failed(key, result)
+
+    def _update_lag(self) -> None:
+        consumer = self.consumer
+        for task in self.tasks.values():
+            if task.state is not TaskState.RUNNING:
+                continue
+            for tp in task.tps:
+                end = (
+                    consumer.last_stable_offset(tp) if self.settings.eos else consumer.highwater(tp)
+                )
+                position = task._positions.get(tp)
+                if end is not None and position is not None:
+                    self.metrics.consumer_lag.labels(
+                        self.app.app_id, tp.topic, str(tp.partition)
+                    ).set(max(0, end - position))
+
+    # -- failures --------------------------------------------------------------------------------
+
+    async def _task_failed(self, key: TaskKey, exc: BaseException) -> None:
+        task = self.tasks.pop(key, None)
+        if task is None:
+            return
+        if isinstance(exc, TaskFencedError):
+            reason, delay = "fenced", self.settings.heartbeat_interval_ms * 2 / 1000
+            log.warning("task %s fenced: %s; waiting for the rebalance", task.task_id, exc)
+        elif isinstance(exc, RECOVERABLE):
+            reason, delay = "corrupted", self.settings.retry_backoff_ms / 1000
+            log.warning(
+                "task %s failed: %s; rebuilding it from the committed state", task.task_id, exc
+            )
+            self.metrics.transactions.labels(self.app.app_id, "aborted").inc()
+        else:
+            log.error("task %s failed fatally: %s", task.task_id, exc, exc_info=exc)
+            self.fatal_error = exc
+            self.stop()
+            reason, delay = "fatal", None
+        self.metrics.task_failures.labels(self.app.app_id, reason).inc()
+        await task.close(commit=False)
+        self.metrics.assigned_tasks.labels(self.app.app_id).set(len(self.tasks))
+        if delay is not None:
+            self._spawn(self._revive(key, delay, self._rebalances))
+
+    async def _revive(self, key: TaskKey, delay: float, rebalances: int) -> None:
+        """Rebuild a failed task if this worker still owns it after ``delay``.
+
+        After fencing, the delay lets a zombie notice it left the group (its next heartbeat)
+        before it would fence the new owner in turn.
+        """
+        await asyncio.sleep(delay)
+        async with self._lock:
+            if self._rebalances == rebalances and key in self._assigned and key not in self.tasks:
+                self._create_task(key)
+
+    # -- rebalances ------------------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            self.phase = "rebalancing"
+            self._rebalances += 1
+            self._assigned = set()
+            keys = [k for k, t in self.tasks.items() if revoked.intersection(t.tps)]
+            await self._close_tasks(keys, commit=True)
+            log.info("revoked %d tasks", len(keys))
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(self.app.app_id).inc()
+        keys = {(self.app.handlers[tp.topic].group, tp.partition) for tp in assigned}
+        async with self._lock:
+            self._assigned = keys
+            for key in sorted(keys - self.tasks.keys()):
+                self._create_task(key)
+            self.phase = "running"
+        log.info("assigned tasks %s", ", ".join(f"{g}_{p}" for g, p in sorted(keys)) or "(none)")
+
+    def _create_task(self, key: TaskKey) -> None:
+        group, partition = key
+        s = self.settings
+        sink: Sink
+        if s.eos:
+            sink = TransactionalSink(
+                self.clients.producer,
+                transactional_id=f"{self.app.app_id}-{group}_{partition}",
+                group_id=self.app.app_id,
+                request_timeout_ms=s.request_timeout_ms,
+            )
+        else:
+            assert self._shared_producer is not None
+            sink = AtLeastOnceSink(self._shared_producer, self.consumer)
+        task = Task(
+            app=self.app,
+            group=group,
+            partition=partition,
+            num_partitions=self.partitions[group],
+            sink=sink,
+            consumer=self.consumer,
+            consumer_factory=self.clients.consumer,
+            settings=s,
+            metrics=self.metrics,
+        )
+        self.tasks[key] = task
+        self.consumer.pause(*task.tps)
+        self._starting[key] = self._spawn(self._start_task(key, task))
+        self.metrics.assigned_tasks.labels(self.app.app_id).set(len(self.tasks))
+
+    async def _start_task(self, key: TaskKey, task: Task) -> None:
+        try:
+            await task.start()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # A revoked task is being closed by the revocation, which holds the lock.
+            if self.tasks.get(key) is task and not task.closing:
+                async with self._lock:
+                    await self._task_failed(key, exc)
+            return
+        finally:
+            self._starting.pop(key, None)
+        if self.tasks.get(key) is task and task.state is TaskState.RUNNING:
+            self.consumer.resume(*task.tps)
+
+    async def _close_tasks(self, keys: list[TaskKey], *, commit: bool) -> None:
+        tasks = [self.tasks.pop(k) for k in keys if k in self.tasks]
+        for task in tasks:
+            await self._stop_start(task)
+        await asyncio.gather(*(t.close(commit=commit) for t in tasks), return_exceptions=True)
+        self.metrics.assigned_tasks.labels(self.app.app_id).set(len(self.tasks))
+
+    async def _stop_start(self, task: Task) -> None:
+        key = (task.group, task.partition)
+        starting = self._starting.pop(key, None)
+        if starting is None or starting.done():
+            return
+        for progress in task.restores.values():
+            progress.cancelled = True
+        task.closing = True
+        done, _ = await asyncio.wait({starting}, timeout=5)
+        if not done:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task

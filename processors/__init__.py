@@ -1,0 +1,1 @@
+"""Stream processors that onceflow runs; ``windowed_count`` is the reference app."""

@@ -1,0 +1,161 @@
+"""Restoring a task's store from its changelog partition.
+
+Restore reads with ``read_committed`` from checkpoint + 1 to the end offset (the LSO, which equals
+the log end once the task's producer has fenced the previous owner), in batches written to SQLite
+off the event loop. It runs outside the rebalance callback, with the task's source partitions
+paused, so heartbeats go on and the worker stays in the group however long it takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from app.errors import ChangelogMissingError
+
+__all__ = ["Restorable", "RestoreCancelledError", "RestoreProgress", "restore_partition"]
+
+log = logging.getLogger("onceflow.restore")
+ConsumerFactory = Callable[..., AIOKafkaConsumer]
+
+
+class Restorable(Protocol):
+    @property
+    def checkpoint(self) -> int | None: ...
+    def restore_batch(
+        self, records: Sequence[tuple[bytes, bytes | None]], last_offset: int
+    ) -> None: ...
+    def wipe(self) -> None: ...
+
+
+@dataclass
+class RestoreProgress:
+    """Live progress of one store partition's restore, for logs, readiness and metrics."""
+
+    store: str
+    partition: int
+    start_offset: int = 0
+    end_offset: int = 0
+    position: int = 0
+    restored: int = 0
+    started_at: float = 0.0
+    done: bool = False
+    wiped_because: str | None = None
+    cancelled: bool = False  # set by the owner to stop between batches (task revoked)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.end_offset - self.position)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started_at
+        return self.restored / elapsed if elapsed > 0 else 0.0
+
+
+async def _offsets(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int, int]:
+    begin = (await consumer.beginning_offsets([tp]))[tp]
+    end = (await consumer.end_offsets([tp]))[tp]
+    return begin, end
+
+
+async def restore_partition(
+    consumer_factory: ConsumerFactory,
+    topic: str,
+    partition: int,
+    store: Restorable,
+    progress: RestoreProgress,
+    *,
+    on_batch: Callable[[RestoreProgress, int], Any] | None = None,
+    batch_records: int = 20_000,
+) -> RestoreProgress:
+    """Bring ``store`` up to the end of its changelog partition; return the final progress."""
+    tp = TopicPartition(topic, partition)
+    consumer = consumer_factory(
+        group_id=None,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics() or partition not in (
+            consumer.partitions_for_topic(topic) or set()
+        ):
+            raise ChangelogMissingError(
+                f"changelog topic {topic!r} partition {partition} does not exist: it was deleted "
+                "under the app. Stop every worker, delete the state directory and restart to "
+                "rebuild it, or restore the topic"
+            )
+        consumer.assign([tp])
+        begin, end = await _offsets(consumer, tp)
+        start = await asyncio.to_thread(_start_offset, store, progress, begin, end)
+        progress.start_offset = progress.position = start
+        progress.end_offset = end
+        progress.started_at = time.monotonic()
+        if start < end:
+            consumer.seek(tp, start)
+            await _copy(consumer, tp, store, progress, on_batch, batch_records)
+        progress.done = True
+        return progress
+    finally:
+        await consumer.stop()
+
+
+def _start_offset(store: Restorable, progress: RestoreProgress, begin: int, end: int) -> int:
+    checkpoint = store.checkpoint
+    if checkpoint is not None and checkpoint >= end:
+        # Ahead of the log: the topic was recreated or truncated. Local data cannot be trusted.
+        progress.wiped_because = (
+            f"checkpoint {checkpoint} is beyond the changelog end {end} (topic recreated?)"
+        )
+        log.warning(
+            "store %s partition %d: %s; wiping and restoring from the beginning",
+            progress.store,
+            progress.partition,
+            progress.wiped_because,
+        )
+        store.wipe()
+        return begin
+    start = begin if checkpoint is None else checkpoint + 1
+    # Below the log start the records expired by retention (windowed changelogs): nothing to read.
+    return max(start, begin)
+
+
+async def _copy(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    store: Restorable,
+    progress: RestoreProgress,
+    on_batch: Callable[[RestoreProgress, int], Any] | None,
+    batch_records: int,
+) -> None:
+    while not progress.cancelled:
+        position = await consumer.position(tp)
+        progress.position = position
+        if position >= progress.end_offset:
+            return
+        fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=batch_records)
+        records = fetched.get(tp, [])
+        if not records:
+            continue
+        batch = [(r.key, r.value) for r in records]
+        await asyncio.to_thread(store.restore_batch, batch, records[-1].offset)
+        progress.restored += len(batch)
+        progress.position = records[-1].offset + 1
+        if on_batch is not None:
+            on_batch(progress, len(batch))
+    raise RestoreCancelledError(f"restore of {progress.store} partition {progress.partition}")
+
+
+class RestoreCancelledError(Exception):
+    """The restore was stopped because its task was revoked."""
