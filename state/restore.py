@@ -88,9 +88,8 @@ async def restore_partition(
     )
     await consumer.start()
     try:
-        if topic not in await consumer.topics() or partition not in (
-            consumer.partitions_for_topic(topic) or set()
-        ):
+        cluster = await consumer._client.fetch_all_metadata()
+        if partition not in (cluster.partitions_for_topic(topic) or set()):
             raise ChangelogMissingError(
                 f"changelog topic {topic!r} partition {partition} does not exist: it was deleted "
                 "under the app. Stop every worker, delete the state directory and restart to "

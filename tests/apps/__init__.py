@@ -1,0 +1,4 @@
+"""Apps that the integration and chaos tests run as ``onceflow worker`` subprocesses.
+
+Topic names come from ``ONCEFLOW_TEST_*`` variables so that every test uses fresh topics.
+"""

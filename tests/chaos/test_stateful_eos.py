@@ -1,0 +1,160 @@
+"""The stateful EOS oracle (after Kafka's EOS system test): per key, the running sum, count, min
+and max kept in changelogged SQLite tables. Every input must produce exactly one output, equal
+to the exact running aggregate, in order — through kill -9 mid-transaction, rebalances,
+restores from the changelog and a corrupted database."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from kafka_helpers import read_to_end, unique_name
+from workers import (
+    WorkerProcess,
+    assert_no_hanging_transactions,
+    collect,
+    produce,
+    worker_env,
+)
+
+pytestmark = pytest.mark.chaos
+KEYS = 20_000
+
+
+def make_inputs(n: int, seed: int) -> list[tuple[bytes, bytes]]:
+    rng = random.Random(seed)
+    return [
+        (
+            f"key-{rng.randrange(KEYS)}".encode(),
+            rng.randrange(-1000, 1000).to_bytes(8, "big", signed=True),
+        )
+        for _ in range(n)
+    ]
+
+
+def expected_by_key(inputs: list) -> dict[bytes, list[bytes]]:
+    state: dict[bytes, tuple[int, int, int, int]] = {}
+    out: dict[bytes, list[bytes]] = defaultdict(list)
+    for r in inputs:  # one partition's order is each of its keys' order
+        value = int.from_bytes(r.value, "big", signed=True)
+        s, c, lo, hi = state.get(r.key, (0, 0, value, value))
+        state[r.key] = (s + value, c + 1, min(lo, value), max(hi, value))
+        out[r.key].append(",".join(map(str, state[r.key])).encode())
+    return out
+
+
+def outputs_by_key(records: list) -> dict[bytes, list[bytes]]:
+    out: dict[bytes, list[bytes]] = defaultdict(list)
+    for r in records:
+        out[r.key].append(r.value)
+    return out
+
+
+async def _setup(bootstrap: str, new_topic, tmp_path: Path, **env: str | int):
+    source = await new_topic("agg-in", partitions=6)
+    sink = await new_topic("agg-out", partitions=6)
+    base = worker_env(
+        bootstrap,
+        unique_name("agg"),
+        tmp_path / "state",
+        ONCEFLOW_TEST_INPUT=source,
+        ONCEFLOW_TEST_OUTPUT=sink,
+        **env,
+    )
+
+    def spawn(i: int, **more: str) -> WorkerProcess:
+        # one state dir per worker, as on separate hosts: a moved task restores from Kafka
+        own = {**base, "ONCEFLOW_STATE_DIR": str(tmp_path / f"state-{i % 3}"), **more}
+        return WorkerProcess("tests.apps.aggregates", own, tmp_path / f"worker-{i}.log").start()
+
+    return source, sink, spawn
+
+
+async def _check(bootstrap: str, source: str, sink: str, output: list) -> None:
+    inputs = await read_to_end(bootstrap, source)
+    expected = expected_by_key(inputs)
+    got = outputs_by_key(output)
+    assert len(output) == len(inputs), f"{len(output)} outputs for {len(inputs)} inputs"
+    wrong = [k for k in expected if got.get(k) != expected[k]]
+    assert not wrong, (
+        f"{len(wrong)} keys diverge, e.g. {wrong[0]!r}: {got.get(wrong[0])[:5]} vs {expected[wrong[0]][:5]}"
+    )
+    await assert_no_hanging_transactions(bootstrap, sink)
+
+
+async def test_running_aggregates_exact_under_kill_9_and_rebalance(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    n = 60_000
+    source, sink, spawn = await _setup(
+        bootstrap_servers, new_topic, tmp_path, ONCEFLOW_COMMIT_INTERVAL_MS=1000
+    )
+    workers = [spawn(0), spawn(1)]
+    producing = asyncio.create_task(
+        produce(bootstrap_servers, source, make_inputs(n, 1), rate=3000)
+    )
+    rng = random.Random(11)
+    kills = 0
+    try:
+        for _ in range(4):  # kill -9 mid-transaction, restart on the same state dir
+            await asyncio.sleep(rng.uniform(2.0, 3.5))
+            victim = rng.randrange(2)
+            workers[victim].kill()
+            kills += 1
+            workers[victim] = spawn(victim + 3 * kills)
+        workers.append(spawn(2))  # 2 -> 3
+        await asyncio.sleep(4)
+        for w in workers[1:]:  # 3 -> 1
+            w.stop()
+        await producing
+        output = await collect(bootstrap_servers, sink, n, timeout=180, workers=workers[:1])
+    finally:
+        for w in workers:
+            w.stop()
+    print(f"survived {kills} kill -9 and a 2->3->1 rebalance; {len(output)} outputs checked")
+    await _check(bootstrap_servers, source, sink, output)
+
+
+def _restore_lines(log: str) -> list[tuple[str, int, int, int]]:
+    pattern = r"restored (\w+) partition (\d+): (\d+) records from offset (\d+)"
+    return [(s, int(p), int(n), int(o)) for s, p, n, o in re.findall(pattern, log)]
+
+
+async def test_restore_replays_only_the_tail_and_survives_corruption(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    source, sink, spawn = await _setup(bootstrap_servers, new_topic, tmp_path)
+    first = make_inputs(20_000, 2)
+    await produce(bootstrap_servers, source, first)
+    worker = spawn(0)
+    try:
+        await collect(bootstrap_servers, sink, len(first), timeout=90, workers=[worker], settle=0)
+        await asyncio.sleep(1.5)  # let a commit land after the last output
+    finally:
+        worker.kill()  # no clean shutdown: the restart must not start from zero
+    await produce(bootstrap_servers, source, make_inputs(5_000, 3))
+    worker = spawn(3)  # same state dir (index % 3 == 0)
+    try:
+        await collect(bootstrap_servers, sink, 25_000, timeout=90, workers=[worker], settle=0)
+        await asyncio.sleep(1.5)
+    finally:
+        assert worker.stop() == 0
+    restores = _restore_lines(worker.log_text())
+    assert all(offset > 0 for _, _, _, offset in restores), restores  # only the tail
+    # Corrupt one store's database: it must be wiped and rebuilt from the changelog.
+    victim = next((tmp_path / "state-0").rglob("data.sqlite"))
+    victim.write_bytes(b"this is not a database" * 100)
+    await produce(bootstrap_servers, source, make_inputs(5_000, 4))
+    worker = spawn(6)
+    try:
+        output = await collect(bootstrap_servers, sink, 30_000, timeout=90, workers=[worker])
+    finally:
+        assert worker.stop() == 0
+    log = worker.log_text()
+    assert "wiped" in log and str(victim.parent) in log, log[-3000:]
+    assert any(offset == 0 and count > 0 for _, _, count, offset in _restore_lines(log))
+    await _check(bootstrap_servers, source, sink, output)
