@@ -139,6 +139,17 @@ class Task:
         self.state = TaskState.RUNNING
         log.info("task %s running (stream time %d)", self.task_id, self.stream_time)
 
+    def attach_store(
+        self, table: Table[Any, Any] | WindowedTable[Any, Any], store: StorePartition
+    ) -> StorePartition | WindowedStorePartition:
+        """Give the task its partition of ``table`` (the in-memory test driver calls this too)."""
+        self._stores[table.name] = store
+        if isinstance(table, WindowedTable):
+            windowed = WindowedStorePartition(store, segment_interval_ms=table.segment_interval_ms)
+            self._windowed[table.name] = windowed
+            return windowed
+        return store
+
     def _check_closing(self) -> None:
         if self.closing:
             raise RestoreCancelledError(f"task {self.task_id} was revoked while starting")
@@ -159,11 +170,7 @@ class Task:
         store, reason = await asyncio.to_thread(open_store, path, lock_timeout_s=30.0)
         if reason:
             log.warning("store %s partition %d wiped: %s", table.name, self.partition, reason)
-        self._stores[table.name] = store
-        target: Any = store
-        if isinstance(table, WindowedTable):
-            target = WindowedStorePartition(store, segment_interval_ms=table.segment_interval_ms)
-            self._windowed[table.name] = target
+        target = self.attach_store(table, store)
         progress = RestoreProgress(table.name, self.partition, wiped_because=reason)
         self.restores[table.name] = progress
         gauge = self._metrics.restore_remaining.labels(
