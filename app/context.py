@@ -46,6 +46,7 @@ class Context:
     """
 
     __slots__ = (
+        "_late",
         "_sends",
         "_staged",
         "_task",
@@ -77,6 +78,7 @@ class Context:
         self._sends: list[OutgoingRecord] = []
         # (store name, store key) -> serialized value, or None for a delete
         self._staged: dict[tuple[str, bytes], bytes | None] = {}
+        self._late: set[str] = set()  # windowed tables this record was late for
 
     @property
     def task_id(self) -> str:
@@ -102,7 +104,8 @@ class Context:
 
         The record is serialized now (a serde error fails this handler attempt) and handed to the
         producer once the handler returns. Under exactly-once it becomes visible to
-        ``read_committed`` consumers when the task commits.
+        ``read_committed`` consumers when the task commits. Its timestamp is the input record's
+        (event time flows downstream, as in Kafka Streams) unless ``timestamp_ms`` is given.
         """
         key_bytes = None if key is None else topic.key_serde.serialize(key)
         value_bytes = None if value is None else topic.value_serde.serialize(value)
@@ -113,7 +116,7 @@ class Context:
                 value_bytes,
                 list(headers) if headers else [],
                 partition,
-                timestamp_ms,
+                self.timestamp if timestamp_ms is None else timestamp_ms,
             )
         )
 
@@ -125,6 +128,10 @@ class Context:
 
     def _stage(self, store: str, key: bytes, value: bytes | None) -> None:
         self._staged[(store, key)] = value
+
+    def _count_late(self, store: str) -> None:
+        """Counted once per record and table, and only if the handler attempt succeeds."""
+        self._late.add(store)
 
 
 ABSENT = _ABSENT

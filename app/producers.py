@@ -25,7 +25,7 @@ from aiokafka.errors import (
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
 )
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from app.context import OutgoingRecord
 from app.errors import OnceflowError, TaskFencedError
@@ -54,7 +54,7 @@ class Sink(Protocol):
     async def start(self) -> None: ...
     async def begin(self) -> None: ...
     async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]: ...
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+    async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None: ...
     async def abort(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -116,7 +116,7 @@ class TransactionalSink:
         fut: asyncio.Future[Any] = await self._guard(_send(self._producer, record), "send")
         return fut
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         """Send the consumed offsets to the transaction (once) and commit it."""
         if not self._in_txn:
             return
@@ -208,7 +208,7 @@ class AtLeastOnceSink:
         except KafkaError as exc:
             raise TaskCorruptedError(f"send to {record.topic!r} failed: {exc!r}") from exc
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         if not offsets:
             return
         try:

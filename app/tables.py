@@ -177,7 +177,7 @@ class WindowedTable(_TableBase[K, V]):
         windows = []
         for start, end in self.window.windows_for(timestamp):
             if stream_time >= end + self.grace_ms:
-                ctx._task.count_late(self.name)
+                ctx._count_late(self.name)
             else:
                 windows.append((start, end))
         return windows

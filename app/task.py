@@ -19,24 +19,24 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
-from state.partition import open_store
-from state.windowed import WindowedStorePartition
 
 from app.context import Context, OutgoingRecord
 from app.errors import HandlerFailedError, SerdeError, TaskFencedError
 from app.producers import FENCING_ERRORS, Sink, TaskCorruptedError
 from app.tables import Table, WindowedTable
+from state.partition import open_store
 from state.restore import RestoreCancelledError, RestoreProgress, restore_partition
+from state.windowed import WindowedStorePartition
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import ConsumerRecord
-    from state.typing import StorePartition
 
     from app.app import App, Handler
     from app.metrics import Metrics
     from app.settings import Settings
     from state.restore import ConsumerFactory
+    from state.typing import StorePartition
 
 __all__ = ["Task", "TaskState"]
 
@@ -245,6 +245,8 @@ class Task:
             self._metrics.records_produced.labels(self.app.app_id, out.topic).inc()
         for (name, key_bytes), raw in ctx._staged.items():
             self._apply(name, key_bytes, raw)
+        for name in ctx._late:
+            self.count_late(name)
 
     def _apply(self, name: str, key: bytes, raw: bytes | None) -> None:
         windowed = self._windowed.get(name)

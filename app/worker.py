@@ -90,6 +90,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._last_commit = time.monotonic()
         self._rebalances = 0
+        self._failure_streak: dict[TaskKey, int] = {}
 
     # -- public --------------------------------------------------------------------------------
 
@@ -257,7 +258,12 @@ class Worker:
             reason, delay = "fenced", self.settings.heartbeat_interval_ms * 2 / 1000
             log.warning("task %s fenced: %s; waiting for the rebalance", task.task_id, exc)
         elif isinstance(exc, RECOVERABLE):
-            reason, delay = "corrupted", self.settings.retry_backoff_ms / 1000
+            # Back off exponentially while the same task keeps failing (a broker outage, a
+            # full disk): rebuilding it in a tight loop would only add load.
+            streak = self._failure_streak.get(key, 0)
+            self._failure_streak[key] = streak + 1
+            delay = min(30.0, self.settings.retry_backoff_ms / 1000 * 2**streak)
+            reason = "corrupted"
             log.warning(
                 "task %s failed: %s; rebuilding it from the committed state", task.task_id, exc
             )
@@ -350,6 +356,7 @@ class Worker:
             self._starting.pop(key, None)
         if self.tasks.get(key) is task and task.state is TaskState.RUNNING:
             self.consumer.resume(*task.tps)
+            self._failure_streak.pop(key, None)
 
     async def _close_tasks(self, keys: list[TaskKey], *, commit: bool) -> None:
         tasks = [self.tasks.pop(k) for k in keys if k in self.tasks]

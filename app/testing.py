@@ -1,0 +1,314 @@
+"""``TestDriver``: run an App's handlers and tables in memory, without a broker.
+
+Like Kafka Streams' ``TopologyTestDriver``, records go through the worker's own ``Task`` code —
+serdes, retries, dead letters, windows, late records, stream time, error policy — with an
+in-memory sink for the transactional producer and in-memory stores for SQLite. Only committed
+output and committed table state are visible, as to a ``read_committed`` reader::
+
+    from processors.windowed_count import app, counts, sink, source
+
+    async with TestDriver(app, partitions=3) as driver:
+        await driver.send(source, "alice", "click", timestamp=1_000)
+        await driver.send(source, "alice", "click", timestamp=2_000)
+        assert [o.value for o in driver.read(sink)] == ["1", "2"]
+        assert driver.table(counts).windows("alice")[0].value == 2
+
+Settings default to ``Settings``' defaults (not the environment) without retry backoff. When
+processing or a commit fails (error policy ``fail``), the task's open transaction is aborted and
+the task rebuilt from its committed state, as the worker does, and the error raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, Self, Unpack
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from app.app import App
+from app.context import Header, OutgoingRecord
+from app.errors import ConfigurationError, CopartitioningError, OnceflowError
+from app.metrics import Metrics
+from app.partitioner import partition_for_key
+from app.serdes import Serde
+from app.settings import Settings
+from app.tables import Table, WindowedTable, WindowValue
+from app.task import Task, TaskState, _stream_time_of
+from app.testing_sink import DeadLetter, InMemorySink, Output, RecordOptions
+from app.topics import Topic
+from state.memory import InMemoryStorePartition
+
+__all__ = ["DeadLetter", "InMemorySink", "Output", "RecordOptions", "TableView", "TestDriver"]
+
+AnyTable = Table[Any, Any] | WindowedTable[Any, Any]
+TopicRef = Topic[Any, Any] | str
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _no_broker(*_: Any, **__: Any) -> NoReturn:
+    raise OnceflowError("the test driver has no broker to restore from")
+
+
+class TableView:
+    """Committed state of one table, over all its partitions (what HTTP queries see)."""
+
+    def __init__(self, driver: TestDriver, table: AnyTable) -> None:
+        self._driver, self._table = driver, table
+
+    def _task(self, key: Any) -> tuple[Task, bytes]:
+        data = self._table.key_serde.serialize(key)
+        n = self._driver.group_partitions[self._table.group]
+        return self._driver.task(partition_for_key(data, n), self._table.group), data
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The key's committed value, or ``default`` when it has none."""
+        task, data = self._task(key)
+        raw = task.store(self._table.name).committed_get(data)
+        return default if raw is None else self._table.value_serde.deserialize(raw)
+
+    def windows(self, key: Any, from_ms: int = 0, to_ms: int = 2**63 - 1) -> list[WindowValue[Any]]:
+        """A windowed table's committed windows of ``key`` that start in ``[from_ms, to_ms]``."""
+        table = self._table
+        if not isinstance(table, WindowedTable):
+            raise ConfigurationError(f"table {table.name!r} is not windowed: use get()")
+        task, data = self._task(key)
+        rows = task.windowed_store(table.name).fetch(data, from_ms, to_ms, committed=True)
+        size, serde = table.window.size_ms, table.value_serde
+        return [WindowValue(s, s + size, serde.deserialize(v)) for s, v in rows]
+
+
+class TestDriver:
+    """Runs an App in memory: ``send`` records in, ``read`` outputs, inspect ``table``s.
+
+    ``partitions`` is every topic's partition count, or ``{topic: count}`` (other topics: their
+    declared ``partitions``, else 1; the dead-letter topic: the largest source count). Sources of
+    one task group need equal counts. With ``auto_commit`` (default) each record is committed
+    once processed; otherwise ``commit()`` commits what is open.
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        partitions: int | dict[str, int] = 1,
+        settings: Settings | None = None,
+        auto_commit: bool = True,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.settings = settings or Settings.model_construct(retry_backoff_ms=0)
+        if self.settings.app_id:
+            app.with_app_id(self.settings.app_id)
+        self.app, self.auto_commit, self._partitions = app, auto_commit, partitions
+        self.clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self.metrics = Metrics(app.app_id, eos=self.settings.eos)
+        self.group_partitions: dict[str, int] = {}
+        for group, topics in app.groups().items():
+            found = {t: self._count(t) for t in topics}
+            if len(set(found.values())) > 1:
+                raise CopartitioningError(
+                    f"task group {group!r} reads topics with different partition counts ({found}): "
+                    "co-partitioned sources need equal counts"
+                )
+            self.group_partitions[group] = found[topics[0]]
+        self._committed: dict[str, list[Output]] = defaultdict(list)
+        self._offsets: dict[tuple[str, int], itertools.count[int]] = defaultdict(itertools.count)
+        self._round_robin: dict[str, itertools.count[int]] = defaultdict(itertools.count)
+        self._stores: dict[tuple[str, int], dict[str, InMemoryStorePartition]] = {}
+        self._tasks: dict[tuple[str, int], Task] = {}
+        for key in ((g, p) for g, n in self.group_partitions.items() for p in range(n)):
+            self._stores[key] = {
+                t.name: InMemoryStorePartition(t.name) for t in app.tables_of(key[0])
+            }
+            self._tasks[key] = self._new_task(*key, InMemorySink(self))
+        self._closed = False
+
+    def _count(self, topic: str) -> int:
+        if isinstance(self._partitions, int):
+            return self._partitions
+        if topic in self._partitions:
+            return self._partitions[topic]
+        if topic == self.app.dlq_topic:
+            return max(self.group_partitions.values(), default=1)
+        declared = self.app.topics.get(topic)
+        return declared.partitions if declared and declared.partitions else 1
+
+    def _new_task(self, group: str, partition: int, sink: InMemorySink) -> Task:
+        task = Task(
+            app=self.app,
+            group=group,
+            partition=partition,
+            num_partitions=self.group_partitions[group],
+            sink=sink,
+            consumer=None,  # only start() uses it; the driver never calls start()
+            consumer_factory=_no_broker,
+            settings=self.settings,
+            metrics=self.metrics,
+        )
+        for table in self.app.tables_of(group):
+            task.attach_store(table, self._stores[(group, partition)][table.name])
+        metas = sink.committed_offsets.values()
+        task.stream_time = max((_stream_time_of(m.metadata) for m in metas), default=-1)
+        task.state = TaskState.RUNNING  # start() would fence, seek and restore: nothing to do
+        return task
+
+    def _partition_of(self, topic: str, key: bytes | None) -> int:
+        if key is None:
+            return next(self._round_robin[topic]) % self._count(topic)
+        return partition_for_key(key, self._count(topic))
+
+    def _place(self, r: OutgoingRecord) -> Output:
+        p = self._partition_of(r.topic, r.key) if r.partition is None else r.partition
+        ts = self.clock() if r.timestamp_ms is None else r.timestamp_ms
+        return Output(r.topic, r.key, r.value, r.headers, ts, p, next(self._offsets[(r.topic, p)]))
+
+    # -- input ---------------------------------------------------------------------------------
+
+    async def send(
+        self, topic: TopicRef, key: Any, value: Any, **options: Unpack[RecordOptions]
+    ) -> None:
+        """Serialize ``key`` and ``value`` with the topic's serdes and process the record (then
+        commit, with ``auto_commit``)."""
+        source = self._source(topic)
+        key_bytes = None if key is None else source.key_serde.serialize(key)
+        value_bytes = None if value is None else source.value_serde.serialize(value)
+        await self.send_raw(source, key_bytes, value_bytes, **options)
+
+    async def send_raw(
+        self,
+        topic: TopicRef,
+        key: bytes | None,
+        value: bytes | None,
+        **options: Unpack[RecordOptions],
+    ) -> None:
+        """``send`` for a record given as bytes (e.g. input that does not deserialize)."""
+        name = self._source(topic).name
+        p = options.get("partition")
+        p = self._partition_of(name, key) if p is None else p
+        task = self.task(p, self.app.handlers[name].group)
+        offset, ts = next(self._offsets[(name, p)]), self._millis(options.get("timestamp"))
+        headers, sizes = list(options.get("headers") or ()), (len(key or b""), len(value or b""))
+        record = ConsumerRecord(name, p, offset, ts, 0, key, value, None, *sizes, headers)
+        self.metrics.records_consumed.labels(self.app.app_id, name, str(p)).inc()
+        await self._run(task, task.process(TopicPartition(name, p), [record]))
+        if self.auto_commit:
+            await self._run(task, task.commit())
+
+    async def commit(self) -> None:
+        """Commit every task's open work (only needed with ``auto_commit=False``)."""
+        for task in list(self._tasks.values()):
+            await self._run(task, task.commit())
+
+    async def _run(self, task: Task, step: Coroutine[Any, Any, Any]) -> None:
+        try:
+            await step
+        except BaseException:
+            # As the worker does: drop the open transaction, rebuild the task from committed state.
+            await task.sink.abort()
+            key = (task.group, task.partition)
+            for store in self._stores[key].values():
+                store.discard()
+            assert isinstance(task.sink, InMemorySink)
+            self._tasks[key] = self._new_task(*key, task.sink)
+            raise
+
+    def _source(self, topic: TopicRef) -> Topic[Any, Any]:
+        name = _name(topic)
+        if name not in self.app.handlers:
+            sources = ", ".join(sorted(self.app.handlers)) or "(none)"
+            raise ConfigurationError(f"topic {name!r} has no handler; the sources are {sources}")
+        return self.app.topics[name]
+
+    def _millis(self, timestamp: int | datetime | None) -> int:
+        if timestamp is None:
+            return self.clock()
+        if isinstance(timestamp, datetime):
+            aware = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
+            return (aware - _EPOCH) // timedelta(milliseconds=1)
+        return timestamp
+
+    # -- output and state ----------------------------------------------------------------------
+
+    def read(self, topic: TopicRef) -> list[Output]:
+        """The committed records sent to ``topic`` in commit order, deserialized with its serdes
+        (bytes for a topic the App does not declare)."""
+        out, declared = self._committed.get(_name(topic), []), self.app.topics.get(_name(topic))
+        if declared is None:
+            return list(out)
+        k, v = declared.key_serde, declared.value_serde
+        return [dataclasses.replace(o, key=_de(k, o.key), value=_de(v, o.value)) for o in out]
+
+    def read_all(self) -> dict[str, list[Output]]:
+        """``read`` of every topic written to, changelogs left out."""
+        changelogs = {t.changelog_topic for t in self.app.tables.values()}
+        return {t: self.read(t) for t in list(self._committed) if t not in changelogs}
+
+    def clear(self) -> None:
+        """Forget every committed output."""
+        self._committed.clear()
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        """The committed records of ``<app_id>-dlq``."""
+        return [
+            DeadLetter(o.key, o.value, _text(o.headers), o.timestamp, o.partition, o.offset)
+            for o in self._committed.get(self.app.dlq_topic, [])
+        ]
+
+    def table(self, table: AnyTable | str) -> TableView:
+        """Committed state of ``table`` (an App table or its name)."""
+        if _name(table) not in self.app.tables:
+            raise ConfigurationError(
+                f"unknown table {_name(table)!r}; tables: {list(self.app.tables)}"
+            )
+        return TableView(self, self.app.tables[_name(table)])
+
+    def task(self, partition: int, group: str = "0") -> Task:
+        """The task of ``partition`` in task ``group``."""
+        if (group, partition) not in self._tasks:
+            tasks = ", ".join(f"{g}_{p}" for g, p in self._tasks)
+            raise ConfigurationError(f"no task {group}_{partition}; the tasks are {tasks}")
+        return self._tasks[(group, partition)]
+
+    def stream_time(self, partition: int = 0, group: str = "0") -> int:
+        """The task's stream time: the largest record timestamp it has seen (-1: none yet)."""
+        return self.task(partition, group).stream_time
+
+    def late_dropped(self, table: AnyTable | str) -> int:
+        """How many records ``table`` dropped as late (``onceflow_late_records_dropped_total``)."""
+        labels = {"app": self.app.app_id, "store": _name(table)}
+        sample = "onceflow_late_records_dropped_total"
+        return int(self.metrics.registry.get_sample_value(sample, labels) or 0)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Commit what is open and release the stores; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            for task in self._tasks.values():
+                await task.close(commit=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def _name(ref: TopicRef | AnyTable) -> str:
+    return ref if isinstance(ref, str) else ref.name
+
+
+def _de(serde: Serde[Any], data: bytes | None) -> Any:
+    return None if data is None else serde.deserialize(data)
+
+
+def _text(headers: list[Header]) -> dict[str, str]:
+    return {k: v.decode("utf-8", "replace") for k, v in headers}

@@ -1,0 +1,86 @@
+"""The test driver's records and its in-memory ``Sink`` (see ``app.testing``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from aiokafka.structs import RecordMetadata, TopicPartition
+
+from app.context import Header, OutgoingRecord
+
+if TYPE_CHECKING:
+    from app.testing import TestDriver
+
+__all__ = ["DeadLetter", "InMemorySink", "Output", "RecordOptions"]
+
+
+class RecordOptions(TypedDict, total=False):
+    """Input record fields: ``timestamp`` (ms, or a datetime; naive = UTC), ``headers`` and
+    ``partition`` (default: murmur2 of the key bytes, as Kafka's producers pick it)."""
+
+    timestamp: int | datetime | None
+    headers: Sequence[Header] | None
+    partition: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A committed record the app sent (key and value deserialized by ``read``)."""
+
+    topic: str
+    key: Any
+    value: Any
+    headers: list[Header]
+    timestamp: int
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-letter record: the source record's bytes, headers as text (``onceflow.*``)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    timestamp: int
+    partition: int
+    offset: int
+
+
+class InMemorySink:
+    """A task's ``Sink`` (``app.producers``) into the driver's log: a send is acknowledged at
+    once and becomes visible when the task commits; ``abort`` drops it."""
+
+    def __init__(self, driver: TestDriver) -> None:
+        self._driver = driver
+        self._pending: list[Output] = []
+        self.committed_offsets: dict[TopicPartition, Any] = {}
+
+    async def start(self) -> None: ...  # nothing to fence: the driver owns every task
+
+    async def begin(self) -> None: ...
+
+    async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]:
+        out = self._driver._place(record)
+        self._pending.append(out)
+        tp = TopicPartition(out.topic, out.partition)
+        meta = RecordMetadata(out.topic, out.partition, tp, out.offset, out.timestamp, 0, -1)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(meta)
+        return future
+
+    async def commit(self, offsets: Mapping[TopicPartition, Any]) -> None:
+        self.committed_offsets.update(offsets)
+        for out in self._pending:
+            self._driver._committed[out.topic].append(out)
+        self._pending = []
+
+    async def abort(self) -> None:
+        self._pending = []
+
+    close = abort
