@@ -25,9 +25,37 @@ class _JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class _RepeatFilter(logging.Filter):
+    """Lets one line of each aiokafka message template through per ``interval`` seconds.
+
+    While a broker is down aiokafka logs an ERROR on every retry (ten a second); operators need
+    one line per event, with a count of what was held back.
+    """
+
+    def __init__(self, interval: float = 30.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        last, held = self._last.get(key, (0.0, 0))
+        if now - last < self._interval:
+            self._last[key] = (last, held + 1)
+            return False
+        self._last[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} similar lines held back)"
+        return True
+
+
 def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
-    """Log to stderr; aiokafka's own chatter is kept at WARNING."""
+    """Log to stderr; aiokafka's own chatter is kept at WARNING and rate-limited."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RepeatFilter())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:

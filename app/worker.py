@@ -143,9 +143,9 @@ class Worker:
         self._consumer.subscribe(sorted(self.app.handlers), listener=_Listener(self))
         self.phase = "joining"
         log.info(
-            "worker %s joining group %r (%s, commit every %d ms)",
-            self.clients,
+            "joining group %r as %s (%s, commit every %d ms)",
             self.app.app_id,
+            self.assignor.advertised_url,
             s.processing_guarantee,
             s.effective_commit_interval_ms,
         )

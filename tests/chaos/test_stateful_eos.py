@@ -8,50 +8,14 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from kafka_helpers import read_to_end, unique_name
-from workers import (
-    WorkerProcess,
-    assert_no_hanging_transactions,
-    collect,
-    produce,
-    worker_env,
-)
+from kafka_helpers import unique_name
+from oracle import check_aggregates, make_inputs
+from workers import WorkerProcess, collect, produce, worker_env
 
 pytestmark = pytest.mark.chaos
-KEYS = 20_000
-
-
-def make_inputs(n: int, seed: int) -> list[tuple[bytes, bytes]]:
-    rng = random.Random(seed)
-    return [
-        (
-            f"key-{rng.randrange(KEYS)}".encode(),
-            rng.randrange(-1000, 1000).to_bytes(8, "big", signed=True),
-        )
-        for _ in range(n)
-    ]
-
-
-def expected_by_key(inputs: list) -> dict[bytes, list[bytes]]:
-    state: dict[bytes, tuple[int, int, int, int]] = {}
-    out: dict[bytes, list[bytes]] = defaultdict(list)
-    for r in inputs:  # one partition's order is each of its keys' order
-        value = int.from_bytes(r.value, "big", signed=True)
-        s, c, lo, hi = state.get(r.key, (0, 0, value, value))
-        state[r.key] = (s + value, c + 1, min(lo, value), max(hi, value))
-        out[r.key].append(",".join(map(str, state[r.key])).encode())
-    return out
-
-
-def outputs_by_key(records: list) -> dict[bytes, list[bytes]]:
-    out: dict[bytes, list[bytes]] = defaultdict(list)
-    for r in records:
-        out[r.key].append(r.value)
-    return out
 
 
 async def _setup(bootstrap: str, new_topic, tmp_path: Path, **env: str | int):
@@ -72,18 +36,6 @@ async def _setup(bootstrap: str, new_topic, tmp_path: Path, **env: str | int):
         return WorkerProcess("tests.apps.aggregates", own, tmp_path / f"worker-{i}.log").start()
 
     return source, sink, spawn
-
-
-async def _check(bootstrap: str, source: str, sink: str, output: list) -> None:
-    inputs = await read_to_end(bootstrap, source)
-    expected = expected_by_key(inputs)
-    got = outputs_by_key(output)
-    assert len(output) == len(inputs), f"{len(output)} outputs for {len(inputs)} inputs"
-    wrong = [k for k in expected if got.get(k) != expected[k]]
-    if wrong:
-        key = wrong[0]
-        pytest.fail(f"{len(wrong)} keys diverge, e.g. {key!r}: {got.get(key)} != {expected[key]}")
-    await assert_no_hanging_transactions(bootstrap, sink)
 
 
 async def test_running_aggregates_exact_under_kill_9_and_rebalance(
@@ -116,7 +68,7 @@ async def test_running_aggregates_exact_under_kill_9_and_rebalance(
         for w in workers:
             w.stop()
     print(f"survived {kills} kill -9 and a 2->3->1 rebalance; {len(output)} outputs checked")
-    await _check(bootstrap_servers, source, sink, output)
+    await check_aggregates(bootstrap_servers, source, sink, output)
 
 
 def _restore_lines(log: str) -> list[tuple[str, int, int, int]]:
@@ -157,4 +109,4 @@ async def test_restore_replays_only_the_tail_and_survives_corruption(
     log = worker.log_text()
     assert "wiped" in log and str(victim.parent) in log, log[-3000:]
     assert any(offset == 0 and count > 0 for _, _, count, offset in _restore_lines(log))
-    await _check(bootstrap_servers, source, sink, output)
+    await check_aggregates(bootstrap_servers, source, sink, output)
