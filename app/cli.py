@@ -42,13 +42,14 @@ def load_app(spec: str) -> App:
 
 
 async def _run_worker(app: App, settings: Settings) -> None:
+    from app.http import serve
     from app.worker import Worker
 
     worker = Worker(app, settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
-    await worker.run()
+    await serve(worker)
 
 
 async def _create_topics(app: App, settings: Settings, partitions: int, rf: int) -> None:

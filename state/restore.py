@@ -74,7 +74,7 @@ async def restore_partition(
     progress: RestoreProgress,
     *,
     on_batch: Callable[[RestoreProgress, int], Any] | None = None,
-    batch_records: int = 20_000,
+    batch_records: int = 50_000,
 ) -> RestoreProgress:
     """Bring ``store`` up to the end of its changelog partition; return the final progress."""
     tp = TopicPartition(topic, partition)

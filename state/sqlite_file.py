@@ -1,0 +1,276 @@
+"""The SQLite file behind one store partition, reached through sqlitedict.
+
+Layout: one table ``kv`` with sqlitedict's schema (``key TEXT PRIMARY KEY, value BLOB``) holding
+user data *and* metadata. The checkpoint must commit in the same transaction as the data, and
+sqlitedict runs one connection per ``SqliteDict``, so a second table opened as a second
+``SqliteDict`` would be a second transaction. Keys are therefore namespaced:
+
+* ``b"k" + key``            user data
+* ``b"m" + name``           metadata: ``mcheckpoint`` (8-byte signed big-endian changelog
+                            offset), ``mformat`` (layout version)
+
+Keys and values are stored as BLOBs — all four sqlitedict codecs are the identity, *never*
+pickle, because changelog records come from the network. BLOBs compare with ``memcmp``, so the
+primary-key index orders keys bytewise and serves range reads without a scan.
+
+Two ``SqliteDict``s share the file: a writer (flush, restore) and a read-only reader. In WAL mode
+the reader sees only committed transactions and is not queued behind a running flush (each
+``SqliteDict`` serializes its statements through its own thread).
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import struct
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlitedict import SqliteDict, identity
+
+from app.errors import StateError, StoreCorruptError
+
+__all__ = ["DB_FILE", "SqliteFile", "check_file", "db_files"]
+
+DB_FILE = "data.sqlite"
+_TABLE = "kv"
+META_CHECKPOINT = b"mcheckpoint"
+META_FORMAT = b"mformat"
+FORMAT_VERSION = b"1"
+_OFFSET = struct.Struct(">q")
+
+# Rows per multi-row statement: one request to sqlitedict's thread instead of one per row
+# (its executemany queues every row separately), and under SQLite's historic 999-variable cap.
+_ROWS = 499
+_KEYS = 999
+_RANGES = 499
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_T = TypeVar("_T")
+
+
+def db_files(directory: Path) -> list[Path]:
+    """The database file and its WAL companions (the lock file is not one of them)."""
+    return [directory / f"{DB_FILE}{suffix}" for suffix in ("", "-wal", "-shm")]
+
+
+def corrupt_message(file: Path, detail: str) -> str:
+    return (
+        f"store database {str(file)!r} is corrupt ({detail}); it will be wiped and restored "
+        "from the changelog"
+    )
+
+
+def translate(exc: sqlite3.Error, file: Path, doing: str) -> StateError:
+    """The onceflow error for a SQLite error: corruption, or a generic state error."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _CORRUPT_CODES:
+        return StoreCorruptError(corrupt_message(file, str(exc)))
+    return StateError(
+        f"SQLite failed while {doing} {str(file)!r}: {exc}. Check free disk space and the "
+        "permissions of the state directory"
+    )
+
+
+def check_file(file: Path, *, deep: bool) -> None:
+    """Raise StoreCorruptError unless ``file`` (if it exists) is a store database we can use.
+
+    Always reads the schema and the format version (a few pages). ``deep`` adds
+    ``PRAGMA quick_check``, which reads every page: ~0.25 s per million 100-byte rows.
+    Runs on a plain sqlite3 connection so that a bad file never kills sqlitedict's thread.
+    """
+    if not file.exists():
+        return
+    try:
+        conn = sqlite3.connect(str(file))
+        try:
+            _check(conn, file, deep=deep)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise translate(exc, file, "checking") from exc
+
+
+def _check(conn: sqlite3.Connection, file: Path, *, deep: bool) -> None:
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if _TABLE in tables:
+        row = conn.execute(f'SELECT value FROM "{_TABLE}" WHERE key = ?', (META_FORMAT,)).fetchone()
+        if row is not None and bytes(row[0]) != FORMAT_VERSION:
+            detail = f"layout version {bytes(row[0])!r}, this onceflow reads {FORMAT_VERSION!r}"
+            raise StoreCorruptError(corrupt_message(file, detail))
+    if deep:
+        problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StoreCorruptError(corrupt_message(file, "; ".join(problems)))
+
+
+def _open_dict(file: Path) -> Any:
+    # Never flag="r": sqlitedict then checks the table through a sqlite3 connection it leaves
+    # to the garbage collector, which keeps the WAL alive after close and, collected later,
+    # may delete the WAL file of a newer connection (after a wipe) by name.
+    return SqliteDict(
+        str(file),
+        tablename=_TABLE,
+        flag="c",
+        autocommit=False,
+        journal_mode="WAL",
+        encode=identity,
+        decode=identity,
+        encode_key=identity,
+        decode_key=identity,
+        outer_stack=False,  # it walks the stack on every statement: slow
+    )
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
+    return (items[i : i + size] for i in range(0, len(items), size))
+
+
+class SqliteFile:
+    """Open writer and reader connections to one store database (all blocking calls)."""
+
+    def __init__(self, file: Path, *, page_cache_mib: int) -> None:
+        self.file = file
+        self._writer: Any = None
+        self._reader: Any = None
+        self._read_lock = threading.Lock()  # sqlitedict hands an error to whoever asks next
+        self.checkpoint_at_open: int | None = None
+        try:
+            self._writer = _open_dict(file)
+            w = self._writer.conn
+            # NORMAL is WAL's crash-safe setting: a power loss may lose the last commits but not
+            # corrupt the file; data and checkpoint still commit or vanish together.
+            w.execute("PRAGMA synchronous=NORMAL")
+            w.execute(f"PRAGMA cache_size=-{page_cache_mib * 1024}")
+            w.execute("PRAGMA wal_autocheckpoint=4000")  # fewer, larger WAL checkpoints
+            if self._writer_get(META_FORMAT) is None:
+                self.write(meta=[(META_FORMAT, FORMAT_VERSION)])
+            raw = self._writer_get(META_CHECKPOINT)
+            self.checkpoint_at_open = None if raw is None else int(_OFFSET.unpack(raw)[0])
+            self._reader = _open_dict(file)
+            self._reader.conn.execute("PRAGMA query_only=1")
+            self._reader.conn.execute(f"PRAGMA cache_size=-{page_cache_mib * 1024}")
+        except sqlite3.Error as exc:
+            self.close()
+            raise translate(exc, file, "opening") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _writer_get(self, key: bytes) -> bytes | None:
+        row = self._writer.conn.select_one(f'SELECT value FROM "{_TABLE}" WHERE key = ?', (key,))
+        return None if row is None else bytes(row[0])
+
+    def get(self, key: bytes) -> bytes | None:
+        """Committed value of a raw (namespaced) key."""
+        row = self._select_one(f'SELECT value FROM "{_TABLE}" WHERE key = ?', (key,))
+        return None if row is None else bytes(row[0])
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """Committed values of the raw keys that exist, one round trip per 999 keys."""
+        found: dict[bytes, bytes] = {}
+        for chunk in _chunks(keys, _KEYS):
+            marks = ",".join("?" * len(chunk))
+            sql = f'SELECT key, value FROM "{_TABLE}" WHERE key IN ({marks})'
+            found.update((bytes(k), bytes(v)) for k, v in self._select(sql, tuple(chunk)))
+        return found
+
+    def range(self, lo: bytes, hi: bytes, limit: int | None) -> list[tuple[bytes, bytes]]:
+        """Committed rows with ``lo <= key < hi`` in key order, via the primary-key index."""
+        sql = f'SELECT key, value FROM "{_TABLE}" WHERE key >= ? AND key < ? ORDER BY key'
+        args: tuple[Any, ...] = (lo, hi)
+        if limit is not None:
+            sql, args = sql + " LIMIT ?", (lo, hi, limit)
+        return [(bytes(k), bytes(v)) for k, v in self._select(sql, args)]
+
+    def count(self, lo: bytes, hi: bytes) -> int:
+        """Number of keys in ``[lo, hi)``; scans the index (~0.3 s per million keys)."""
+        row = self._select_one(
+            f'SELECT count(*) FROM "{_TABLE}" WHERE key >= ? AND key < ?', (lo, hi)
+        )
+        return 0 if row is None else int(row[0])
+
+    def _select_one(self, sql: str, args: tuple[Any, ...]) -> Any:
+        rows = self._select(sql, args)
+        return rows[0] if rows else None
+
+    def _select(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        with self._read_lock:
+            if self._reader is None:
+                raise StateError(f"store database {str(self.file)!r} is closed")
+            try:
+                return list(self._reader.conn.select(sql, args))
+            except sqlite3.Error as exc:
+                raise translate(exc, self.file, "reading") from exc
+
+    def write(
+        self,
+        *,
+        ranges: Sequence[tuple[bytes, bytes]] = (),
+        deletes: Sequence[bytes] = (),
+        puts: Sequence[tuple[bytes, bytes]] = (),
+        meta: Sequence[tuple[bytes, bytes]] = (),
+        checkpoint: int | None = None,
+    ) -> list[bytes]:
+        """Apply, in one transaction and in this order: range deletions, deletes, puts, meta
+        and the checkpoint. Returns the keys the range deletions removed (to evict from caches).
+        On any error the transaction is rolled back and the file is unchanged."""
+        rows = [*puts, *meta]
+        if checkpoint is not None:
+            rows.append((META_CHECKPOINT, _OFFSET.pack(checkpoint)))
+        conn = self._writer.conn
+        try:
+            removed = self._delete_ranges(conn, ranges)
+            for keys in _chunks(deletes, _KEYS):
+                marks = ",".join("?" * len(keys))
+                conn.execute(f'DELETE FROM "{_TABLE}" WHERE key IN ({marks})', tuple(keys))
+            for chunk in _chunks(rows, _ROWS):
+                conn.execute(_upsert_sql(len(chunk)), [x for row in chunk for x in row])
+            # sqlitedict runs statements asynchronously and reports a failure on the next
+            # call; this round trip surfaces any error *before* COMMIT, never after.
+            conn.select_one("SELECT 1")
+            # COMMIT as a statement, not sqlitedict's commit(): an error there would kill its
+            # thread and hang this one.
+            conn.execute("COMMIT")
+            conn.select_one("SELECT 1")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise translate(exc, self.file, "writing") from exc
+        return removed
+
+    @staticmethod
+    def _delete_ranges(conn: Any, ranges: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        removed: list[bytes] = []
+        for chunk in _chunks(ranges, _RANGES):
+            where = " OR ".join(["(key >= ? AND key < ?)"] * len(chunk))
+            sql = f'DELETE FROM "{_TABLE}" WHERE {where} RETURNING key'
+            removed.extend(bytes(row[0]) for row in conn.select(sql, [x for r in chunk for x in r]))
+        return removed
+
+    def _rollback(self) -> None:
+        try:
+            self._writer.conn.execute("ROLLBACK")
+            self._writer.conn.select_one("SELECT 1")
+        except sqlite3.Error:
+            pass  # SQLite already rolled back (e.g. disk full): nothing left to undo
+
+    def close(self) -> None:
+        """Close both connections (the last one to close checkpoints and removes the WAL)."""
+        with self._read_lock:
+            reader, self._reader = self._reader, None
+        for handle in (reader, self._writer):
+            if handle is not None:
+                handle.close()
+        self._writer = None
+
+
+@functools.cache
+def _upsert_sql(rows: int) -> str:
+    # An upsert updates the row in place; REPLACE would delete and re-insert it, touching the
+    # key index too.
+    values = ",".join(["(?,?)"] * rows)
+    return (
+        f'INSERT INTO "{_TABLE}" (key, value) VALUES {values} '
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+    )
