@@ -15,6 +15,8 @@ import logging
 import signal
 import sys
 
+from aiokafka.errors import KafkaError
+
 from app.app import App
 from app.errors import ConfigurationError, OnceflowError
 from app.logs import configure_logging
@@ -157,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args, settings)
     except OnceflowError as exc:
         print(f"onceflow: {exc}", file=sys.stderr)
+        return 1
+    except KafkaError as exc:
+        # What aiokafka raises when the cluster cannot be reached at start, for one.
+        where = f"ONCEFLOW_BOOTSTRAP_SERVERS={settings.bootstrap_servers}"
+        print(f"onceflow: Kafka error: {exc} ({where})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -7,10 +7,27 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import collect_hosts, create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 
+from app.errors import ConfigurationError
 from app.settings import Settings
 
 __all__ = ["Clients"]
+
+LOGIN_ERRORS = (
+    AuthenticationFailedError,
+    IllegalSaslStateError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 
 
 class Clients:
@@ -58,3 +75,39 @@ class Clients:
 
     def admin(self) -> AIOKafkaAdminClient:
         return AIOKafkaAdminClient(**self._common())
+
+    async def start(
+        self, client: AIOKafkaAdminClient | AIOKafkaConsumer | AIOKafkaProducer
+    ) -> None:
+        """Start ``client``; a refused login becomes a ``ConfigurationError`` that says so.
+
+        aiokafka only logs why a bootstrap failed and raises a bare "Unable to bootstrap", so
+        after one, a single direct connection recovers the broker's answer for the message.
+        """
+        try:
+            await client.start()
+        except KafkaConnectionError:
+            refusal = await self._login_refusal()
+            if refusal is None:
+                raise
+            s = self._settings
+            raise ConfigurationError(
+                f"Kafka authentication failed for SASL {s.sasl_mechanism} user "
+                f"{s.sasl_username!r} at {s.bootstrap_servers}: {refusal} -- check "
+                "ONCEFLOW_SASL_USERNAME, ONCEFLOW_SASL_PASSWORD and ONCEFLOW_SASL_MECHANISM"
+            ) from None
+
+    async def _login_refusal(self) -> str | None:
+        """The first bootstrap broker's refusal of our credentials, or None if none refused."""
+        s = self._settings
+        for host, port, _ in collect_hosts(s.bootstrap_servers):
+            try:
+                conn = await create_conn(
+                    host, port, client_id=self._client_id, **s.kafka_security()
+                )
+            except LOGIN_ERRORS as exc:
+                return str(exc)
+            except (OSError, KafkaError, TimeoutError):
+                continue
+            conn.close()
+        return None

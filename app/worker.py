@@ -118,8 +118,8 @@ class Worker:
 
     async def _setup(self) -> None:
         admin_client = self.clients.admin()
-        await admin_client.start()
         try:
+            await self.clients.start(admin_client)
             admin = TopicAdmin(admin_client, replication_factor=self.settings.replication_factor)
             self.partitions = await admin.check_sources(self.app)
             await admin.ensure(internal_topics(self.app, self.partitions))

@@ -20,6 +20,7 @@ Command line::
 
     kafka_local.py fetch [--version V]
     kafka_local.py start --data-dir D [--port 9092] [--controller-port PORT+NODES] [--nodes 1|3]
+                         [--sasl-plain USER:PASS ...]
     kafka_local.py stop --data-dir D
     kafka_local.py kill-node --data-dir D --node N [--signal KILL|TERM]
     kafka_local.py start-node --data-dir D --node N
@@ -29,6 +30,15 @@ From Python (tests load this file with importlib)::
 
     bootstrap = start_cluster(data_dir, nodes=1, port=p, controller_port=c)
     stop_cluster(data_dir)
+
+SASL (``--sasl-plain USER:PASS``, repeatable; ``sasl_users={user: password}`` from Python): each
+node also gets a SASL_PLAINTEXT listener with mechanism PLAIN and those users. Node N's SASL port
+is ``port + nodes + N - 1``, right after the broker ports (one node: the port after the plain
+one), and the controller ports then default to after the SASL ports. Inter-broker and controller
+traffic and the readiness probe stay on PLAINTEXT; ``start`` prints ``sasl_bootstrap=...`` before
+its ``bootstrap=...`` line and ``sasl_bootstrap(data_dir)`` returns it. The users are recorded
+in ``cluster.json`` (a throwaway test cluster: the passwords are stored in clear there and in
+``server.properties``), so ``start`` without ``--sasl-plain`` and ``start-node`` keep them.
 
 Every failure is a ``KafkaLocalError`` whose first line says what is wrong and how to fix it; the
 command line prints it and exits 1, after stopping whatever this call had started.
@@ -54,7 +64,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 DEFAULT_VERSION = "3.9.1"
@@ -83,6 +93,7 @@ class ClusterSpec:
     port: int
     controller_port: int
     cluster_id: str
+    sasl_users: dict[str, str] | None = None
 
     def node_ids(self) -> list[int]:
         return list(range(1, self.nodes + 1))
@@ -93,12 +104,22 @@ class ClusterSpec:
     def quorum_port(self, node: int) -> int:
         return self.controller_port + node - 1
 
+    def sasl_port(self, node: int) -> int | None:
+        return self.port + self.nodes + node - 1 if self.sasl_users else None
+
     def ports(self, node: int) -> list[int]:
-        return [self.broker_port(node), self.quorum_port(node)]
+        sasl = self.sasl_port(node)
+        return [self.broker_port(node), *([sasl] if sasl else []), self.quorum_port(node)]
 
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{self.broker_port(n)}" for n in self.node_ids())
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        if not self.sasl_users:
+            return None
+        return ",".join(f"127.0.0.1:{self.sasl_port(n)}" for n in self.node_ids())
 
 
 # --- fetching jars -------------------------------------------------------------------------------
@@ -266,17 +287,58 @@ def node_dir(data_dir: Path, node: int) -> Path:
     return data_dir / f"node-{node}"
 
 
+def check_sasl_users(users: dict[str, str]) -> None:
+    """Refuse names and passwords that would need escaping in a JAAS line in a .properties file."""
+    for user, password in users.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]+", user):
+            raise KafkaLocalError(
+                f"SASL user name {user!r} is not supported: use letters, digits and _ . @ -"
+            )
+        if not password or any(c in password for c in '"\\;\n\r'):
+            raise KafkaLocalError(
+                f"the SASL password of {user!r} is empty or holds a quote, backslash, semicolon "
+                "or line break: pick a simpler test password"
+            )
+
+
+def parse_sasl_plain(values: list[str] | None) -> dict[str, str] | None:
+    """``["alice:secret", ...]`` from ``--sasl-plain`` → ``{"alice": "secret"}``."""
+    if not values:
+        return None
+    users = {}
+    for value in values:
+        user, colon, password = value.partition(":")
+        if not colon or not user:
+            raise KafkaLocalError("--sasl-plain wants USER:PASS, e.g. --sasl-plain alice:secret")
+        users[user] = password
+    return users
+
+
+def _sasl_settings(spec: ClusterSpec) -> dict[str, object]:
+    """The SASL_PLAINTEXT listener's PLAIN mechanism with ``spec.sasl_users``."""
+    users = " ".join(f'user_{u}="{p}"' for u, p in sorted((spec.sasl_users or {}).items()))
+    return {
+        "sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+        ),
+    }
+
+
 def server_properties(spec: ClusterSpec, node: int, data_dir: Path) -> str:
     voters = ",".join(f"{n}@127.0.0.1:{spec.quorum_port(n)}" for n in spec.node_ids())
     replicas = min(spec.nodes, 3)
+    plain = f"PLAINTEXT://127.0.0.1:{spec.broker_port(node)}"
+    sasl = f",SASL_PLAINTEXT://127.0.0.1:{spec.sasl_port(node)}" if spec.sasl_users else ""
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
     settings = {
         "process.roles": "broker,controller",
         "node.id": node,
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://127.0.0.1:{spec.broker_port(node)},"
-        f"CONTROLLER://127.0.0.1:{spec.quorum_port(node)}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{spec.broker_port(node)}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": f"{plain}{sasl},CONTROLLER://127.0.0.1:{spec.quorum_port(node)}",
+        "advertised.listeners": f"{plain}{sasl}",
+        "listener.security.protocol.map": protocols
+        + (",SASL_PLAINTEXT:SASL_PLAINTEXT" if sasl else ""),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": node_dir(data_dir, node) / "data",
@@ -296,6 +358,8 @@ def server_properties(spec: ClusterSpec, node: int, data_dir: Path) -> str:
     if major(spec.version) == 4:
         settings["share.coordinator.state.topic.replication.factor"] = replicas
         settings["share.coordinator.state.topic.min.isr"] = max(1, replicas - 1)
+    if spec.sasl_users:
+        settings.update(_sasl_settings(spec))
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
@@ -495,25 +559,35 @@ def start_cluster(
     port: int = 9092,
     controller_port: int | None = None,
     version: str | None = None,
+    sasl_users: dict[str, str] | None = None,
 ) -> str:
-    """Start (or finish starting) a cluster in ``data_dir``; return its bootstrap string.
+    """Start (or finish starting) a cluster in ``data_dir``; return its (PLAINTEXT) bootstrap.
 
     Node N listens on ``port + N - 1`` and ``controller_port + N - 1`` (default: right after the
-    broker ports). Idempotent: nodes already running are left alone. On failure, every node this
-    call started is killed again before the error propagates.
+    broker ports, or after the SASL ports). ``sasl_users`` adds a SASL_PLAINTEXT/PLAIN listener on
+    ``port + nodes + N - 1`` (see ``sasl_bootstrap``); ``None`` keeps what ``data_dir`` recorded.
+    Idempotent: nodes already running are left alone. On failure, every node this call started
+    is killed again before the error propagates.
     """
     data_dir = Path(data_dir).resolve()
     version = version or os.environ.get("KAFKA_VERSION") or DEFAULT_VERSION
-    controller_port = controller_port or port + nodes
     if not 1 <= nodes <= 9:
         raise KafkaLocalError(f"--nodes must be between 1 and 9, not {nodes}")
     major(version)  # validates it
-    if port < controller_port + nodes and controller_port < port + nodes:
+    existing = load_spec(data_dir)
+    if sasl_users is None and existing is not None:
+        sasl_users = existing.sasl_users
+    if sasl_users:
+        check_sasl_users(sasl_users)
+    listener_ports = nodes * (2 if sasl_users else 1)  # broker ports, then SASL ports
+    controller_port = controller_port or port + listener_ports
+    if port < controller_port + nodes and controller_port < port + listener_ports:
         raise KafkaLocalError(
-            f"broker ports {port}-{port + nodes - 1} overlap controller ports "
+            f"broker ports {port}-{port + listener_ports - 1} overlap controller ports "
             f"{controller_port}-{controller_port + nodes - 1}: pick another --controller-port"
         )
-    spec = _spec_for(data_dir, nodes, port, controller_port, version)
+    wanted = ClusterSpec(version, nodes, port, controller_port, "", sasl_users or None)
+    spec = _spec_for(data_dir, existing, wanted)
     to_start = [n for n in spec.node_ids() if node_pid(data_dir, n) is None]
     check_ports_free([p for n in to_start for p in spec.ports(n)])
     check_java_version(find_java(), version)
@@ -523,22 +597,23 @@ def start_cluster(
     return spec.bootstrap
 
 
-def _spec_for(
-    data_dir: Path, nodes: int, port: int, controller_port: int, version: str
-) -> ClusterSpec:
-    existing = load_spec(data_dir)
-    wanted = ClusterSpec(
-        version, nodes, port, controller_port, existing.cluster_id if existing else ""
-    )
+def _spec_for(data_dir: Path, existing: ClusterSpec | None, wanted: ClusterSpec) -> ClusterSpec:
     if existing is None:
-        return ClusterSpec(version, nodes, port, controller_port, new_cluster_id())
-    if existing != wanted:
+        return replace(wanted, cluster_id=new_cluster_id())
+    if existing != replace(wanted, cluster_id=existing.cluster_id):
+        sasl = f", SASL users {sorted(existing.sasl_users)}" if existing.sasl_users else ""
         raise KafkaLocalError(
             f"{data_dir} holds another cluster (Kafka {existing.version}, {existing.nodes} "
-            f"node(s), ports {existing.port}/{existing.controller_port}): "
+            f"node(s), ports {existing.port}/{existing.controller_port}{sasl}): "
             "run `stop` and remove that dir, or use another --data-dir"
         )
     return existing
+
+
+def sasl_bootstrap(data_dir: str | Path) -> str | None:
+    """The SASL_PLAINTEXT bootstrap of the cluster in ``data_dir`` (None without SASL users)."""
+    spec = load_spec(Path(data_dir).resolve())
+    return spec.sasl_bootstrap if spec else None
 
 
 def _write_cluster(spec: ClusterSpec, data_dir: Path) -> None:
@@ -629,6 +704,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--controller-port", type=int, help="default: --port + --nodes")
     start.add_argument("--nodes", type=int, default=1)
     start.add_argument("--version")
+    start.add_argument(
+        "--sasl-plain",
+        action="append",
+        metavar="USER:PASS",
+        help="add a SASL_PLAINTEXT listener (PLAIN) with this user, on --port + --nodes",
+    )
     kill = sub.add_parser("kill-node")
     kill.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
     restart = sub.add_parser("start-node")
@@ -646,10 +727,13 @@ def run(args: argparse.Namespace) -> str:
         version = args.version or os.environ.get("KAFKA_VERSION") or DEFAULT_VERSION
         return f"libs={fetch(version)}"
     if args.command == "start":
+        users = parse_sasl_plain(args.sasl_plain)
         bootstrap = start_cluster(
-            args.data_dir, args.nodes, args.port, args.controller_port, args.version
+            args.data_dir, args.nodes, args.port, args.controller_port, args.version, users
         )
-        return f"bootstrap={bootstrap}"
+        sasl = sasl_bootstrap(args.data_dir)
+        # bootstrap= stays the last line: scripts/with_broker.sh takes what follows it.
+        return (f"sasl_bootstrap={sasl}\n" if sasl else "") + f"bootstrap={bootstrap}"
     if args.command == "stop":
         stop_cluster(args.data_dir)
         return f"stopped {args.data_dir}"
