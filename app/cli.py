@@ -146,7 +146,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _exit_before_start(signum: int, _frame: object) -> None:
+    # SIGTERM while importing or connecting: nothing is processed yet, so nothing to commit.
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # The worker installs its own graceful handler once its loop runs; until then, exit cleanly.
+    signal.signal(signal.SIGTERM, _exit_before_start)
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
