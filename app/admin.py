@@ -115,7 +115,7 @@ class TopicAdmin:
                     f"cannot create internal topic {name!r} (replication factor {rf}): "
                     f"{for_code(code).__name__} {message}"
                 )
-            log.info("created internal topic %s (partitions=%d, rf=%d)", name, len(new), rf)
+            log.info("created internal topic %s (replication factor %d)", name, rf)
         await self._wait_visible([t.name for t in wanted])
 
     async def _wait_visible(self, names: list[str], timeout_s: float = 30.0) -> None:

@@ -64,3 +64,5 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every proxied query at INFO: per-request lines are not operator events.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -143,7 +143,7 @@ async def _copy(
         progress.position = position
         if position >= progress.end_offset:
             return
-        fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=batch_records)
+        fetched = await consumer.getmany(tp, timeout_ms=200, max_records=batch_records)
         records = fetched.get(tp, [])
         if not records:
             continue
