@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 KAFKA_LOCAL := $(PYTHON) scripts/kafka_local.py
 WITH_BROKER := PYTHON=$(PYTHON) scripts/with_broker.sh
 DEV_BROKER_DIR ?= $(HOME)/.cache/onceflow/dev-broker
-LINT_PATHS := app state processors tests bench scripts
+LINT_PATHS := $(wildcard app state processors tests bench scripts)
 PYTEST_ARGS ?=
 
 .PHONY: help venv lint test chaos bench run kafka-up kafka-down constraints clean
