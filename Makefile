@@ -1,5 +1,6 @@
 # onceflow developer commands. `make test` is what CI runs (.ci/run); it needs only python3,
-# a JDK 17 and Maven on the machine: the venv, the Kafka jars and the broker are set up here.
+# a JDK 17, Maven and Go on the machine: the venv, the Kafka jars, the broker and the deploy
+# check tools (hadolint, helm, kubernetes-validate, checkov) are set up here.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -15,12 +16,13 @@ DEV_BROKER_DIR ?= $(HOME)/.cache/onceflow/dev-broker
 LINT_PATHS := $(wildcard app state processors tests bench scripts)
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint test chaos bench run kafka-up kafka-down constraints clean
+.PHONY: help venv lint deploy-check test chaos bench run kafka-up kafka-down constraints clean
 
 help:
 	@echo "make venv        create .venv and install onceflow[dev] with constraints.txt"
 	@echo "make lint        ruff check, ruff format --check, mypy --strict"
-	@echo "make test        lint, then the test suite against a fresh local Kafka (CI runs this)"
+	@echo "make deploy-check hadolint, helm lint/template, kubernetes-validate, checkov (offline)"
+	@echo "make test        lint, deploy-check, then the test suite against a fresh local Kafka (CI runs this)"
 	@echo "make chaos       soak tests against a fresh local Kafka"
 	@echo "make bench       benchmarks (python -m bench) against a fresh local Kafka"
 	@echo "make run         the reference app with a demo producer"
@@ -42,7 +44,12 @@ lint: venv
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
-test: lint
+# Offline checks of the Dockerfile and the Helm chart. The pinned tools are installed on first
+# use into ~/.cache/onceflow/tools (helm is built with `go install`: minutes, once).
+deploy-check:
+	scripts/check_deploy.sh
+
+test: lint deploy-check
 	$(WITH_BROKER) $(BIN)/pytest -m "not soak" $(PYTEST_ARGS)
 
 # pytest exits 5 when it collects nothing: no soak test yet is not a failure.

