@@ -29,8 +29,8 @@ class OutgoingRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[Header]
-    partition: int | None
-    timestamp_ms: int | None
+    partition: int | None = None
+    timestamp_ms: int | None = None
 
 
 class Context:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import (
+    IllegalOperation,
     InvalidProducerEpoch,
     KafkaError,
     ProducerFenced,
@@ -180,7 +181,8 @@ class TransactionalSink:
                 f"{what} for {self.transactional_id!r} timed out after {self._timeout_s:.0f}s; "
                 "outcome unknown, recreating the producer"
             ) from exc
-        except (KafkaError, AssertionError) as exc:
+        except (KafkaError, AssertionError, IllegalOperation) as exc:
+            # IllegalOperation: aiokafka left the transaction after an abortable error
             # AssertionError: aiokafka's state machine refusing a transition after a fatal error
             self._check_fatal()
             raise TaskCorruptedError(

@@ -382,9 +382,15 @@ class Task:
                 else list(self._stores[table.name].pending().items())
             )
             sends = futures.setdefault(table.name, [])
-            for key, value in records:
-                out = OutgoingRecord(table.changelog_topic, key, value, [], self.partition, None)
-                sends.append(await self.sink.send(out))
+            try:
+                for key, value in records:
+                    out = OutgoingRecord(
+                        table.changelog_topic, key, value, [], self.partition, None
+                    )
+                    sends.append(await self.sink.send(out))
+            except BaseException:
+                _forget([f for fs in futures.values() for f in fs])
+                raise
         checkpoints = {}
         for name, sends in futures.items():
             if sends:
@@ -409,11 +415,19 @@ class Task:
             )
             await self.sink.abort()
         finally:
+            _forget(self._futures)  # abandoned with the transaction: their errors are known
+            self._futures = []
             self.state = TaskState.CLOSED
             for store in self._stores.values():
                 store.discard()
                 await asyncio.to_thread(store.close)
             await self.sink.close()
+
+
+def _forget(futures: list[asyncio.Future[Any]]) -> None:
+    """Retrieve the outcome of futures nobody will await, so asyncio does not log each one."""
+    for future in futures:
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _stream_time_of(metadata: str | None) -> int:

@@ -27,17 +27,24 @@ from app.admin import TopicAdmin, internal_topics
 from app.app import App
 from app.assignor import TaskAssignor, TaskKey
 from app.clients import Clients
-from app.errors import OnceflowError, StateError, TaskFencedError
+from app.errors import (
+    ChangelogMissingError,
+    ConfigurationError,
+    HandlerFailedError,
+    OnceflowError,
+    StateError,
+    TaskFencedError,
+)
 from app.metrics import Metrics
 from app.producers import AtLeastOnceSink, Sink, TaskCorruptedError, TransactionalSink
 from app.settings import Settings, load_settings
 from app.task import Task, TaskState
-from state.restore import RestoreCancelledError
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("onceflow.worker")
-RECOVERABLE = (TaskCorruptedError, StateError, KafkaError, TimeoutError, RestoreCancelledError)
+# A task failing with one of these cannot succeed by retrying: the operator must act.
+FATAL = (HandlerFailedError, ConfigurationError, ChangelogMissingError)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -257,22 +264,27 @@ class Worker:
         if isinstance(exc, TaskFencedError):
             reason, delay = "fenced", self.settings.heartbeat_interval_ms * 2 / 1000
             log.warning("task %s fenced: %s; waiting for the rebalance", task.task_id, exc)
-        elif isinstance(exc, RECOVERABLE):
+        elif isinstance(exc, FATAL):
+            log.error("task %s failed fatally: %s", task.task_id, exc)
+            self.fatal_error = exc
+            self.stop()
+            reason, delay = "fatal", None
+        else:
             # Back off exponentially while the same task keeps failing (a broker outage, a
             # full disk): rebuilding it in a tight loop would only add load.
             streak = self._failure_streak.get(key, 0)
             self._failure_streak[key] = streak + 1
             delay = min(30.0, self.settings.retry_backoff_ms / 1000 * 2**streak)
             reason = "corrupted"
+            expected = isinstance(exc, (TaskCorruptedError, StateError, KafkaError, TimeoutError))
             log.warning(
-                "task %s failed: %s; rebuilding it from the committed state", task.task_id, exc
+                "task %s failed: %s; rebuilding it from the committed state in %.1fs",
+                task.task_id,
+                exc,
+                delay,
+                exc_info=None if expected else exc,
             )
             self.metrics.transactions.labels(self.app.app_id, "aborted").inc()
-        else:
-            log.error("task %s failed fatally: %s", task.task_id, exc, exc_info=exc)
-            self.fatal_error = exc
-            self.stop()
-            reason, delay = "fatal", None
         self.metrics.task_failures.labels(self.app.app_id, reason).inc()
         await task.close(commit=False)
         self.metrics.assigned_tasks.labels(self.app.app_id).set(len(self.tasks))
