@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+import time
 import uuid
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +21,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 Isolation = Literal["read_committed", "read_uncommitted"]
 REPO = Path(__file__).resolve().parents[1]
 READ_TIMEOUT_S = 30.0
+
+
+def recent_window_start(window_ms: int, hours_ago: float = 2.0) -> int:
+    """A window boundary a little in the past. Record timestamps flow to output topics (event
+    time, as in Kafka Streams), and the broker deletes records older than the topic's retention
+    (7 days by default): test data must be recent, or its outputs vanish mid-test."""
+    now = int(time.time() * 1000) - int(hours_ago * 3_600_000)
+    return now - now % window_ms
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -35,13 +35,13 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from kafka_helpers import REPO, create_topics, unique_name
+from kafka_helpers import REPO, create_topics, recent_window_start, unique_name
 from workers import WorkerProcess, collect, produce
 
 DOCKERFILE = REPO / "Dockerfile"
 IMAGE_STATE_DIR = "/var/lib/onceflow"
 WINDOW_MS = 5 * 60 * 1000
-T0 = 1_700_000_100_000 - 1_700_000_100_000 % WINDOW_MS  # a window start: all records in one
+T0 = recent_window_start(WINDOW_MS)  # a window start: all records in one
 KEYS = [f"user-{i}" for i in range(3)]
 PER_KEY = 4
 

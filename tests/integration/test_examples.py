@@ -8,14 +8,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import orjson
-from kafka_helpers import read_to_end, unique_name
+from kafka_helpers import read_to_end, recent_window_start, unique_name
 from workers import WorkerProcess, collect, produce, worker_env
 
 from app.partitioner import partition_for_key
 from processors.dedup import WINDOW_MS
 from processors.enrich import InvalidOrderError, enrich_order
 
-T0 = 1_700_000_400_000 - 1_700_000_400_000 % WINDOW_MS
+T0 = recent_window_start(WINDOW_MS)
 
 
 def order_inputs(n: int) -> list[tuple[bytes | None, bytes | None, int]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-from kafka_helpers import load_kafka_local, unique_name
+from kafka_helpers import load_kafka_local, recent_window_start, unique_name
 from prometheus_client.parser import text_string_to_metric_families
 from workers import WorkerProcess, collect, produce, worker_env
 
@@ -218,7 +218,7 @@ async def test_windowed_table_through_both_instances(
     b_env = {**env, "ONCEFLOW_STATE_DIR": str(tmp_path / "state-b")}
     b = start_worker("processors.windowed_count", b_env, "b")
     minute = 60_000
-    base = 1_700_000_100_000 // (5 * minute) * (5 * minute)  # a window boundary
+    base = recent_window_start(5 * minute)  # a window boundary
     await wait_split([a, b], 4)
     keys = [f"user-{i}" for i in range(20)]
     # Five records in one window and one at the next window's start: stream time stops there,

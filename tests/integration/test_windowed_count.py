@@ -9,11 +9,11 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-from kafka_helpers import read_to_end, unique_name
+from kafka_helpers import read_to_end, recent_window_start, unique_name
 from workers import WorkerProcess, collect, produce, worker_env
 
 WINDOW = 5 * 60 * 1000
-T0 = 1_700_000_100_000 - 1_700_000_100_000 % WINDOW  # a window start
+T0 = recent_window_start(WINDOW)  # a window start
 
 
 def expected_outputs(inputs: list) -> tuple[dict[int, list[tuple[bytes, bytes]]], int]:
