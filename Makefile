@@ -57,9 +57,10 @@ chaos: lint
 	$(WITH_BROKER) bash -c '$(BIN)/pytest -m soak $(PYTEST_ARGS) || { s=$$?; \
 	  if [ $$s -eq 5 ]; then echo "make chaos: no soak tests yet"; exit 0; fi; exit $$s; }'
 
+# The benchmark suite (bench/, docs/benchmarks.md) on a fresh broker: BENCH_ARGS="--quick".
 bench: venv
-	@if [ -f bench/__main__.py ]; then $(WITH_BROKER) $(BIN)/python -m bench; \
-	else echo "make bench: no benchmarks yet (bench/__main__.py)"; fi
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
+	$(WITH_BROKER) $(BIN)/python -m bench $(BENCH_ARGS)
 
 # The reference app end to end: a local broker unless ONCEFLOW_BOOTSTRAP_SERVERS is set, the
 # worker, a demo producer, and the counts as they change. RUN_ARGS="--seconds 30" stops by itself.

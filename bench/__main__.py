@@ -1,0 +1,186 @@
+"""``python -m bench``: run the benchmarks, print the table, write ``bench/results/<time>.json``.
+
+    python -m bench                    # every scenario, 3 repeats, own broker on free ports
+    python -m bench --quick            # ~3-minute smoke: small sizes, 1 repeat
+    python -m bench --only echo-eos --only latency --repeat 5 --bootstrap 127.0.0.1:29092
+
+``raw-alos`` always runs too (every figure is reported as a ratio to it, measured in the same
+run), and ``latency*`` brings ``echo-eos`` along: ``latency`` offers 50 % of echo-eos's median
+(the issue's definition), ``latency-25`` and ``latency-10`` 25 % and 10 %.
+Repeats go round-robin over the scenarios, so slow drifts of a shared machine spread evenly.
+``sum-1m`` runs once whatever ``--repeat`` says (it takes the longest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.env import broker, machine
+from bench.latency import run_latency
+from bench.report import format_table, summarize, targets
+from bench.restore import Changelog, restore_once
+from bench.scenarios import SCENARIOS, RunContext, run_throughput
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ONCE = {"sum-1m"}
+Runs = dict[str, list[dict[str, Any]]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat (~4 min)")
+    parser.add_argument("--repeat", type=int, help="runs per scenario, median reported (3)")
+    parser.add_argument("--records", type=int, help="records per throughput run (100000)")
+    parser.add_argument(
+        "--only", action="append", choices=sorted(SCENARIOS), help="run this scenario (repeatable)"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        default=os.environ.get("ONCEFLOW_BOOTSTRAP_SERVERS"),
+        help="use this broker (default $ONCEFLOW_BOOTSTRAP_SERVERS, as `make bench` sets it; "
+        "else start one on free ports and stop it after)",
+    )
+    parser.add_argument(
+        "--latency-rate", type=float, help="the 'latency' load (default 50 %% of echo-eos)"
+    )
+    parser.add_argument("--latency-seconds", type=float, help="latency run length (30; quick 10)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/onceflow-bench"))
+    parser.add_argument("--output", type=Path, help="JSON file (bench/results/<time>.json)")
+    return parser
+
+
+def _selection(only: list[str] | None, quick: bool) -> list[str]:
+    # --quick keeps one latency load: the smoke is about every code path, not the curve.
+    default = [
+        name
+        for name, s in SCENARIOS.items()
+        if not s.experiment and not (quick and s.kind == "latency" and s.load != 0.5)
+    ]
+    wanted = set(only or default)
+    wanted.add("raw-alos")
+    if any(SCENARIOS[name].kind == "latency" for name in wanted):
+        wanted.add("echo-eos")
+    return [name for name in SCENARIOS if name in wanted]  # declaration order
+
+
+async def _run_all(
+    args: argparse.Namespace, ctx: RunContext, names: list[str], save: Callable[[Runs], None]
+) -> Runs:
+    runs: Runs = {name: [] for name in names}
+    repeat = args.repeat or (1 if args.quick else 3)
+    changelog: Changelog | None = None
+    for i in range(repeat):
+        for name in names:
+            scenario = SCENARIOS[name]
+            if (name in ONCE and i > 0) or scenario.kind == "latency":
+                continue
+            print(f"[{i + 1}/{repeat}] {name}: {scenario.title} ...", flush=True)
+            if scenario.kind == "restore":
+                if changelog is None:
+                    changelog = Changelog(ctx, scenario)
+                    await changelog.fill()
+                result = await restore_once(changelog, i)
+                print(f"    {result['restore_rate']:,.0f} records/s restored", flush=True)
+            else:
+                result = await run_throughput(ctx, scenario)
+                print(
+                    f"    {result['throughput']:,.0f} records/s, "
+                    f"{result['worker_cpu_us_per_record']:.1f} us CPU/record, "
+                    f"RSS {result['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
+            runs[name].append({**result, "repeat": i, "load_average": os.getloadavg()})
+            save(runs)
+    latency = [name for name in names if SCENARIOS[name].kind == "latency"]
+    max_rate = 0.0
+    if latency:
+        max_rate = args.latency_rate / 0.5 if args.latency_rate else 0.0
+        max_rate = max_rate or float(summarize(runs)["echo-eos"]["throughput"])
+    for i in range(repeat):
+        for name in latency:
+            rate = SCENARIOS[name].load * max_rate
+            print(f"[{i + 1}/{repeat}] {name} at {rate:,.0f} records/s ...", flush=True)
+            result = await run_latency(ctx, SCENARIOS[name], rate)
+            print(f"    p50 {result['latency_ms']['p50']:.0f} ms, p99 "
+                  f"{result['latency_ms']['p99']:.0f} ms", flush=True)  # fmt: skip
+            runs[name].append({**result, "repeat": i, "load_average": os.getloadavg()})
+            save(runs)
+    return runs
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: write null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _write(out: Path, result: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_clean(result), indent=1))
+
+
+async def _main(args: argparse.Namespace) -> Path:
+    names = _selection(args.only, args.quick)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = args.workdir / stamp
+    out = args.output or RESULTS / f"{stamp}.json"
+    started = time.monotonic()
+    async with broker(args.bootstrap, args.workdir) as kafka:
+        info = machine(kafka)
+
+        def save(partial: Runs) -> None:  # after every run: a crash keeps what was measured
+            _write(out, {"machine": info, "partial": True, "runs": partial})
+
+        print(f"machine: {info}", flush=True)
+        ctx = RunContext(
+            bootstrap=kafka.bootstrap,
+            workdir=workdir,
+            records=args.records or (10_000 if args.quick else 100_000),
+            quick=args.quick,
+            broker_pid=kafka.pid,
+            latency_rate=args.latency_rate,
+            latency_seconds=args.latency_seconds or (10.0 if args.quick else 30.0),
+        )
+        runs = await _run_all(args, ctx, names, save)
+    summary = summarize(runs)
+    target_rows = targets(summary)
+    info["load_average_at_end"] = os.getloadavg()
+    info["total_minutes"] = (time.monotonic() - started) / 60
+    result = {
+        "machine": info,
+        "settings": {"records": ctx.records, "quick": args.quick, "partitions": 6,
+                     "value_bytes": 100, "repeat": args.repeat or (1 if args.quick else 3)},
+        "scenarios": {name: SCENARIOS[name].title for name in names},
+        "summary": summary,
+        "targets": target_rows,
+        "runs": runs,
+    }  # fmt: skip
+    _write(out, result)
+    print()
+    print(format_table(summary, target_rows))
+    print(f"\nwrote {out} ({info['total_minutes']:.1f} min)")
+    return out
+
+
+def main() -> None:
+    # The input producer's retries right after topic creation (NotLeaderForPartition) are noise.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    asyncio.run(_main(_parser().parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Apps the benchmarks run with ``onceflow worker bench.apps.NAME`` (topics from env)."""

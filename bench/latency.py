@@ -1,0 +1,120 @@
+"""End-to-end latency at a fixed offered load: echo under exactly-once, commit every 100 ms.
+
+A paced producer (idempotent, ``linger_ms=1``) stamps each record's send time (``time.time_ns``)
+into its 100-byte value; echo copies the value; a ``read_committed`` consumer (``fetch_max_wait_ms``
+10) computes receive time minus stamp. Producer and consumer share this process, on the same
+clock. Records sent in the first ``WARMUP_S`` seconds are not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bench.kafka_io import create_topics, key_of, padded, unique
+from bench.procs import wait_ready
+from bench.scenarios import PARTITIONS, RunContext, Scenario, start_workers
+
+__all__ = ["percentiles", "run_latency"]
+
+WARMUP_S = 3.0
+TICK_S = 0.005
+QUANTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def percentiles(samples: list[float], qs: tuple[float, ...] = QUANTILES) -> dict[str, float]:
+    """Nearest-rank percentiles of ``samples`` (ms), keyed ``p50``, ``p99``, ``p99.9``..."""
+    ordered = sorted(samples)
+    out = {}
+    for q in qs:
+        rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
+        out[f"p{q:g}"] = ordered[rank]
+    return out
+
+
+async def _produce(bootstrap: str, topic: str, rate: float, seconds: float) -> int:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=1
+    )
+    await producer.start()
+    sent = 0
+    futures = []
+    try:
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < seconds:
+            for _ in range(int(elapsed * rate) - sent):  # catch up with the schedule
+                value = padded(b"%d" % time.time_ns())
+                futures.append(await producer.send(topic, value=value, key=key_of(sent % 10_000)))
+                sent += 1
+            await asyncio.sleep(TICK_S)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def _consume(
+    bootstrap: str, topic: str, expected: asyncio.Future[int], since_ns: int
+) -> list[float]:
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+    )
+    await consumer.start()
+    latencies: list[float] = []
+    seen = 0
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while not expected.done() or seen < expected.result():
+            batches = await consumer.getmany(timeout_ms=100)
+            now = time.time_ns()
+            for records in batches.values():
+                seen += len(records)
+                for r in records:
+                    stamp = int(r.value.split(b" ", 1)[0])
+                    if stamp >= since_ns:
+                        latencies.append((now - stamp) / 1e6)
+    finally:
+        await consumer.stop()
+    return latencies
+
+
+async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[str, Any]:
+    """Offer ``rate`` records/s for ``ctx.latency_seconds``; latency percentiles in ms."""
+    app_id = unique(f"bench-{scenario.name}")
+    inp, out = f"{app_id}-in", f"{app_id}-out"
+    await create_topics(ctx.bootstrap, [inp, out], PARTITIONS)
+    procs = start_workers(ctx, scenario, app_id, inp, out)
+    try:
+        await wait_ready(procs, PARTITIONS)
+        sent: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        since_ns = time.time_ns() + int(WARMUP_S * 1e9)
+        consumer = asyncio.create_task(_consume(ctx.bootstrap, out, sent, since_ns))
+        sent.set_result(await _produce(ctx.bootstrap, inp, rate, ctx.latency_seconds))
+        async with asyncio.timeout(120):
+            latencies = await consumer
+        for proc in procs:
+            proc.sample_rss()
+    finally:
+        for proc in procs:
+            proc.stop()
+        shutil.rmtree(ctx.workdir / "state" / app_id, ignore_errors=True)
+    stats = percentiles(latencies)
+    return {
+        "offered_rate": rate,
+        "records": sent.result(),
+        "measured_records": len(latencies),
+        "seconds": ctx.latency_seconds,
+        "latency_ms": {**stats, "max": max(latencies), "mean": sum(latencies) / len(latencies)},
+        "histogram_ms": percentiles(latencies, (*(float(q) for q in range(1, 100)), 99.9)),
+        "peak_rss_mb": max(p.peak_rss for p in procs) / 2**20,
+    }

@@ -1,0 +1,178 @@
+"""Summaries of the runs: medians, ratios to ``raw-alos`` of the same run, the issue's targets,
+the printed table; ``python -m bench.report RESULT.json`` prints them as Markdown."""
+
+from __future__ import annotations
+
+import math
+from statistics import median
+from typing import Any
+
+__all__ = ["format_table", "summarize", "targets"]
+
+BASELINE = "raw-alos"
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    values = [float(r[key]) for r in runs if key in r and not math.isnan(float(r[key]))]
+    return median(values) if values else float("nan")
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else float("nan")
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per scenario: medians of its repeats and ratios to raw-alos's medians.
+
+    ``cpu_ratio`` is raw-alos's worker CPU per record over the scenario's: the throughput ratio
+    one core would give with nothing else on the machine (the wall-clock ratio on a shared,
+    CPU-starved machine also carries the scheduler's noise).
+    """
+    base = runs.get(BASELINE, [])
+    base_rate = _median(base, "throughput")
+    base_cpu = _median(base, "worker_cpu_us_per_record")
+    base_rss = max((r["peak_rss_mb"] for r in base), default=float("nan"))
+    out: dict[str, dict[str, Any]] = {}
+    for name, rs in runs.items():
+        if not rs:
+            continue
+        rss = max(r["peak_rss_mb"] for r in rs)
+        row: dict[str, Any] = {
+            "repeats": len(rs),
+            "peak_rss_mb": rss,
+            "rss_ratio": _ratio(rss, base_rss),
+            "verified": all(r.get("verified", True) for r in rs),
+        }
+        if "throughput" in rs[0]:
+            rate = _median(rs, "throughput")
+            cpu = _median(rs, "worker_cpu_us_per_record")
+            row |= {
+                "records": rs[0]["records"],
+                "throughput": rate,
+                "ratio": _ratio(rate, base_rate),
+                "seconds": _median(rs, "seconds"),
+                "worker_cpu_us_per_record": cpu,
+                "cpu_ratio": _ratio(base_cpu, cpu),
+                "broker_cpu_us_per_record": _median(rs, "broker_cpu_us_per_record"),
+                "worker_cpu_util": _median(rs, "worker_cpu_util"),
+            }
+        elif "latency_ms" in rs[0]:
+            for q in ("p50", "p99", "p99.9", "max"):
+                row[f"latency_{q}_ms"] = median(r["latency_ms"][q] for r in rs)
+            rate = rs[0]["offered_rate"]
+            row |= {"offered_rate": rate, "ratio": _ratio(rate, base_rate)}
+        elif "restore_rate" in rs[0]:
+            rate = _median(rs, "restore_rate")
+            row |= {
+                "records": rs[0]["records"],
+                "restore_rate": rate,
+                "ratio": _ratio(rate, base_rate),
+                "ready_s": _median(rs, "ready_s"),
+                "ready_rate": _median(rs, "ready_rate"),
+            }
+        out[name] = row
+    return out
+
+
+def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value (wall clock and, where it applies, the
+    CPU-per-record equivalent) and whether it is met."""
+
+    def get(name: str, key: str) -> float:
+        return float(summary.get(name, {}).get(key, float("nan")))
+
+    rows = [
+        ("echo EOS >= 0.6 x raw-alos", get("echo-eos", "ratio"), get("echo-eos", "cpu_ratio"),
+         0.6, ">="),
+        ("windowed_count EOS >= 0.5 x raw-alos", get("windowed-eos", "ratio"),
+         get("windowed-eos", "cpu_ratio"), 0.5, ">="),
+        ("echo EOS >= 0.8 x echo ALOS", _ratio(get("echo-eos", "throughput"),
+         get("echo-alos", "throughput")), _ratio(get("echo-alos", "worker_cpu_us_per_record"),
+         get("echo-eos", "worker_cpu_us_per_record")), 0.8, ">="),
+        ("p99 <= 300 ms at 50 % load", get("latency", "latency_p99_ms"), float("nan"), 300, "<="),
+        ("restore >= 150k records/s", get("restore", "restore_rate"), float("nan"), 150_000, ">="),
+        ("RSS with 1M keys <= 300 MB", get("sum-1m", "peak_rss_mb"), float("nan"), 300, "<="),
+    ]  # fmt: skip
+    out = []
+    for label, value, cpu_value, goal, op in rows:
+        met = value >= goal if op == ">=" else value <= goal
+        cpu_met = cpu_value >= goal if not math.isnan(cpu_value) else None
+        out.append(
+            {"target": label, "value": value, "cpu_equivalent": cpu_value, "goal": goal,
+             "met": None if math.isnan(value) else met, "cpu_met": cpu_met}
+        )  # fmt: skip
+    return out
+
+
+def _f(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, fmt)
+
+
+def format_table(summary: dict[str, dict[str, Any]], target_rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'scenario':<15} {'records':>9} {'rec/s':>9} {'x raw':>6} {'cpu us/rec':>10} "
+        f"{'x raw':>6} {'broker us':>9} {'RSS MB':>7} {'x raw':>6} {'s':>7} {'ok':>3}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, s in summary.items():
+        rate = s.get("throughput", s.get("restore_rate", s.get("offered_rate")))
+        seconds = s.get("seconds", s.get("ready_s"))
+        lines.append(
+            f"{name:<15} {_f(s.get('records'), ',d'):>9} {_f(rate, ',.0f'):>9} "
+            f"{_f(s.get('ratio'), '.2f'):>6} {_f(s.get('worker_cpu_us_per_record'), '.1f'):>10} "
+            f"{_f(s.get('cpu_ratio'), '.2f'):>6} {_f(s.get('broker_cpu_us_per_record'), '.1f'):>9} "
+            f"{_f(s['peak_rss_mb'], '.0f'):>7} {_f(s['rss_ratio'], '.2f'):>6} "
+            f"{_f(seconds, '.1f'):>7} {'yes' if s['verified'] else 'NO':>3}"
+        )
+    for name, s in summary.items():
+        if "latency_p99_ms" in s:
+            lines.append(
+                f"{name}: at {s['offered_rate']:.0f} records/s (EOS, commit 100 ms): p50 "
+                f"{s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms, p99.9 "
+                f"{s['latency_p99.9_ms']:.0f} ms, max {s['latency_max_ms']:.0f} ms"
+            )
+    lines.append("\ntargets (wall clock | CPU-per-record equivalent):")
+    for t in target_rows:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        cpu = "" if t["cpu_met"] is None else (
+            f" | {t['cpu_equivalent']:.2f} {'met' if t['cpu_met'] else 'NOT met'}"
+        )  # fmt: skip
+        lines.append(f"  {t['target']:<40} {_f(t['value'], ',.2f'):>10} {verdict}{cpu}")
+    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The summary of a result file as Markdown tables (for docs/benchmarks.md)."""
+    summary = result["summary"]
+    rows = [
+        "| scenario | records | records/s | x raw-alos | worker CPU us/rec | CPU x raw-alos "
+        "| broker CPU us/rec | peak RSS MB | RSS x raw-alos | repeats | verified |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for name, s in summary.items():
+        rate = s.get("throughput", s.get("restore_rate", s.get("offered_rate")))
+        rows.append(
+            f"| {name} | {_f(s.get('records'), ',d')} | {_f(rate, ',.0f')} "
+            f"| {_f(s.get('ratio'), '.2f')} | {_f(s.get('worker_cpu_us_per_record'), '.0f')} "
+            f"| {_f(s.get('cpu_ratio'), '.2f')} | {_f(s.get('broker_cpu_us_per_record'), '.0f')} "
+            f"| {_f(s['peak_rss_mb'], '.0f')} | {_f(s['rss_ratio'], '.2f')} | {s['repeats']} "
+            f"| {'yes' if s['verified'] else 'NO'} |"
+        )
+    rows += ["", "| target | measured | CPU-per-record equivalent | met |", "|---|--:|--:|---|"]
+    for t in result["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        rows.append(
+            f"| {t['target']} | {_f(t['value'], ',.2f')} | {_f(t['cpu_equivalent'], '.2f')} "
+            f"| {met} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))

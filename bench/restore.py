@@ -1,0 +1,105 @@
+"""Restore rate: a worker rebuilding its stores from a changelog, with no local state.
+
+The sum/count app's ``sum`` changelog (``<app_id>-sum-changelog``, compacted, 6 partitions) is
+filled directly in the format the app writes: key bytes (the str key, UTF-8) -> value bytes (int64,
+8 bytes big-endian), each key placed by murmur2 like the app's own writes. Then, per repeat, a
+worker starts with an empty state directory; the figures come from its restore log lines
+(``restored <store> partition N: X records from offset Y in Zs``):
+
+* ``restore_rate``: restored records / the restores' wall-clock span (first start to last end;
+  partitions restore concurrently);
+* ``ready_rate``: restored records / (process start -> every task running), start-up included.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from bench.kafka_io import Backlog, create_topics, key_of, unique
+from bench.procs import Proc, wait_ready
+from bench.scenarios import PARTITIONS, RunContext, Scenario, start_workers
+
+__all__ = ["Changelog", "restore_once"]
+
+_RESTORED = re.compile(
+    r"^(?P<ts>\S+ \S+) .*restored (?P<store>\S+) partition (?P<p>\d+): (?P<n>\d+) records "
+    r"from offset \d+ in (?P<s>[\d.]+)s"
+)
+_INT64 = struct.Struct(">q")
+
+
+def changelog_records(keys: int) -> Iterator[tuple[bytes, bytes]]:
+    for i in range(keys):
+        yield key_of(i), _INT64.pack(i)
+
+
+class Changelog:
+    """The restore scenario's app id, topics and filled changelog, shared by its repeats."""
+
+    def __init__(self, ctx: RunContext, scenario: Scenario) -> None:
+        self.ctx = ctx
+        self.scenario = scenario
+        self.records = ctx.keys_of(scenario)
+        self.app_id = unique(f"bench-{scenario.name}")
+        self.fill_s = 0.0
+
+    async def fill(self) -> None:
+        inp, out = f"{self.app_id}-in", f"{self.app_id}-out"
+        await create_topics(self.ctx.bootstrap, [inp, out], PARTITIONS)
+        topic = f"{self.app_id}-sum-changelog"
+        await create_topics(self.ctx.bootstrap, [topic], PARTITIONS, {"cleanup.policy": "compact"})
+        started = time.monotonic()
+        async with Backlog(self.ctx.bootstrap, topic, PARTITIONS, transactional=False) as log:
+            await log.fill(changelog_records(self.records))
+        self.fill_s = time.monotonic() - started
+
+
+def _restores(proc: Proc) -> list[tuple[float, float, int]]:
+    """(start, end, records) of each partition's restore, from the worker's log."""
+    spans = []
+    for line in proc.log_text().splitlines():
+        match = _RESTORED.search(line)
+        if match:
+            end = datetime.strptime(match["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            spans.append((end - float(match["s"]), end, int(match["n"])))
+    return spans
+
+
+async def restore_once(changelog: Changelog, repeat: int) -> dict[str, Any]:
+    """Start a worker with no local state and time its restore."""
+    ctx = changelog.ctx
+    app_id = changelog.app_id
+    inp, out = f"{app_id}-in", f"{app_id}-out"
+    shutil.rmtree(ctx.workdir / "state" / app_id, ignore_errors=True)
+    procs = start_workers(ctx, changelog.scenario, app_id, inp, out)
+    try:
+        stop_profile = await ctx.on_release(procs) if ctx.on_release else None
+        ready_s = await wait_ready(procs, PARTITIONS, timeout=600)
+        spans = _restores(procs[0])
+        if stop_profile is not None:
+            await stop_profile()
+    finally:
+        for proc in procs:
+            proc.stop()
+        shutil.rmtree(ctx.workdir / "state" / app_id, ignore_errors=True)
+    restored = sum(n for _, _, n in spans)
+    span = max(e for _, e, _ in spans) - min(s for s, _, _ in spans) if spans else float("nan")
+    return {
+        "records": changelog.records,
+        "restored_records": restored,
+        "verified": restored == changelog.records,
+        "partitions_logged": len(spans),
+        "restore_span_s": span,
+        "restore_rate": restored / span if spans else 0.0,
+        "ready_s": ready_s,
+        "ready_rate": restored / ready_s,
+        "fill_s": changelog.fill_s,
+        "peak_rss_mb": max(p.peak_rss for p in procs) / 2**20,
+        "repeat": repeat,
+    }

@@ -1,0 +1,290 @@
+"""The benchmark scenarios and the throughput runner.
+
+Timing (every throughput scenario): topics are created fresh (6 partitions), the input backlog is
+written in one open transaction, the worker processes start and join their group (idle: a
+``read_committed`` consumer sees nothing of an open transaction), and only then is the backlog
+committed. The clock runs from that commit until every input record's output is durable and
+visible to ``read_committed`` readers (see ``kafka_io.Progress``): start-up, group join and
+rebalances are outside the window, and nothing else runs on the machine's two cores meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+
+from bench.kafka_io import (
+    Backlog,
+    Progress,
+    ProgressSource,
+    count_committed,
+    create_topics,
+    numbered,
+    unique,
+)
+from bench.procs import Proc, onceflow_worker, raw_loop, wait_ready
+
+__all__ = ["SCENARIOS", "RunContext", "Scenario", "run_throughput", "start_workers"]
+
+PARTITIONS = 6
+Kind = Literal["throughput", "latency", "restore"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One benchmark. ``keys`` / ``records`` of None take the run's defaults; ``stateful``
+    scenarios process ``2 * keys`` records (each key hit twice)."""
+
+    name: str
+    kind: Kind
+    title: str
+    module: str | None = None  # onceflow app; None with ``raw`` set
+    raw: Literal["alos", "eos"] | None = None
+    raw_batch: bool = False
+    guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    keys: int = 10_000
+    quick_keys: int = 10_000
+    stateful: bool = False
+    workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    experiment: bool = False  # run only when named with --only
+    load: float = 0.5  # latency scenarios: offered load, a fraction of echo-eos's median
+
+    @property
+    def transactional(self) -> bool:
+        return self.raw == "eos" if self.raw else self.guarantee == "exactly_once"
+
+
+ECHO = "bench.apps.echo"
+SUMCOUNT = "bench.apps.sumcount"
+WINDOWED = "processors.windowed_count"
+PATCHED = "bench.apps.patched"
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("raw-alos", "throughput", "raw aiokafka loop, at-least-once", raw="alos"),
+        Scenario(
+            "raw-alos-batch",
+            "throughput",
+            "raw loop, at-least-once, create_batch/send_batch",
+            raw="alos",
+            raw_batch=True,
+        ),
+        Scenario("raw-eos", "throughput", "raw aiokafka loop, one transaction / 100 ms", raw="eos"),
+        Scenario("echo-alos", "throughput", "onceflow echo, at_least_once", ECHO,
+                 guarantee="at_least_once"),
+        Scenario("echo-eos", "throughput", "onceflow echo, exactly_once", ECHO),
+        Scenario("echo-eos-2w", "throughput", "onceflow echo, exactly_once, 2 workers", ECHO,
+                 workers=2),
+        Scenario("windowed-eos", "throughput", "windowed_count (reference app), exactly_once",
+                 WINDOWED),
+        Scenario("sum-100k", "throughput", "sum/count, 100k keys x2, exactly_once", SUMCOUNT,
+                 keys=100_000, quick_keys=10_000, stateful=True),
+        Scenario("sum-1m", "throughput", "sum/count, 1M keys x2, exactly_once", SUMCOUNT,
+                 keys=1_000_000, quick_keys=20_000, stateful=True),
+        # Experiments (only with --only): proposals prototyped by bench.patches, and settings.
+        Scenario("exp-echo-nowaitfor", "throughput", "echo EOS, sends without wait_for", PATCHED,
+                 env={"BENCH_APP": ECHO, "BENCH_PATCHES": "nowaitfor"}, experiment=True),
+        Scenario("exp-echo-batch", "throughput", "echo EOS, create_batch/send_batch", PATCHED,
+                 env={"BENCH_APP": ECHO, "BENCH_PATCHES": "batch"}, experiment=True),
+        Scenario("exp-echo-commit1s", "throughput", "echo EOS, commit interval 1 s", ECHO,
+                 env={"ONCEFLOW_COMMIT_INTERVAL_MS": "1000"}, experiment=True),
+        Scenario("exp-windowed-prefetch-batch", "throughput",
+                 "windowed_count EOS, batched key prefetch + send_batch", PATCHED,
+                 env={"BENCH_APP": WINDOWED, "BENCH_PATCHES": "prefetch,batch"}, experiment=True),
+        Scenario("exp-sum-100k-prefetch", "throughput", "sum/count 100k keys, batched prefetch",
+                 PATCHED, keys=100_000, quick_keys=10_000, stateful=True,
+                 env={"BENCH_APP": SUMCOUNT, "BENCH_PATCHES": "prefetch"}, experiment=True),
+        Scenario("exp-sum-100k-prefetch-batch", "throughput",
+                 "sum/count 100k keys, batched prefetch + send_batch", PATCHED, keys=100_000,
+                 quick_keys=10_000, stateful=True,
+                 env={"BENCH_APP": SUMCOUNT, "BENCH_PATCHES": "prefetch,batch"}, experiment=True),
+        Scenario("latency", "latency", "echo exactly_once at 50 % of max echo-eos", ECHO),
+        Scenario("exp-latency-nowaitfor", "latency", "latency, sends without wait_for", PATCHED,
+                 env={"BENCH_APP": ECHO, "BENCH_PATCHES": "nowaitfor"}, experiment=True),
+        Scenario("latency-25", "latency", "echo exactly_once at 25 % of max echo-eos", ECHO,
+                 load=0.25),
+        Scenario("latency-10", "latency", "echo exactly_once at 10 % of max echo-eos", ECHO,
+                 load=0.1),
+        Scenario("restore", "restore", "restore a 1M-record changelog (sum table)", SUMCOUNT,
+                 keys=1_000_000, quick_keys=200_000),
+    ]
+}  # fmt: skip
+
+
+@dataclass
+class RunContext:
+    """What every scenario run shares: the broker, where files go, the run's sizes."""
+
+    bootstrap: str
+    workdir: Path
+    records: int
+    quick: bool
+    python: str = sys.executable
+    broker_pid: int | None = None
+    latency_rate: float | None = None
+    latency_seconds: float = 30.0
+    on_release: Callable[[list[Proc]], Awaitable[Callable[[], Awaitable[None]]]] | None = None
+
+    def keys_of(self, scenario: Scenario) -> int:
+        return scenario.quick_keys if self.quick else scenario.keys
+
+    def records_of(self, scenario: Scenario) -> int:
+        return 2 * self.keys_of(scenario) if scenario.stateful else self.records
+
+
+def broker_cpu_seconds(ctx: RunContext) -> float:
+    """CPU time the broker process has used so far; 0 when it does not run here."""
+    if ctx.broker_pid is None:
+        return 0.0
+    try:
+        times = psutil.Process(ctx.broker_pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def cpu_figures(
+    ctx: RunContext, procs: list[Proc], since: tuple[float, float], records: int, seconds: float
+) -> dict[str, float]:
+    """Worker and broker CPU over a timed window: robust to a noisy machine, unlike records/s."""
+    worker = sum(p.cpu_seconds() for p in procs) - since[0]
+    broker = broker_cpu_seconds(ctx) - since[1] if ctx.broker_pid else float("nan")
+    return {
+        "worker_cpu_s": worker,
+        "worker_cpu_util": worker / seconds,
+        "worker_cpu_us_per_record": 1e6 * worker / records,
+        "broker_cpu_us_per_record": 1e6 * broker / records,
+    }
+
+
+def cpu_mark(ctx: RunContext, procs: list[Proc]) -> tuple[float, float]:
+    return sum(p.cpu_seconds() for p in procs), broker_cpu_seconds(ctx)
+
+
+def worker_env(
+    ctx: RunContext, scenario: Scenario, app_id: str, inp: str, out: str
+) -> dict[str, str]:
+    return {
+        "ONCEFLOW_BOOTSTRAP_SERVERS": ctx.bootstrap,
+        "ONCEFLOW_APP_ID": app_id,
+        "ONCEFLOW_PROCESSING_GUARANTEE": scenario.guarantee,
+        "ONCEFLOW_STATE_DIR": str(ctx.workdir / "state" / app_id),
+        "ONCEFLOW_HTTP_PORT": "0",
+        "ONCEFLOW_LOG_LEVEL": "INFO",
+        "BENCH_INPUT": inp,
+        "BENCH_OUTPUT": out,
+        "ONCEFLOW_INPUT_TOPIC": inp,
+        "ONCEFLOW_OUTPUT_TOPIC": out,
+        **scenario.env,
+    }
+
+
+def start_workers(
+    ctx: RunContext, scenario: Scenario, app_id: str, inp: str, out: str
+) -> list[Proc]:
+    # A new log file per start: readiness and restore figures are read from it, and the restore
+    # scenario starts workers of one app id again and again.
+    logs = ctx.workdir / "logs" / unique(app_id)
+    if scenario.raw is not None:
+        args = ["--bootstrap", ctx.bootstrap, "--group", app_id, "--input", inp, "--output", out]
+        args += ["--mode", scenario.raw] + (["--batch"] if scenario.raw_batch else [])
+        return [raw_loop(scenario.name, args, logs / "raw.log", python=ctx.python).start()]
+    assert scenario.module is not None
+    env = worker_env(ctx, scenario, app_id, inp, out)
+    return [
+        onceflow_worker(
+            f"{scenario.name}[{i}]", scenario.module, env, logs / f"worker-{i}.log",
+            python=ctx.python,
+        ).start()
+        for i in range(scenario.workers)
+    ]  # fmt: skip
+
+
+async def _watch(
+    progress: Progress, procs: list[Proc], total: int, timeout: float
+) -> tuple[float, float]:
+    """Poll until ``total`` records are done; returns (first progress, done) times."""
+    first = 0.0
+    started = time.monotonic()
+    deadline = started + timeout
+    polls = 0
+    while time.monotonic() < deadline:
+        done = await progress.read()
+        now = time.monotonic()
+        if done and not first:
+            first = now
+        if done >= total:
+            return first, now
+        polls += 1
+        if polls % 4 == 0:
+            for proc in procs:
+                proc.check_alive()
+                proc.sample_rss()
+        if polls % 600 == 0:  # every ~30 s: long runs show how far they are
+            rss = max(p.peak_rss for p in procs) / 2**20
+            print(
+                f"    ... {done:,}/{total:,} after {now - started:.0f}s "
+                f"({done / (now - started):,.0f}/s), peak RSS so far {rss:.0f} MB",
+                flush=True,
+            )
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{total} records not processed within {timeout:.0f}s")
+
+
+async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
+    """One timed run: records/s from the backlog's release to the last committed output."""
+    total, keys = ctx.records_of(scenario), ctx.keys_of(scenario)
+    app_id = unique(f"bench-{scenario.name}")
+    inp, out = f"{app_id}-in", f"{app_id}-out"
+    await create_topics(ctx.bootstrap, [inp, out], PARTITIONS)
+    procs: list[Proc] = []
+    try:
+        async with Backlog(ctx.bootstrap, inp, PARTITIONS, transactional=True) as backlog:
+            filled = time.monotonic()
+            await backlog.fill(numbered(keys, total))
+            filled = time.monotonic() - filled
+            procs = start_workers(ctx, scenario, app_id, inp, out)
+            startup = await wait_ready(procs, PARTITIONS)
+            stop_profile = await ctx.on_release(procs) if ctx.on_release else None
+            released = await backlog.release()
+            cpu_at_release = cpu_mark(ctx, procs)
+        # Transactional runs count committed input offsets, the others the output's end offsets.
+        watched = inp if scenario.transactional else out
+        source: ProgressSource = "committed" if scenario.transactional else "output"
+        async with Progress(ctx.bootstrap, source, app_id, watched, PARTITIONS) as progress:
+            first, done = await _watch(progress, procs, total, 120 + total / 500)
+        cpu = cpu_figures(ctx, procs, cpu_at_release, total, done - released)
+        if stop_profile is not None:
+            await stop_profile()
+    finally:
+        for proc in procs:
+            proc.stop()
+        shutil.rmtree(ctx.workdir / "state" / app_id, ignore_errors=True)
+    seen, end = await count_committed(ctx.bootstrap, out, PARTITIONS, timeout=120 + total / 20_000)
+    expected_ok = seen == total if scenario.transactional else seen >= total
+    return {
+        "records": total,
+        "keys": keys,
+        "seconds": done - released,
+        "throughput": total / (done - released),
+        "first_commit_s": first - released,
+        "startup_s": startup,
+        "fill_s": filled,
+        "peak_rss_mb": max(p.peak_rss for p in procs) / 2**20,
+        "output_records": seen,
+        # Commit markers in the output: the transactions that wrote to it, per output partition.
+        "output_markers": end - seen,
+        "verified": expected_ok,
+        "workers": len(procs),
+        **cpu,
+    }
