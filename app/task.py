@@ -94,6 +94,7 @@ class Task:
             t.name: metrics.late_records_dropped.labels(*labels, t.name) for t in self._tables
         }
         self._latency = metrics.process_latency.labels(*labels)
+        self._produced: dict[str, Any] = {}
         self._processed = {
             tp: metrics.records_processed.labels(*labels, tp.topic, str(partition))
             for tp in self.tps
@@ -242,7 +243,11 @@ class Task:
             return
         for out in ctx._sends:
             self._futures.append(await self.sink.send(out))
-            self._metrics.records_produced.labels(self.app.app_id, out.topic).inc()
+            produced = self._produced.get(out.topic)
+            if produced is None:  # a label lookup per output record costs ~6 % of echo's time
+                produced = self._metrics.records_produced.labels(self.app.app_id, out.topic)
+                self._produced[out.topic] = produced
+            produced.inc()
         for (name, key_bytes), raw in ctx._staged.items():
             self._apply(name, key_bytes, raw)
         for name in ctx._late:
