@@ -5,7 +5,7 @@ written in one open transaction, the worker processes start and join their group
 ``read_committed`` consumer sees nothing of an open transaction), and only then is the backlog
 committed. The clock runs from that commit until every input record's output is durable and
 visible to ``read_committed`` readers (see ``kafka_io.Progress``): start-up, group join and
-rebalances are outside the window, and nothing else runs on the machine's two cores meanwhile.
+rebalances are outside the window, and nothing else of the benchmark competes for the cores.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ Kind = Literal["throughput", "latency", "restore"]
 
 @dataclass(frozen=True)
 class Scenario:
-    """One benchmark. ``keys`` / ``records`` of None take the run's defaults; ``stateful``
-    scenarios process ``2 * keys`` records (each key hit twice)."""
+    """One benchmark. ``keys`` distinct keys (``quick_keys`` under ``--quick``); throughput
+    scenarios process the run's ``--records``, ``stateful`` ones ``2 * keys`` (each key hit
+    twice); ``env`` is added to the worker's environment."""
 
     name: str
     kind: Kind
