@@ -9,11 +9,12 @@ agree on this to the bit, or a query would be sent to an instance that does not 
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from app.errors import ConfigurationError
 
-__all__ = ["murmur2", "partition_for_key"]
+__all__ = ["cached_partition_for_key", "murmur2", "partition_for_key"]
 
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
@@ -75,3 +76,10 @@ def partition_for_key(key: bytes, num_partitions: int) -> int:
             f"a topic has at least 1 partition, got num_partitions={num_partitions}"
         )
     return (_murmur2_unsigned(key) & 0x7FFF_FFFF) % num_partitions
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def cached_partition_for_key(key: bytes, num_partitions: int) -> int:
+    """``partition_for_key`` memoized (bounded LRU, in C): the hot path asks it once per record
+    and table access, keys repeat, and murmur2 is pure Python (~2 us for a short key)."""
+    return partition_for_key(key, num_partitions)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
@@ -30,9 +31,11 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from app.context import OutgoingRecord
 from app.errors import OnceflowError, TaskFencedError
+from app.partitioner import cached_partition_for_key
 
 __all__ = [
     "AtLeastOnceSink",
+    "Outbox",
     "ProducerFactory",
     "Sink",
     "TaskCorruptedError",
@@ -50,26 +53,148 @@ class TaskCorruptedError(OnceflowError):
 
 
 class Sink(Protocol):
-    """A task's output: sends joined to the task's commit unit."""
+    """A task's output: sends joined to the task's commit unit.
+
+    ``send`` only buffers; ``flush`` hands the buffer to the producer (the task flushes after
+    each fetched batch); ``delivered`` waits for every acknowledgement and is the only way to
+    learn that a send failed, so the task calls it before ``commit``.
+    """
 
     async def start(self) -> None: ...
     async def begin(self) -> None: ...
-    async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]: ...
+    def send(self, record: OutgoingRecord) -> None: ...
+    async def flush(self) -> None: ...
+    async def delivered(self) -> dict[TopicPartition, int]: ...
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None: ...
     async def abort(self) -> None: ...
     async def close(self) -> None: ...
 
 
-async def _send(producer: AIOKafkaProducer, record: OutgoingRecord) -> asyncio.Future[Any]:
-    fut: asyncio.Future[Any] = await producer.send(
-        record.topic,
-        value=record.value,
-        key=record.key,
-        partition=record.partition,
-        timestamp_ms=record.timestamp_ms,
-        headers=record.headers,
+class Outbox:
+    """A task's sends since its last flush, handed to the producer as one batch per partition.
+
+    Batching a fetched batch's outputs per partition (``create_batch``/``send_batch``) instead of
+    one ``producer.send`` per record removes an await, a future and a partitioner call per record:
+    the largest cost of the hot path (docs/benchmarks.md). Partitions of keyed records come from
+    the same murmur2 as aiokafka's default partitioner (memoized: keys repeat).
+    """
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._pending: list[OutgoingRecord] = []
+        self._shipped: list[tuple[TopicPartition, int, asyncio.Future[Any]]] = []
+        self.sent: dict[str, int] = {}  # records handed to the producer per topic, for metrics
+
+    def add(self, record: OutgoingRecord) -> None:
+        self._pending.append(record)
+
+    async def flush(self) -> None:
+        """Hand every pending record to the producer (it sends them after ``linger_ms``)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        groups: dict[TopicPartition, list[OutgoingRecord]] = {}
+        partitions: dict[str, list[int]] = {}
+        for record in pending:
+            topic = record.topic
+            known = partitions.get(topic)
+            if known is None:
+                known = partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            partition = record.partition
+            if partition is None:
+                if record.key is None:
+                    partition = random.choice(known)  # as aiokafka does for a null key
+                else:
+                    partition = cached_partition_for_key(record.key, len(known))
+            elif partition not in known:
+                raise TaskCorruptedError(
+                    f"a handler sent to partition {partition} of {topic!r}, which has "
+                    f"partitions 0-{len(known) - 1}"
+                )
+            tp = TopicPartition(topic, partition)
+            group = groups.get(tp)
+            if group is None:
+                groups[tp] = [record]
+            else:
+                group.append(record)
+            self.sent[topic] = self.sent.get(topic, 0) + 1
+        for tp, records in groups.items():
+            await self._ship(tp, records)
+
+    async def _ship(self, tp: TopicPartition, records: list[OutgoingRecord]) -> None:
+        producer = self._producer
+        batch = producer.create_batch()
+        count = 0
+        for record in records:
+            if _append(batch, record):
+                count += 1
+                continue
+            if count:  # the batch is full: ship it and start the next one
+                await self._submit(tp, batch, count)
+                batch, count = producer.create_batch(), 0
+                if _append(batch, record):
+                    count = 1
+                    continue
+            # Larger than a whole batch: aiokafka's send() sizes a batch for it.
+            future = await producer.send(
+                tp.topic,
+                value=record.value,
+                key=record.key,
+                partition=tp.partition,
+                timestamp_ms=record.timestamp_ms,
+                headers=record.headers,
+            )
+            self._shipped.append((tp, 1, future))
+        if count:
+            await self._submit(tp, batch, count)
+
+    async def _submit(self, tp: TopicPartition, batch: Any, count: int) -> None:
+        future = await self._producer.send_batch(batch, tp.topic, partition=tp.partition)
+        self._shipped.append((tp, count, future))
+
+    async def delivered(self) -> dict[TopicPartition, int]:
+        """Flush, then wait until the broker acknowledged every record handed over since the last
+        call; returns the last offset written per partition. Raises ``TaskFencedError`` or
+        ``TaskCorruptedError`` if any send failed (aiokafka would commit a transaction whose
+        sends failed: never commit before this returns)."""
+        await self.flush()
+        shipped, self._shipped = self._shipped, []
+        if not shipped:
+            return {}
+        results = await asyncio.gather(*(f for _, _, f in shipped), return_exceptions=True)
+        last: dict[TopicPartition, int] = {}
+        for (tp, count, _), result in zip(shipped, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, FENCING_ERRORS):
+                    raise TaskFencedError(f"send to {tp.topic}[{tp.partition}] fenced") from result
+                if isinstance(result, KafkaError | asyncio.CancelledError | TimeoutError):
+                    raise TaskCorruptedError(
+                        f"send to {tp.topic}[{tp.partition}] failed: {result!r}"
+                    ) from result
+                raise result
+            offset = result.offset + count - 1
+            if offset > last.get(tp, -1):
+                last[tp] = offset
+        return last
+
+    def discard(self) -> None:
+        """Drop pending records and stop caring about shipped ones (the transaction aborts)."""
+        self._pending = []
+        _forget([f for _, _, f in self._shipped])
+        self._shipped = []
+
+
+def _append(batch: Any, record: OutgoingRecord) -> bool:
+    appended = batch.append(
+        key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=record.headers
     )
-    return fut
+    return appended is not None
+
+
+def _forget(futures: list[asyncio.Future[Any]]) -> None:
+    """Retrieve the outcome of futures nobody will await, so asyncio does not log each one."""
+    for future in futures:
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 class TransactionalSink:
@@ -91,6 +216,7 @@ class TransactionalSink:
         self._group_id = group_id
         self._timeout_s = request_timeout_ms / 1000
         self._producer = factory(transactional_id=transactional_id)
+        self._outbox = Outbox(self._producer)
         self._in_txn = False
         self._closed = False
 
@@ -113,12 +239,17 @@ class TransactionalSink:
             await self._producer.begin_transaction()
             self._in_txn = True
 
-    async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]:
-        # No wait_for here: it costs a task per record (the hot path's largest cost, measured
-        # in bench/), and aiokafka bounds a send itself (metadata wait and a full buffer both
-        # time out after request_timeout_ms).
-        fut: asyncio.Future[Any] = await self._guard(_send(self._producer, record), "send", None)
-        return fut
+    def send(self, record: OutgoingRecord) -> None:
+        self._outbox.add(record)
+
+    async def flush(self) -> None:
+        # No timeout of ours: aiokafka bounds a send itself (metadata wait and a full buffer
+        # both time out after request_timeout_ms).
+        await self._guard(self._outbox.flush(), "send", None)
+
+    async def delivered(self) -> dict[TopicPartition, int]:
+        last: dict[TopicPartition, int] = await self._guard(self._outbox.delivered(), "send", None)
+        return last
 
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         """Send the consumed offsets to the transaction (once) and commit it."""
@@ -133,6 +264,7 @@ class TransactionalSink:
         self._in_txn = False
 
     async def abort(self) -> None:
+        self._outbox.discard()
         if not self._in_txn:
             return
         self._in_txn = False
@@ -202,11 +334,11 @@ class TransactionalSink:
 
 
 class AtLeastOnceSink:
-    """The worker's shared idempotent producer; offsets are committed by the consumer after
-    every send of the task has been acknowledged."""
+    """Sends through the worker's shared idempotent producer; offsets are committed by the
+    consumer after every send of the task has been acknowledged."""
 
     def __init__(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
-        self._producer = producer
+        self._outbox = Outbox(producer)
         self._consumer = consumer
 
     async def start(self) -> None:
@@ -215,11 +347,20 @@ class AtLeastOnceSink:
     async def begin(self) -> None:
         return None
 
-    async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]:
+    def send(self, record: OutgoingRecord) -> None:
+        self._outbox.add(record)
+
+    async def flush(self) -> None:
         try:
-            return await _send(self._producer, record)
+            await self._outbox.flush()
         except KafkaError as exc:
-            raise TaskCorruptedError(f"send to {record.topic!r} failed: {exc!r}") from exc
+            raise TaskCorruptedError(f"send failed: {exc!r}") from exc
+
+    async def delivered(self) -> dict[TopicPartition, int]:
+        try:
+            return await self._outbox.delivered()
+        except KafkaError as exc:
+            raise TaskCorruptedError(f"send failed: {exc!r}") from exc
 
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         if not offsets:
@@ -230,7 +371,7 @@ class AtLeastOnceSink:
             raise TaskCorruptedError(f"offset commit failed: {exc!r}") from exc
 
     async def abort(self) -> None:
-        return None
+        self._outbox.discard()
 
     async def close(self) -> None:
-        return None
+        self._outbox.discard()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from app.context import ABSENT, Context
 from app.errors import ConfigurationError, WrongPartitionError
-from app.partitioner import partition_for_key
+from app.partitioner import cached_partition_for_key
 from app.serdes import Serde
 from app.windows import Hopping, Tumbling
 
@@ -57,7 +57,7 @@ class _TableBase(Generic[K, V]):
     def _key_bytes(self, ctx: Context, key: K) -> bytes:
         data = self.key_serde.serialize(key)
         partitions = ctx._task.num_partitions
-        owner = partition_for_key(data, partitions)
+        owner = cached_partition_for_key(data, partitions)
         if owner != ctx.partition:
             raise WrongPartitionError(
                 f"table {self.name!r}: key {key!r} belongs to partition {owner} of {partitions}, "

@@ -22,7 +22,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from app.context import Context, OutgoingRecord
 from app.errors import HandlerFailedError, SerdeError, TaskFencedError
-from app.producers import FENCING_ERRORS, Sink, TaskCorruptedError
+from app.producers import Sink, TaskCorruptedError
 from app.tables import Table, WindowedTable
 from state.partition import open_store
 from state.restore import RestoreCancelledError, RestoreProgress, restore_partition
@@ -87,7 +87,9 @@ class Task:
         self._positions: dict[TopicPartition, int] = {}
         self._dirty = False
         self._uncommitted = 0
-        self._futures: list[asyncio.Future[Any]] = []
+        self._sent: dict[str, int] = {}  # records sent per topic in the current batch
+        # Per source topic: the tables keyed like it, whose keys a fetched batch names.
+        self._prefetch: dict[str, list[Table[Any, Any] | WindowedTable[Any, Any]]] = {}
         self._error_policy = app.error_policy or settings.error_policy
         labels = (app.app_id,)
         self._late = {
@@ -217,16 +219,58 @@ class Task:
     async def process(
         self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]
     ) -> None:
-        """Handle ``records`` of ``tp`` in offset order inside the open transaction."""
+        """Handle ``records`` of ``tp`` in offset order inside the open transaction, then hand
+        their outputs to the producer, one batch per partition."""
+        if not records:
+            return
         handler = self.app.handlers[tp.topic]
         await self.sink.begin()
-        processed = self._processed[tp]
+        tables = self._tables_keyed_like(tp.topic)
+        if tables:
+            await asyncio.to_thread(self._load, tables, records)
         for record in records:
             await self._process_one(handler, record)
-            self._positions[tp] = record.offset + 1
-        processed.inc(len(records))
+        self._positions[tp] = records[-1].offset + 1
+        self._processed[tp].inc(len(records))
         self._uncommitted += len(records)
         self._dirty = True
+        for topic, count in self._sent.items():
+            produced = self._produced.get(topic)
+            if produced is None:
+                produced = self._metrics.records_produced.labels(self.app.app_id, topic)
+                self._produced[topic] = produced
+            produced.inc(count)
+        self._sent.clear()
+        await self.sink.flush()
+
+    def _tables_keyed_like(self, topic: str) -> list[Table[Any, Any] | WindowedTable[Any, Any]]:
+        """Tables whose keys are serialized like ``topic``'s: a record's key bytes are then
+        likely the key the handler reads, worth loading before the batch is handled."""
+        tables = self._prefetch.get(topic)
+        if tables is None:
+            serde = type(self.app.topics[topic].key_serde)
+            tables = [t for t in self._tables if type(t.key_serde) is serde]
+            self._prefetch[topic] = tables
+        return tables
+
+    def _load(
+        self,
+        tables: list[Table[Any, Any] | WindowedTable[Any, Any]],
+        records: Sequence[ConsumerRecord[Any, Any]],
+    ) -> None:
+        """Load the committed values of the batch's keys, one SQLite round trip per store instead
+        of one per record (runs in a worker thread; a wrong guess only costs the lookup)."""
+        for table in tables:
+            if isinstance(table, WindowedTable):
+                windows = table.window.windows_for
+                self._windowed[table.name].prefetch(
+                    (r.key, start)
+                    for r in records
+                    if r.key is not None
+                    for start, _ in windows(r.timestamp)
+                )
+            else:
+                self._stores[table.name].prefetch(r.key for r in records if r.key is not None)
 
     async def _process_one(self, handler: Handler, record: ConsumerRecord[Any, Any]) -> None:
         if record.timestamp > self.stream_time:
@@ -236,18 +280,16 @@ class Task:
             key = None if record.key is None else topic.key_serde.deserialize(record.key)
             value = None if record.value is None else topic.value_serde.deserialize(record.value)
         except SerdeError as exc:
-            await self._fail_record(record, exc, "deserialize")
+            self._fail_record(record, exc, "deserialize")
             return
         ctx = await self._run_handler(handler, record, key, value)
         if ctx is None:
             return
-        for out in ctx._sends:
-            self._futures.append(await self.sink.send(out))
-            produced = self._produced.get(out.topic)
-            if produced is None:  # a label lookup per output record costs ~6 % of echo's time
-                produced = self._metrics.records_produced.labels(self.app.app_id, out.topic)
-                self._produced[out.topic] = produced
-            produced.inc()
+        if ctx._sends:
+            sent = self._sent
+            for out in ctx._sends:
+                self.sink.send(out)
+                sent[out.topic] = sent.get(out.topic, 0) + 1
         for (name, key_bytes), raw in ctx._staged.items():
             self._apply(name, key_bytes, raw)
         for name in ctx._late:
@@ -287,15 +329,13 @@ class Task:
                 if attempt < retries:
                     await asyncio.sleep(self._settings.retry_backoff_ms / 1000 * 2**attempt)
                     continue
-                await self._fail_record(record, exc, "handler")
+                self._fail_record(record, exc, "handler")
                 return None
             self._latency.observe(time.perf_counter() - started)
             return ctx
         return None  # pragma: no cover - the loop always returns
 
-    async def _fail_record(
-        self, record: ConsumerRecord[Any, Any], exc: Exception, stage: str
-    ) -> None:
+    def _fail_record(self, record: ConsumerRecord[Any, Any], exc: Exception, stage: str) -> None:
         where = f"{record.topic}[{record.partition}]@{record.offset}"
         if self._error_policy == "fail":
             raise HandlerFailedError(
@@ -316,7 +356,7 @@ class Task:
         out = OutgoingRecord(
             self.app.dlq_topic, record.key, record.value, headers, None, record.timestamp
         )
-        self._futures.append(await self.sink.send(out))
+        self.sink.send(out)
         self._metrics.dead_letter_records.labels(self.app.app_id, record.topic, stage).inc()
 
     # -- commit --------------------------------------------------------------------------------
@@ -328,9 +368,10 @@ class Task:
     async def commit(self) -> bool:
         """Commit what the task processed since its last commit; False when there was nothing.
 
-        1. Await every send future: aiokafka would commit a transaction whose sends failed.
-        2. Expire old windows; send each store's changelog records (last value per key) and
-           await them, keeping the last changelog offset per store.
+        1. Expire old windows; hand each store's changelog records (last value per key) to the
+           producer.
+        2. Wait for the broker to acknowledge every send of the transaction (aiokafka would
+           commit a transaction whose sends failed) and note the last changelog offset per store.
         3. Send the consumed offsets to the transaction — once — and commit it.
         4. Persist each store's buffer with its changelog checkpoint to SQLite (Invariant 1:
            only after the commit returned; Invariant 2: data and checkpoint in one SQLite
@@ -340,10 +381,18 @@ class Task:
             return False
         started = time.perf_counter()
         # Step 1
-        await self._await_sends(self._futures)
-        self._futures = []
+        self._send_changelogs()
         # Step 2
-        checkpoints = await self._send_changelogs()
+        try:
+            delivered = await self.sink.delivered()
+        except (TaskFencedError, TaskCorruptedError):
+            self._metrics.producer_errors.labels(self.app.app_id).inc()
+            raise
+        checkpoints = {
+            table.name: delivered[tp]
+            for table in self._tables
+            if (tp := TopicPartition(table.changelog_topic, self.partition)) in delivered
+        }
         # Step 3
         meta = orjson.dumps({"stream_time": self.stream_time}).decode()
         offsets = {tp: OffsetAndMetadata(pos, meta) for tp, pos in self._positions.items()}
@@ -359,49 +408,21 @@ class Task:
         self._metrics.commit_latency.labels(self.app.app_id).observe(time.perf_counter() - started)
         return True
 
-    async def _await_sends(self, futures: list[asyncio.Future[Any]]) -> list[Any]:
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                self._metrics.producer_errors.labels(self.app.app_id).inc()
-                if isinstance(result, FENCING_ERRORS):
-                    raise TaskFencedError(f"task {self.task_id}: send fenced") from result
-                if isinstance(result, KafkaError | asyncio.CancelledError | TimeoutError):
-                    raise TaskCorruptedError(
-                        f"task {self.task_id}: a send failed: {result!r}"
-                    ) from result
-                raise result
-        return results
-
-    async def _send_changelogs(self) -> dict[str, int]:
+    def _send_changelogs(self) -> None:
         for table in self._tables:
             windowed = self._windowed.get(table.name)
             if windowed is not None and isinstance(table, WindowedTable) and self.stream_time >= 0:
                 windowed.expire_before(self.stream_time - table.retention_ms)
-        futures: dict[str, list[asyncio.Future[Any]]] = {}
         for table in self._tables:
             windowed = self._windowed.get(table.name)
             records = (
                 windowed.pending_changelog()
                 if windowed is not None
-                else list(self._stores[table.name].pending().items())
+                else self._stores[table.name].pending().items()
             )
-            sends = futures.setdefault(table.name, [])
-            try:
-                for key, value in records:
-                    out = OutgoingRecord(
-                        table.changelog_topic, key, value, [], self.partition, None
-                    )
-                    sends.append(await self.sink.send(out))
-            except BaseException:
-                _forget([f for fs in futures.values() for f in fs])
-                raise
-        checkpoints = {}
-        for name, sends in futures.items():
-            if sends:
-                metadata = await self._await_sends(sends)
-                checkpoints[name] = max(m.offset for m in metadata)
-        return checkpoints
+            topic, partition = table.changelog_topic, self.partition
+            for key, value in records:
+                self.sink.send(OutgoingRecord(topic, key, value, [], partition, None))
 
     # -- close ---------------------------------------------------------------------------------
 
@@ -420,19 +441,11 @@ class Task:
             )
             await self.sink.abort()
         finally:
-            _forget(self._futures)  # abandoned with the transaction: their errors are known
-            self._futures = []
             self.state = TaskState.CLOSED
             for store in self._stores.values():
                 store.discard()
                 await asyncio.to_thread(store.close)
             await self.sink.close()
-
-
-def _forget(futures: list[asyncio.Future[Any]]) -> None:
-    """Retrieve the outcome of futures nobody will await, so asyncio does not log each one."""
-    for future in futures:
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _stream_time_of(metadata: str | None) -> int:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from aiokafka.structs import RecordMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from app.context import Header, OutgoingRecord
 
@@ -65,14 +64,17 @@ class InMemorySink:
 
     async def begin(self) -> None: ...
 
-    async def send(self, record: OutgoingRecord) -> asyncio.Future[Any]:
-        out = self._driver._place(record)
-        self._pending.append(out)
-        tp = TopicPartition(out.topic, out.partition)
-        meta = RecordMetadata(out.topic, out.partition, tp, out.offset, out.timestamp, 0, -1)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        future.set_result(meta)
-        return future
+    def send(self, record: OutgoingRecord) -> None:
+        self._pending.append(self._driver._place(record))
+
+    async def flush(self) -> None: ...
+
+    async def delivered(self) -> dict[TopicPartition, int]:
+        last: dict[TopicPartition, int] = {}
+        for out in self._pending:
+            tp = TopicPartition(out.topic, out.partition)
+            last[tp] = max(last.get(tp, -1), out.offset)
+        return last
 
     async def commit(self, offsets: Mapping[TopicPartition, Any]) -> None:
         self.committed_offsets.update(offsets)
