@@ -14,13 +14,16 @@ import importlib
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from aiokafka.errors import KafkaError
-
-from app.app import App
 from app.errors import ConfigurationError, OnceflowError
-from app.logs import configure_logging
-from app.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from app.app import App
+    from app.settings import Settings
+
+# Heavy modules (aiokafka, pydantic, FastAPI) are imported inside the functions, after ``main``
+# installed its early SIGTERM handler: importing them takes seconds on a loaded node.
 
 __all__ = ["load_app", "main"]
 
@@ -29,6 +32,8 @@ log = logging.getLogger("onceflow.cli")
 
 def load_app(spec: str) -> App:
     """Import ``module[:attr]`` and return the App there."""
+    from app.app import App
+
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -155,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     # The worker installs its own graceful handler once its loop runs; until then, exit cleanly.
     signal.signal(signal.SIGTERM, _exit_before_start)
     args = _parser().parse_args(argv)
+    from aiokafka.errors import KafkaError
+
+    from app.logs import configure_logging
+    from app.settings import load_settings
+
     try:
         settings = load_settings()
     except ConfigurationError as exc:
