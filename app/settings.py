@@ -8,6 +8,7 @@ accepts (see ``load_settings``).
 from __future__ import annotations
 
 import socket
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,6 +68,18 @@ class Settings(BaseSettings):
         # Kafka Streams calls the same protocol exactly_once_v2; accept its spelling.
         return "exactly_once" if value == "exactly_once_v2" else value
 
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        # A missing TLS file fails here, naming its variable, and not in the first client built.
+        if value is not None:
+            try:
+                with value.open("rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"cannot read the file: {exc.strerror}") from None
+        return value
+
     @property
     def eos(self) -> bool:
         return self.processing_guarantee == "exactly_once"
@@ -96,15 +109,35 @@ class Settings(BaseSettings):
                 self.sasl_password.get_secret_value() if self.sasl_password else None
             )
         if self.security_protocol.endswith("SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            kwargs["ssl_context"] = create_ssl_context(
-                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
-                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
-                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
-                password=self.ssl_password.get_secret_value() if self.ssl_password else None,
-            )
+            kwargs["ssl_context"] = self.ssl_context()
         return kwargs
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client side of TLS: brokers are verified (certificate and host name) against
+        ``ssl_cafile``, or the system CAs without one; ``ssl_certfile`` adds a client certificate.
+
+        Raises ``ConfigurationError`` naming the variable whose file does not load.
+        """
+        try:
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigurationError(
+                f"ONCEFLOW_SSL_CAFILE: no CA certificate loads from {self.ssl_cafile} ({exc}) -- "
+                "it should be the PEM certificate of the CA that signed the brokers' certificates"
+            ) from None
+        if self.ssl_certfile is not None:
+            # Never None: OpenSSL would prompt on the terminal for the key's password.
+            password = self.ssl_password.get_secret_value() if self.ssl_password else ""
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigurationError(
+                    f"ONCEFLOW_SSL_CERTFILE / ONCEFLOW_SSL_KEYFILE: the client certificate "
+                    f"{self.ssl_certfile} and key {self.ssl_keyfile or '(in the certificate file)'}"
+                    f" do not load ({exc}) -- they must be PEM and match each other; an encrypted "
+                    "key needs ONCEFLOW_SSL_PASSWORD"
+                ) from None
+        return context
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -128,4 +161,11 @@ def load_settings(**overrides: Any) -> Settings:
             f"ONCEFLOW_SASL_USERNAME: required when ONCEFLOW_SECURITY_PROTOCOL="
             f"{settings.security_protocol}"
         )
+    if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+        raise ConfigurationError(
+            "ONCEFLOW_SSL_KEYFILE is set without ONCEFLOW_SSL_CERTFILE: a client key needs its "
+            "certificate (mutual TLS), or unset it"
+        )
+    if settings.security_protocol.endswith("SSL"):
+        settings.ssl_context()  # a file that does not load fails now, named
     return settings

@@ -20,7 +20,7 @@ Command line::
 
     kafka_local.py fetch [--version V]
     kafka_local.py start --data-dir D [--port 9092] [--controller-port PORT+NODES] [--nodes 1|3]
-                         [--sasl-plain USER:PASS ...]
+                         [--sasl-plain USER:PASS ...] [--tls]
     kafka_local.py stop --data-dir D
     kafka_local.py kill-node --data-dir D --node N [--signal KILL|TERM]
     kafka_local.py start-node --data-dir D --node N
@@ -39,6 +39,14 @@ traffic and the readiness probe stay on PLAINTEXT; ``start`` prints ``sasl_boots
 its ``bootstrap=...`` line and ``sasl_bootstrap(data_dir)`` returns it. The users are recorded
 in ``cluster.json`` (a throwaway test cluster: the passwords are stored in clear there and in
 ``server.properties``), so ``start`` without ``--sasl-plain`` and ``start-node`` keep them.
+
+TLS (``--tls``; ``tls=True`` from Python): ``openssl`` makes a throwaway CA and one broker
+certificate for 127.0.0.1 and localhost in ``DATA_DIR/tls`` (``ca.pem``, and the broker's PEM key
+store ``broker-keystore.pem``), and each node gets an SSL listener in the next block of ports
+(with SASL users, a SASL_SSL listener in the block after that). Clients must verify the brokers
+against ``ca.pem``; there is no client authentication. ``start`` prints ``ssl_bootstrap=``,
+``sasl_ssl_bootstrap=`` and ``ssl_cafile=`` lines; ``tls_bootstrap(data_dir[, sasl=True])`` and
+``tls_cafile(data_dir)`` return them, and ``new_ca(dir)`` makes another CA (a wrong one, for tests).
 
 Every failure is a ``KafkaLocalError`` whose first line says what is wrong and how to fix it; the
 command line prints it and exits 1, after stopping whatever this call had started.
@@ -94,9 +102,28 @@ class ClusterSpec:
     controller_port: int
     cluster_id: str
     sasl_users: dict[str, str] | None = None
+    tls: bool = False
 
     def node_ids(self) -> list[int]:
         return list(range(1, self.nodes + 1))
+
+    def protocols(self) -> list[str]:
+        """The client listeners, in the order of their port blocks (one port per node each)."""
+        protocols = ["PLAINTEXT"]
+        if self.sasl_users:
+            protocols.append("SASL_PLAINTEXT")
+        if self.tls:
+            protocols.append("SSL")
+        if self.tls and self.sasl_users:
+            protocols.append("SASL_SSL")
+        return protocols
+
+    def listener_port(self, protocol: str, node: int) -> int | None:
+        """Node N's port for ``protocol``, or None when the cluster has no such listener."""
+        protocols = self.protocols()
+        if protocol not in protocols:
+            return None
+        return self.port + protocols.index(protocol) * self.nodes + node - 1
 
     def broker_port(self, node: int) -> int:
         return self.port + node - 1
@@ -105,11 +132,17 @@ class ClusterSpec:
         return self.controller_port + node - 1
 
     def sasl_port(self, node: int) -> int | None:
-        return self.port + self.nodes + node - 1 if self.sasl_users else None
+        return self.listener_port("SASL_PLAINTEXT", node)
 
     def ports(self, node: int) -> list[int]:
-        sasl = self.sasl_port(node)
-        return [self.broker_port(node), *([sasl] if sasl else []), self.quorum_port(node)]
+        listeners = [self.listener_port(p, node) for p in self.protocols()]
+        return [p for p in listeners if p is not None] + [self.quorum_port(node)]
+
+    def bootstrap_for(self, protocol: str) -> str | None:
+        """The bootstrap servers of the ``protocol`` listener (None if there is none)."""
+        if protocol not in self.protocols():
+            return None
+        return ",".join(f"127.0.0.1:{self.listener_port(protocol, n)}" for n in self.node_ids())
 
     @property
     def bootstrap(self) -> str:
@@ -117,9 +150,7 @@ class ClusterSpec:
 
     @property
     def sasl_bootstrap(self) -> str | None:
-        if not self.sasl_users:
-            return None
-        return ",".join(f"127.0.0.1:{self.sasl_port(n)}" for n in self.node_ids())
+        return self.bootstrap_for("SASL_PLAINTEXT")
 
 
 # --- fetching jars -------------------------------------------------------------------------------
@@ -315,35 +346,49 @@ def parse_sasl_plain(values: list[str] | None) -> dict[str, str] | None:
 
 
 def _sasl_settings(spec: ClusterSpec) -> dict[str, object]:
-    """The SASL_PLAINTEXT listener's PLAIN mechanism with ``spec.sasl_users``."""
+    """The PLAIN mechanism with ``spec.sasl_users`` on the SASL listener(s)."""
     users = " ".join(f'user_{u}="{p}"' for u, p in sorted((spec.sasl_users or {}).items()))
+    jaas = f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+    settings: dict[str, object] = {"sasl.enabled.mechanisms": "PLAIN"}
+    for protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        if protocol in spec.protocols():
+            settings[f"listener.name.{protocol.lower()}.plain.sasl.jaas.config"] = jaas
+    return settings
+
+
+def _tls_settings(data_dir: Path) -> dict[str, object]:
+    """The SSL listener(s) serve the broker certificate from ``make_tls_files`` (PEM, no JKS)."""
+    files = tls_dir(data_dir)
     return {
-        "sasl.enabled.mechanisms": "PLAIN",
-        "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
-            f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
-        ),
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": files / KEYSTORE,
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": files / "ca.pem",
+        "ssl.client.auth": "none",
     }
 
 
 def server_properties(spec: ClusterSpec, node: int, data_dir: Path) -> str:
     voters = ",".join(f"{n}@127.0.0.1:{spec.quorum_port(n)}" for n in spec.node_ids())
     replicas = min(spec.nodes, 3)
-    plain = f"PLAINTEXT://127.0.0.1:{spec.broker_port(node)}"
-    sasl = f",SASL_PLAINTEXT://127.0.0.1:{spec.sasl_port(node)}" if spec.sasl_users else ""
-    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    clients = ",".join(f"{p}://127.0.0.1:{spec.listener_port(p, node)}" for p in spec.protocols())
+    protocols = ",".join(f"{p}:{p}" for p in spec.protocols()) + ",CONTROLLER:PLAINTEXT"
     settings = {
         "process.roles": "broker,controller",
         "node.id": node,
         "controller.quorum.voters": voters,
-        "listeners": f"{plain}{sasl},CONTROLLER://127.0.0.1:{spec.quorum_port(node)}",
-        "advertised.listeners": f"{plain}{sasl}",
-        "listener.security.protocol.map": protocols
-        + (",SASL_PLAINTEXT:SASL_PLAINTEXT" if sasl else ""),
+        "listeners": f"{clients},CONTROLLER://127.0.0.1:{spec.quorum_port(node)}",
+        "advertised.listeners": clients,
+        "listener.security.protocol.map": protocols,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": node_dir(data_dir, node) / "data",
         "num.partitions": 1,
         "default.replication.factor": replicas,
+        # As in production, acks=all needs 2 in-sync replicas on 3+ nodes (1 on one node): a topic
+        # at RF 3 takes writes with one broker down, and no acknowledged write is on one disk only.
+        # (Kafka 3.9 caps it at a topic's replica count: an RF 1 topic still takes writes.)
+        "min.insync.replicas": max(1, replicas - 1),
         "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": 0,
         # Fewer internal partitions: the first group / transaction of a test run waits less.
@@ -360,6 +405,8 @@ def server_properties(spec: ClusterSpec, node: int, data_dir: Path) -> str:
         settings["share.coordinator.state.topic.min.isr"] = max(1, replicas - 1)
     if spec.sasl_users:
         settings.update(_sasl_settings(spec))
+    if spec.tls:
+        settings.update(_tls_settings(data_dir))
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
@@ -403,6 +450,73 @@ def format_storage(spec: ClusterSpec, node: int, data_dir: Path) -> None:
         raise KafkaLocalError(
             f"formatting node {node} storage failed: {lines[-1]}", "\n".join(lines)
         )
+
+
+# --- TLS: a throwaway CA and one broker certificate for 127.0.0.1 and localhost ------------------
+
+KEYSTORE = "broker-keystore.pem"  # the broker's private key, then its certificate chain
+TLS_DAYS = 3650  # a dev broker's data dir may live for years; nothing here is a real secret
+EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]  # fast to make
+BROKER_EXTENSIONS = """subjectAltName = IP:127.0.0.1, DNS:localhost
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+"""
+
+
+def tls_dir(data_dir: Path) -> Path:
+    return data_dir / "tls"
+
+
+def _openssl(directory: Path, *args: str) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise KafkaLocalError("openssl not found: install it (apt-get install openssl)")
+    cmd = [openssl, *args]
+    done = subprocess.run(cmd, cwd=directory, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no output"]
+        raise KafkaLocalError(f"openssl {args[0]} failed in {directory}: {lines[-1]}", done.stderr)
+
+
+def new_ca(directory: str | Path, name: str = "onceflow-test-ca") -> Path:
+    """Make a self-signed CA (``ca.pem`` and ``ca.key``) in ``directory``; return ``ca.pem``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        directory,
+        *["req", "-x509", *EC_KEY, "-keyout", "ca.key", "-out", "ca.pem"],
+        *["-days", str(TLS_DAYS), "-subj", f"/CN={name}"],
+        *["-addext", "basicConstraints=critical,CA:TRUE"],
+        *["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+    )
+    return directory / "ca.pem"
+
+
+def make_tls_files(data_dir: Path) -> None:
+    """A CA and a broker key store signed by it in ``data_dir/tls``; made once, then reused."""
+    directory = tls_dir(data_dir)
+    if (directory / KEYSTORE).exists():
+        return
+    new_ca(directory)
+    (directory / "broker.ext").write_text(BROKER_EXTENSIONS)
+    _openssl(
+        directory,
+        *["req", *EC_KEY, "-keyout", "broker.key", "-out", "broker.csr", "-subj", "/CN=localhost"],
+    )
+    _openssl(
+        directory,
+        *["x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key"],
+        *["-CAcreateserial", "-days", str(TLS_DAYS), "-extfile", "broker.ext"],
+        *["-out", "broker.pem"],
+    )
+    # Kafka's PEM key store: an unencrypted PKCS#8 key, then the chain up to the CA.
+    parts = [directory / name for name in ("broker.key", "broker.pem", "ca.pem")]
+    staging = directory / f"{KEYSTORE}.partial"
+    staging.write_text("".join(part.read_text() for part in parts))
+    staging.rename(directory / KEYSTORE)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -560,14 +674,16 @@ def start_cluster(
     controller_port: int | None = None,
     version: str | None = None,
     sasl_users: dict[str, str] | None = None,
+    tls: bool | None = None,
 ) -> str:
     """Start (or finish starting) a cluster in ``data_dir``; return its (PLAINTEXT) bootstrap.
 
     Node N listens on ``port + N - 1`` and ``controller_port + N - 1`` (default: right after the
-    broker ports, or after the SASL ports). ``sasl_users`` adds a SASL_PLAINTEXT/PLAIN listener on
-    ``port + nodes + N - 1`` (see ``sasl_bootstrap``); ``None`` keeps what ``data_dir`` recorded.
-    Idempotent: nodes already running are left alone. On failure, every node this call started
-    is killed again before the error propagates.
+    last listener's ports). ``sasl_users`` adds a SASL_PLAINTEXT/PLAIN listener on
+    ``port + nodes + N - 1`` (see ``sasl_bootstrap``), ``tls`` an SSL listener in the next block
+    (and a SASL_SSL one after it with ``sasl_users``; see ``tls_bootstrap``); ``None`` keeps what
+    ``data_dir`` recorded. Idempotent: nodes already running are left alone. On failure, every
+    node this call started is killed again before the error propagates.
     """
     data_dir = Path(data_dir).resolve()
     version = version or os.environ.get("KAFKA_VERSION") or DEFAULT_VERSION
@@ -577,16 +693,12 @@ def start_cluster(
     existing = load_spec(data_dir)
     if sasl_users is None and existing is not None:
         sasl_users = existing.sasl_users
+    if tls is None:
+        tls = existing.tls if existing is not None else False
     if sasl_users:
         check_sasl_users(sasl_users)
-    listener_ports = nodes * (2 if sasl_users else 1)  # broker ports, then SASL ports
-    controller_port = controller_port or port + listener_ports
-    if port < controller_port + nodes and controller_port < port + listener_ports:
-        raise KafkaLocalError(
-            f"broker ports {port}-{port + listener_ports - 1} overlap controller ports "
-            f"{controller_port}-{controller_port + nodes - 1}: pick another --controller-port"
-        )
-    wanted = ClusterSpec(version, nodes, port, controller_port, "", sasl_users or None)
+    wanted = ClusterSpec(version, nodes, port, 0, "", sasl_users or None, tls)
+    wanted = replace(wanted, controller_port=_controller_port(wanted, controller_port))
     spec = _spec_for(data_dir, existing, wanted)
     to_start = [n for n in spec.node_ids() if node_pid(data_dir, n) is None]
     check_ports_free([p for n in to_start for p in spec.ports(n)])
@@ -597,14 +709,27 @@ def start_cluster(
     return spec.bootstrap
 
 
+def _controller_port(spec: ClusterSpec, wanted: int | None) -> int:
+    """``wanted``, or the port after the last listener block; refuse overlapping ranges."""
+    listener_ports = spec.nodes * len(spec.protocols())
+    port = wanted or spec.port + listener_ports
+    if spec.port < port + spec.nodes and port < spec.port + listener_ports:
+        raise KafkaLocalError(
+            f"broker ports {spec.port}-{spec.port + listener_ports - 1} overlap controller ports "
+            f"{port}-{port + spec.nodes - 1}: pick another --controller-port"
+        )
+    return port
+
+
 def _spec_for(data_dir: Path, existing: ClusterSpec | None, wanted: ClusterSpec) -> ClusterSpec:
     if existing is None:
         return replace(wanted, cluster_id=new_cluster_id())
     if existing != replace(wanted, cluster_id=existing.cluster_id):
         sasl = f", SASL users {sorted(existing.sasl_users)}" if existing.sasl_users else ""
+        tls = ", TLS" if existing.tls else ""
         raise KafkaLocalError(
             f"{data_dir} holds another cluster (Kafka {existing.version}, {existing.nodes} "
-            f"node(s), ports {existing.port}/{existing.controller_port}{sasl}): "
+            f"node(s), ports {existing.port}/{existing.controller_port}{sasl}{tls}): "
             "run `stop` and remove that dir, or use another --data-dir"
         )
     return existing
@@ -616,8 +741,23 @@ def sasl_bootstrap(data_dir: str | Path) -> str | None:
     return spec.sasl_bootstrap if spec else None
 
 
+def tls_bootstrap(data_dir: str | Path, sasl: bool = False) -> str | None:
+    """The SSL (``sasl``: SASL_SSL) bootstrap of the cluster in ``data_dir``, or None."""
+    spec = load_spec(Path(data_dir).resolve())
+    return spec.bootstrap_for("SASL_SSL" if sasl else "SSL") if spec else None
+
+
+def tls_cafile(data_dir: str | Path) -> Path | None:
+    """The CA certificate that signed the brokers' certificates (None without TLS)."""
+    data_dir = Path(data_dir).resolve()
+    spec = load_spec(data_dir)
+    return tls_dir(data_dir) / "ca.pem" if spec and spec.tls else None
+
+
 def _write_cluster(spec: ClusterSpec, data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
+    if spec.tls:
+        make_tls_files(data_dir)
     (data_dir / "cluster.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     for node in spec.node_ids():
         ndir = node_dir(data_dir, node)
@@ -710,6 +850,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER:PASS",
         help="add a SASL_PLAINTEXT listener (PLAIN) with this user, on --port + --nodes",
     )
+    start.add_argument(
+        "--tls",
+        action="store_true",
+        default=None,
+        help="add an SSL listener (and SASL_SSL with --sasl-plain); certificates in DATA_DIR/tls",
+    )
     kill = sub.add_parser("kill-node")
     kill.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
     restart = sub.add_parser("start-node")
@@ -728,12 +874,17 @@ def run(args: argparse.Namespace) -> str:
         return f"libs={fetch(version)}"
     if args.command == "start":
         users = parse_sasl_plain(args.sasl_plain)
-        bootstrap = start_cluster(
-            args.data_dir, args.nodes, args.port, args.controller_port, args.version, users
-        )
-        sasl = sasl_bootstrap(args.data_dir)
+        cluster = (args.nodes, args.port, args.controller_port, args.version, users, args.tls)
+        bootstrap = start_cluster(args.data_dir, *cluster)
+        extra = {
+            "sasl_bootstrap": sasl_bootstrap(args.data_dir),
+            "ssl_bootstrap": tls_bootstrap(args.data_dir),
+            "sasl_ssl_bootstrap": tls_bootstrap(args.data_dir, sasl=True),
+            "ssl_cafile": tls_cafile(args.data_dir),
+        }
+        lines = [f"{name}={value}\n" for name, value in extra.items() if value]
         # bootstrap= stays the last line: scripts/with_broker.sh takes what follows it.
-        return (f"sasl_bootstrap={sasl}\n" if sasl else "") + f"bootstrap={bootstrap}"
+        return "".join(lines) + f"bootstrap={bootstrap}"
     if args.command == "stop":
         stop_cluster(args.data_dir)
         return f"stopped {args.data_dir}"

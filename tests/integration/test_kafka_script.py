@@ -177,3 +177,27 @@ def test_overlapping_ports_are_refused(env: dict[str, str], tmp_path: Path) -> N
     args = ["--port", "9092", "--controller-port", "9093", "--nodes", "3"]
     done = run_script("start", "--data-dir", str(tmp_path / "data"), *args, env=env)
     assert_one_line_error(done, "broker ports 9092-9094 overlap controller ports 9093-9095")
+
+
+@pytest.mark.parametrize(("nodes", "min_isr"), [(1, 1), (2, 1), (3, 2), (5, 2)])
+def test_min_insync_replicas_follows_the_cluster_size(
+    nodes: int, min_isr: int, tmp_path: Path
+) -> None:
+    """acks=all needs 2 in-sync replicas on a 3+ node cluster (topics at RF 3 survive one dead
+    broker), 1 where a second replica may not exist."""
+    kafka_local = load_kafka_local()
+    spec = kafka_local.ClusterSpec("3.9.1", nodes, 20000, 20100, "id")
+    props = kafka_local.server_properties(spec, 1, tmp_path).splitlines()
+    assert f"min.insync.replicas={min_isr}" in props
+    assert f"default.replication.factor={min(nodes, 3)}" in props
+
+
+def test_tls_without_openssl_says_how_to_install_it(
+    fake_java: dict[str, str], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    port, _, controller = load_kafka_local().free_ports(3)  # PLAINTEXT, SSL, controller
+    args = ["--data-dir", str(data), "--port", str(port), "--controller-port", str(controller)]
+    done = run_script("start", *args, "--tls", env=fake_java)
+    assert_one_line_error(done, "openssl not found", "apt-get install openssl")
+    assert processes_mentioning(str(data)) == []

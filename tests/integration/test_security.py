@@ -1,8 +1,10 @@
-"""Workers on a SASL_PLAINTEXT (PLAIN) listener: every client authenticates, a bad password fails
-at start with one clear line, and the password shows up in no log line and no HTTP answer.
+"""Workers on secured listeners: SASL_PLAINTEXT (PLAIN), SSL and SASL_SSL. Every client
+authenticates and verifies the broker; a bad password or an untrusted broker certificate fails
+at start with one clear line; the password shows up in no log line and no HTTP answer.
 
-A broker of its own (``kafka_local.py --sasl-plain``): its PLAINTEXT listener is what the test
-itself uses to create, produce and read topics; only the workers go through SASL.
+A broker of its own (``kafka_local.py --sasl-plain ... --tls``): its PLAINTEXT listener is what
+the test itself uses to create, produce and read topics; only the workers go through the secured
+listeners, verifying the broker against the CA that ``kafka_local.py`` made.
 """
 
 from __future__ import annotations
@@ -33,30 +35,39 @@ PASSWORD = "pw-5f1c9e-never-logged"
 WRONG_PASSWORD = "pw-0a77d3-also-never-logged"
 
 
-class SaslCluster(NamedTuple):
+class SecureCluster(NamedTuple):
     plain: str  # bootstrap of the PLAINTEXT listener, for the test's own clients
-    sasl: str  # bootstrap of the SASL_PLAINTEXT listener, for the workers
+    listeners: dict[str, str]  # bootstrap by security protocol, for the workers
+    cafile: Path  # the CA that signed the broker certificate
     data_dir: Path
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslCluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureCluster]:
     kafka_local = load_kafka_local()
-    data_dir = tmp_path_factory.mktemp("kafka-sasl")
-    port, sasl_port, controller_port = kafka_local.free_ports(3)
+    data_dir = tmp_path_factory.mktemp("kafka-secure")
+    port, sasl_port, ssl_port, sasl_ssl_port, controller_port = kafka_local.free_ports(5)
     plain = kafka_local.start_cluster(
-        data_dir, 1, port, controller_port, sasl_users={USER: PASSWORD}
+        data_dir, 1, port, controller_port, sasl_users={USER: PASSWORD}, tls=True
     )
     try:
-        sasl = kafka_local.sasl_bootstrap(data_dir)
-        assert sasl == f"127.0.0.1:{sasl_port}"
-        yield SaslCluster(plain, sasl, data_dir)
+        listeners = {
+            "SASL_PLAINTEXT": kafka_local.sasl_bootstrap(data_dir),
+            "SSL": kafka_local.tls_bootstrap(data_dir),
+            "SASL_SSL": kafka_local.tls_bootstrap(data_dir, sasl=True),
+        }
+        assert listeners == {
+            "SASL_PLAINTEXT": f"127.0.0.1:{sasl_port}",
+            "SSL": f"127.0.0.1:{ssl_port}",
+            "SASL_SSL": f"127.0.0.1:{sasl_ssl_port}",
+        }
+        yield SecureCluster(plain, listeners, kafka_local.tls_cafile(data_dir), data_dir)
     finally:
         kafka_local.stop_cluster(data_dir)
 
 
 @pytest.fixture
-async def topics(cluster: SaslCluster) -> AsyncIterator[list[str]]:
+async def topics(cluster: SecureCluster) -> AsyncIterator[list[str]]:
     """A fresh input and output topic (3 partitions each), deleted after the test."""
     names = [unique_name("sec-in"), unique_name("sec-out")]
     admin = AIOKafkaAdminClient(bootstrap_servers=cluster.plain)
@@ -69,29 +80,38 @@ async def topics(cluster: SaslCluster) -> AsyncIterator[list[str]]:
         await admin.close()
 
 
-def sasl_worker(
+def secure_worker(
     module: str,
-    cluster: SaslCluster,
+    cluster: SecureCluster,
     topics: list[str],
     tmp_path: Path,
     name: str,
     app_id: str = "sec-app",
     password: str = PASSWORD,
+    protocol: str = "SASL_PLAINTEXT",
+    **extra: str | int,
 ) -> WorkerProcess:
-    """A worker on the SASL listener, logging at DEBUG, its HTTP API on a free port."""
+    """A worker on the ``protocol`` listener (trusting the cluster's CA), logging at DEBUG, its
+    HTTP API on a free port; ``extra`` overrides any variable."""
+    security: dict[str, str | int] = {"ONCEFLOW_SECURITY_PROTOCOL": protocol}
+    if protocol.startswith("SASL"):
+        security.update(
+            ONCEFLOW_SASL_MECHANISM="PLAIN",
+            ONCEFLOW_SASL_USERNAME=USER,
+            ONCEFLOW_SASL_PASSWORD=password,
+        )
+    if protocol.endswith("SSL"):
+        security["ONCEFLOW_SSL_CAFILE"] = str(cluster.cafile)
     env = worker_env(
-        cluster.sasl,
+        cluster.listeners[protocol],
         app_id,
         tmp_path / f"state-{name}",
         ONCEFLOW_TEST_INPUT=topics[0],
         ONCEFLOW_TEST_OUTPUT=topics[1],
-        ONCEFLOW_SECURITY_PROTOCOL="SASL_PLAINTEXT",
-        ONCEFLOW_SASL_MECHANISM="PLAIN",
-        ONCEFLOW_SASL_USERNAME=USER,
-        ONCEFLOW_SASL_PASSWORD=password,
         ONCEFLOW_LOG_LEVEL="DEBUG",
         ONCEFLOW_HTTP_HOST="127.0.0.1",
         ONCEFLOW_HTTP_PORT=load_kafka_local().free_ports(1)[0],
+        **{**security, **extra},
     )
     return WorkerProcess(module, env, tmp_path / f"{name}.log")
 
@@ -118,30 +138,40 @@ async def get(worker: WorkerProcess, path: str, timeout: float = 60) -> httpx.Re
             await asyncio.sleep(0.1)
 
 
-def test_sasl_listener_is_recorded_for_restarts(cluster: SaslCluster) -> None:
-    """``start`` again without users keeps the recorded SASL listener (nodes already running)."""
+def test_secured_listeners_are_recorded_for_restarts(cluster: SecureCluster) -> None:
+    """``start`` again without users or ``tls`` keeps the recorded listeners (nodes running)."""
     kafka_local = load_kafka_local()
     spec = json.loads((cluster.data_dir / "cluster.json").read_text())
-    assert spec["sasl_users"] == {USER: PASSWORD}
+    assert spec["sasl_users"] == {USER: PASSWORD} and spec["tls"] is True
     again = kafka_local.start_cluster(cluster.data_dir, 1, spec["port"], spec["controller_port"])
     assert again == cluster.plain
-    assert kafka_local.sasl_bootstrap(cluster.data_dir) == cluster.sasl
-    with pytest.raises(kafka_local.KafkaLocalError, match="holds another cluster"):
-        kafka_local.start_cluster(
-            cluster.data_dir, 1, spec["port"], spec["controller_port"], sasl_users={"x": "y"}
-        )
+    assert kafka_local.sasl_bootstrap(cluster.data_dir) == cluster.listeners["SASL_PLAINTEXT"]
+    assert kafka_local.tls_bootstrap(cluster.data_dir) == cluster.listeners["SSL"]
+    assert kafka_local.tls_cafile(cluster.data_dir) == cluster.cafile
+    for other in ({"sasl_users": {"x": "y"}}, {"tls": False}):
+        with pytest.raises(kafka_local.KafkaLocalError, match="holds another cluster"):
+            kafka_local.start_cluster(
+                cluster.data_dir, 1, spec["port"], spec["controller_port"], **other
+            )
 
 
-async def test_echo_over_sasl_is_exactly_once(
-    cluster: SaslCluster, topics: list[str], tmp_path: Path
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SSL", "SASL_SSL"])
+async def test_echo_is_exactly_once(
+    cluster: SecureCluster, topics: list[str], tmp_path: Path, protocol: str
 ) -> None:
     source, sink = topics
     n = 3_000
     await produce(
         cluster.plain, source, ((f"k{i % 97}".encode(), str(i).encode()) for i in range(n))
     )
-    worker = sasl_worker(
-        "tests.apps.echo", cluster, topics, tmp_path, "echo", unique_name("sec-echo")
+    worker = secure_worker(
+        "tests.apps.echo",
+        cluster,
+        topics,
+        tmp_path,
+        "echo",
+        unique_name("sec-echo"),
+        protocol=protocol,
     ).start()
     try:
         output = await collect(cluster.plain, sink, n, timeout=90, workers=[worker])
@@ -159,16 +189,18 @@ def int64(value: int) -> bytes:
     return struct.pack(">q", value)
 
 
-async def test_tables_restore_over_sasl(
-    cluster: SaslCluster, topics: list[str], tmp_path: Path
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+async def test_tables_restore(
+    cluster: SecureCluster, topics: list[str], tmp_path: Path, protocol: str
 ) -> None:
     """Aggregates in tables: a second worker with an empty state dir restores the changelogs over
-    SASL and carries the sums on exactly."""
+    the secured listener and carries the sums on exactly."""
     source, sink = topics
     app_id = unique_name("sec-agg")
     keys = [f"k{i}" for i in range(12)]
     await produce(cluster.plain, source, ((k.encode(), int64(1)) for k in keys * 5))
-    first = sasl_worker("tests.apps.aggregates", cluster, topics, tmp_path, "a1", app_id=app_id)
+    module = "tests.apps.aggregates"
+    first = secure_worker(module, cluster, topics, tmp_path, "a1", app_id, protocol=protocol)
     first.start()
     try:
         await collect(cluster.plain, sink, len(keys) * 5, timeout=90, workers=[first], settle=0.5)
@@ -179,7 +211,7 @@ async def test_tables_restore_over_sasl(
         assert first.stop() == 0, first.log_text()[-3000:]
 
     # A fresh state dir: everything the second worker knows comes from the changelogs.
-    second = sasl_worker("tests.apps.aggregates", cluster, topics, tmp_path, "a2", app_id=app_id)
+    second = secure_worker(module, cluster, topics, tmp_path, "a2", app_id, protocol=protocol)
     second.start()
     try:
         await produce(cluster.plain, source, ((k.encode(), int64(10)) for k in keys))
@@ -195,24 +227,75 @@ async def test_tables_restore_over_sasl(
     assert_no_secret(first.log_text() + second.log_text(), "the worker logs")
 
 
-async def test_wrong_password_fails_fast_with_one_clear_line(
-    cluster: SaslCluster, topics: list[str], tmp_path: Path
-) -> None:
-    worker = sasl_worker(
-        "tests.apps.echo", cluster, topics, tmp_path, "bad", password=WRONG_PASSWORD
-    ).start()
+async def failed_start(worker: WorkerProcess, exit_code: int = 1) -> str:
+    """Wait for ``worker`` to exit with ``exit_code`` quickly and quietly; return its one
+    ``onceflow:`` error line."""
+    worker.start()
     started = time.monotonic()
     code = await asyncio.to_thread(worker.wait, 30)
     log = worker.log_text()
     if code is None:
         worker.kill()
-    assert code not in (None, 0), (
-        f"exit code {code} after {time.monotonic() - started:.0f} s:\n{log}"
-    )
+    assert code == exit_code, f"exit code {code} after {time.monotonic() - started:.0f} s:\n{log}"
     assert "Traceback" not in log, log
     errors = [line for line in log.splitlines() if line.startswith("onceflow: ")]
     assert len(errors) == 1, log
-    assert "authentication failed" in errors[0].lower(), errors[0]
-    assert USER in errors[0] and "ONCEFLOW_SASL_PASSWORD" in errors[0], errors[0]
     assert len(log.splitlines()) <= 10, log  # no retry storm
     assert_no_secret(log, "the worker log")
+    return errors[0]
+
+
+async def test_wrong_password_fails_fast_with_one_clear_line(
+    cluster: SecureCluster, topics: list[str], tmp_path: Path
+) -> None:
+    worker = secure_worker(
+        "tests.apps.echo", cluster, topics, tmp_path, "bad", password=WRONG_PASSWORD
+    )
+    error = await failed_start(worker)
+    assert "authentication failed" in error.lower(), error
+    assert USER in error and "ONCEFLOW_SASL_PASSWORD" in error, error
+
+
+@pytest.mark.parametrize("trust", ["system CAs", "another CA"])
+async def test_untrusted_broker_fails_fast_with_one_clear_line(
+    cluster: SecureCluster, topics: list[str], tmp_path: Path, trust: str
+) -> None:
+    """A worker that does not trust the CA of the brokers' certificates: one line naming the
+    bootstrap servers, the verification failure and ONCEFLOW_SSL_CAFILE; exit code 1."""
+    worker = secure_worker(
+        "tests.apps.echo", cluster, topics, tmp_path, "untrusted", protocol="SSL"
+    )
+    if trust == "another CA":
+        worker.env["ONCEFLOW_SSL_CAFILE"] = str(load_kafka_local().new_ca(tmp_path / "other"))
+    else:
+        del worker.env["ONCEFLOW_SSL_CAFILE"]
+    error = await failed_start(worker)
+    assert "TLS certificate verify failed" in error, error
+    assert f"ONCEFLOW_BOOTSTRAP_SERVERS={cluster.listeners['SSL']}" in error, error
+    assert "ONCEFLOW_SSL_CAFILE" in error, error
+
+
+@pytest.mark.parametrize("problem", ["missing", "not a certificate"])
+async def test_bad_cafile_fails_at_settings(
+    cluster: SecureCluster, tmp_path: Path, problem: str
+) -> None:
+    """A CA file that cannot be read, or holds no certificate, fails before any connection:
+    exit code 2 and a message naming ONCEFLOW_SSL_CAFILE."""
+    cafile = tmp_path / "ca.pem"
+    if problem == "not a certificate":
+        cafile.write_text("-----BEGIN PRIVATE KEY-----\nnot a certificate\n")
+    worker = secure_worker(
+        "tests.apps.echo",
+        cluster,
+        ["unused-in", "unused-out"],  # never reached: the settings fail first
+        tmp_path,
+        "cafile",
+        protocol="SSL",
+        ONCEFLOW_SSL_CAFILE=str(cafile),
+    )
+    worker.start()
+    assert await asyncio.to_thread(worker.wait, 30) == 2, worker.log_text()
+    log = worker.log_text()
+    assert log.startswith("onceflow: ") and "Traceback" not in log, log
+    assert "ONCEFLOW_SSL_CAFILE" in log and str(cafile) in log, log
+    assert ("No such file" if problem == "missing" else "no CA certificate") in log, log
