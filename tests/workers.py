@@ -12,10 +12,11 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from kafka_helpers import REPO, end_offsets, partitions_of
+from kafka_helpers import REPO, end_offsets, partitions_of, unique_name
 
 ONCEFLOW = shutil.which("onceflow", path=str(Path(sys.executable).parent))
 
@@ -180,3 +181,60 @@ async def assert_no_hanging_transactions(bootstrap: str, topic: str) -> None:
     committed = await end_offsets(bootstrap, topic, "read_committed")
     uncommitted = await end_offsets(bootstrap, topic, "read_uncommitted")
     assert committed == uncommitted, f"open transaction on {topic}: {committed} != {uncommitted}"
+
+
+@dataclass
+class AppUnderTest:
+    """A test app (``module``) wired to its source and sink: ``spawn(i)`` starts worker ``i``,
+    logging to ``tmp_path/worker-{i}.log``. With ``state_dirs=k`` worker ``i`` keeps its stores in
+    ``tmp_path/state-{i % k}``, as on k hosts (a task that moves restores from Kafka); otherwise
+    all workers share ``tmp_path/state``."""
+
+    module: str
+    source: str
+    sink: str
+    env: dict[str, str]
+    tmp_path: Path
+    state_dirs: int | None = None
+
+    def spawn(self, i: int, **env: str | int) -> WorkerProcess:
+        own = dict(self.env)
+        if self.state_dirs:
+            own["ONCEFLOW_STATE_DIR"] = str(self.tmp_path / f"state-{i % self.state_dirs}")
+        own.update({k: str(v) for k, v in env.items()})
+        return WorkerProcess(self.module, own, self.tmp_path / f"worker-{i}.log").start()
+
+
+def app_under_test(
+    bootstrap: str,
+    module: str,
+    source: str,
+    sink: str,
+    tmp_path: Path,
+    *,
+    state_dirs: int | None = None,
+    **env: str | int,
+) -> AppUnderTest:
+    """``app_under_test(bootstrap, "tests.apps.echo", source, sink, tmp_path)``: a fresh app id
+    and the worker environment; ``env`` adds settings (``ONCEFLOW_COMMIT_INTERVAL_MS=500``)."""
+    app_id = unique_name(module.rsplit(".", 1)[-1])
+    base = worker_env(
+        bootstrap,
+        app_id,
+        tmp_path / "state",
+        ONCEFLOW_TEST_INPUT=source,
+        ONCEFLOW_TEST_OUTPUT=sink,
+        **env,
+    )
+    return AppUnderTest(module, source, sink, base, tmp_path, state_dirs)
+
+
+async def wait_until_processing(worker: WorkerProcess, timeout: float = 60) -> bool:
+    """Wait until ``worker`` logs a running task, so that a fault injected next lands while it
+    processes (a worker takes seconds to start, join and restore); False if it never did."""
+    deadline = time.monotonic() + timeout
+    while worker.alive and time.monotonic() < deadline:
+        if " running (stream time " in worker.log_text():
+            return True
+        await asyncio.sleep(0.2)
+    return False

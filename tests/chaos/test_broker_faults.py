@@ -2,6 +2,7 @@
 
 Each test runs its own cluster (the session broker is shared by every other test): a single node
 killed with -9 and restarted, and a 3-node cluster with internal topics at RF 3 losing a node.
+tests/history.py judges each run; the worker's log stays in the test's tmp_path (worker-0.log).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from types import ModuleType
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from history import check_run
 from kafka_helpers import create_topics, load_kafka_local, unique_name
-from oracle import check_aggregates, make_inputs
-from workers import WorkerProcess, collect, produce, worker_env
+from oracle import AggregatesOracle, make_inputs
+from workers import app_under_test, collect, produce
 
 pytestmark = pytest.mark.chaos
 
@@ -61,17 +63,17 @@ async def _topics(bootstrap: str, replication: int) -> tuple[str, str]:
 
 async def _run_with_fault(cluster: Cluster, tmp_path: Path, replication: int, fault) -> None:
     source, sink = await _topics(cluster.bootstrap, replication)
-    env = worker_env(
+    app = app_under_test(
         cluster.bootstrap,
-        unique_name("bf"),
-        tmp_path / "state",
-        ONCEFLOW_TEST_INPUT=source,
-        ONCEFLOW_TEST_OUTPUT=sink,
+        "tests.apps.aggregates",
+        source,
+        sink,
+        tmp_path,
         ONCEFLOW_REPLICATION_FACTOR=replication,
         ONCEFLOW_REQUEST_TIMEOUT_MS=10_000,
         ONCEFLOW_COMMIT_INTERVAL_MS=500,
     )
-    worker = WorkerProcess("tests.apps.aggregates", env, tmp_path / "worker.log").start()
+    worker = app.spawn(0)
     n = 20_000
     producing = asyncio.create_task(
         produce(cluster.bootstrap, source, make_inputs(n, 5), rate=2000)
@@ -79,22 +81,26 @@ async def _run_with_fault(cluster: Cluster, tmp_path: Path, replication: int, fa
     try:
         # the fault lands mid-stream: once outputs flow, with transactions open
         await collect(cluster.bootstrap, sink, 4000, timeout=120, workers=[worker], settle=0)
-        await fault()
-        await producing
-        output = await collect(cluster.bootstrap, sink, n, timeout=240, workers=[worker])
+        faults = await fault()
+        produced = await producing
+        await collect(cluster.bootstrap, sink, n, timeout=240, workers=[worker])
     finally:
         code = worker.stop()
     assert code == 0, worker.log_text()[-3000:]
-    await check_aggregates(cluster.bootstrap, source, sink, output)
+    report = await check_run(
+        cluster.bootstrap, source, sink, AggregatesOracle(), faults=faults, produced=produced
+    )
+    report.assert_clean()
 
 
 async def test_single_broker_kill_9_and_restart(cluster_factory, tmp_path: Path) -> None:
     cluster = cluster_factory(1)
 
-    async def fault() -> None:
+    async def fault() -> dict[str, int]:
         cluster.kill(1)
         await asyncio.sleep(5)
         await asyncio.to_thread(cluster.restart, 1)
+        return {"broker kill -9": 1}
 
     await _run_with_fault(cluster, tmp_path, 1, fault)
 
@@ -102,9 +108,10 @@ async def test_single_broker_kill_9_and_restart(cluster_factory, tmp_path: Path)
 async def test_one_of_three_brokers_dies_and_returns(cluster_factory, tmp_path: Path) -> None:
     cluster = cluster_factory(3)
 
-    async def fault() -> None:
+    async def fault() -> dict[str, int]:
         cluster.kill(2)
         await asyncio.sleep(10)  # the app keeps processing on the other two
         await asyncio.to_thread(cluster.restart, 2)
+        return {"broker kill -9": 1}
 
     await _run_with_fault(cluster, tmp_path, 3, fault)

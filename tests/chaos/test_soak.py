@@ -4,6 +4,8 @@ A random schedule of kill -9, SIGSTOP past the session timeout then SIGCONT, SIG
 restarts and scaling 1 -> 3 -> 1, while records flow. The short form runs in ``make test``; the
 soak (``make chaos``, ``-m soak``) runs for ten minutes and reports worker RSS at start and end.
 Both stop by themselves: the schedule is bounded in time and every process is reaped.
+tests/history.py judges the run and prints one line: faults injected, records checked and
+anomalies found. Worker logs stay in the test's tmp_path (``worker-<i>.log``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from kafka_helpers import unique_name
-from oracle import check_aggregates, make_inputs
-from workers import WorkerProcess, collect, produce, worker_env
+from history import check_run
+from oracle import AggregatesOracle, make_inputs
+from workers import WorkerProcess, app_under_test, collect, produce
 
 RATE = 1500  # records/s offered while faults are injected
 
@@ -79,20 +81,16 @@ class Fleet:
 async def _soak(bootstrap: str, new_topic, tmp_path: Path, seconds: float) -> None:
     source = await new_topic("soak-in", partitions=6)
     sink = await new_topic("soak-out", partitions=6)
-    env = worker_env(
+    app = app_under_test(
         bootstrap,
-        unique_name("soak"),
-        tmp_path / "state",
-        ONCEFLOW_TEST_INPUT=source,
-        ONCEFLOW_TEST_OUTPUT=sink,
+        "tests.apps.aggregates",
+        source,
+        sink,
+        tmp_path,
+        state_dirs=4,
         ONCEFLOW_COMMIT_INTERVAL_MS=500,
     )
-
-    def spawn(i: int) -> WorkerProcess:
-        own = {**env, "ONCEFLOW_STATE_DIR": str(tmp_path / f"state-{i % 4}")}
-        return WorkerProcess("tests.apps.aggregates", own, tmp_path / f"worker-{i}.log").start()
-
-    fleet = Fleet(spawn)
+    fleet = Fleet(app.spawn)
     fleet.add()
     n = int(seconds * RATE)
     producing = asyncio.create_task(produce(bootstrap, source, make_inputs(n, 9), rate=RATE))
@@ -104,17 +102,17 @@ async def _soak(bootstrap: str, new_topic, tmp_path: Path, seconds: float) -> No
         while time.monotonic() < deadline and not producing.done():
             await asyncio.sleep(rng.uniform(3, 8))
             await fleet.act(rng)
-        await producing
+        produced = await producing
         rss_end = fleet.rss_mb()
-        output = await collect(bootstrap, sink, n, timeout=300, workers=fleet.workers)
+        await collect(bootstrap, sink, n, timeout=300, workers=fleet.workers)
     finally:
         for w in fleet.workers:
             w.stop()
-    print(
-        f"faults {fleet.faults}; {len(output)} records checked; RSS MB start {rss_start} "
-        f"end {rss_end}"
+    print(f"RSS MB start {rss_start} end {rss_end}")
+    report = await check_run(
+        bootstrap, source, sink, AggregatesOracle(), faults=fleet.faults, produced=produced
     )
-    await check_aggregates(bootstrap, source, sink, output)
+    report.assert_clean()
 
 
 @pytest.mark.chaos
