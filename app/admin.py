@@ -11,9 +11,15 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
+from aiokafka.protocol.metadata import MetadataRequest
 
 from app.app import App
-from app.errors import ConfigurationError, CopartitioningError, TopicNotFoundError
+from app.errors import (
+    ChangelogMissingError,
+    ConfigurationError,
+    CopartitioningError,
+    TopicNotFoundError,
+)
 
 __all__ = ["InternalTopic", "TopicAdmin", "internal_topics"]
 
@@ -62,7 +68,12 @@ class TopicAdmin:
         """Partitions per existing topic; missing topics are left out."""
         names = list(topics)
         counts: dict[str, int] = {}
-        for meta in await self._client.describe_topics(names):
+        # Not describe_topics(): it lets the broker auto-create what it asks about, so on a
+        # cluster with auto.create.topics.enable a check would create a missing topic, with
+        # the broker's defaults (a changelog that is not compacted).
+        request = MetadataRequest(names, allow_auto_topic_creation=False)
+        response = await self._client._send_request(request)
+        for meta in response.to_object()["topics"]:
             if meta["error_code"] == 0:
                 counts[meta["topic"]] = len(meta["partitions"])
             elif meta["error_code"] != _UNKNOWN_TOPIC:
@@ -92,6 +103,23 @@ class TopicAdmin:
                 )
             result[group] = next(iter(found.values()))
         return result
+
+    async def check_changelogs(self, app: App, partitions: dict[str, int]) -> None:
+        """Raise ``ChangelogMissingError`` if a changelog topic (or some of its partitions) is
+        gone: checked while the app runs, so a deletion stops it before state diverges."""
+        wanted = {t.changelog_topic: partitions[t.group] for t in app.tables.values()}
+        if not wanted:
+            return
+        existing = await self.partition_counts(wanted)
+        for name, count in sorted(wanted.items()):
+            found = existing.get(name, 0)
+            if found < count:
+                what = "was deleted" if found == 0 else f"has {found} of its {count} partitions"
+                raise ChangelogMissingError(
+                    f"changelog topic {name!r} {what} under the running app, with the state it "
+                    "held. Restore the topic; or, to start its table from empty, stop every "
+                    "worker, delete the state directory and restart"
+                )
 
     async def ensure(self, topics: list[InternalTopic]) -> None:
         """Create the missing internal topics; check the partitions of the existing ones."""

@@ -13,7 +13,7 @@ one place::
     │   ├── StoreCorruptError     the SQLite file is unreadable (the store is wiped and restored)
     │   └── WrongPartitionError   a handler wrote a key that belongs to another partition
     ├── TaskFencedError           another instance took over the task (not a failure of this one)
-    ├── ChangelogMissingError     a changelog topic disappeared under a running app
+    ├── ChangelogMissingError     a changelog topic was deleted, recreated or truncated
     └── HandlerFailedError        a handler kept failing and the error policy is ``fail``
 
 Messages quote the topic, partition, offset, store or setting involved and say what to do.
@@ -78,7 +78,9 @@ class TaskFencedError(OnceflowError):
 
 
 class ChangelogMissingError(OnceflowError):
-    """A changelog topic was deleted under a running app; state could silently diverge."""
+    """A changelog topic lost records a store applied: it was deleted under the running app, or
+    recreated or truncated since (a store's checkpoint is beyond its end). Fatal: restoring
+    from it would silently diverge; the message says how to restore or accept the loss."""
 
 
 class HandlerFailedError(OnceflowError):

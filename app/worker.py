@@ -45,6 +45,11 @@ __all__ = ["Worker"]
 log = logging.getLogger("onceflow.worker")
 # A task failing with one of these cannot succeed by retrying: the operator must act.
 FATAL = (HandlerFailedError, ConfigurationError, ChangelogMissingError)
+# After a fatal error, tasks abort (nothing more is committed) within this bound: a transaction
+# stuck on a deleted topic never aborts, and the next owner's InitProducerId ends it anyway.
+FATAL_GRACE_S = 5.0
+# A task that failed this long ago and fails again starts its backoff over.
+FAILURE_MEMORY_S = 300.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -72,6 +77,7 @@ class Worker:
         *,
         clients: Clients | None = None,
         metrics: Metrics | None = None,
+        topic_check_interval_s: float = 10.0,
     ) -> None:
         self.settings = settings if settings is not None else load_settings()
         if self.settings.app_id:
@@ -88,6 +94,7 @@ class Worker:
         self.assignor = TaskAssignor(app.groups(), self.settings.effective_advertised_url())
         self.fatal_error: BaseException | None = None
         self.last_loop_at = time.monotonic()
+        self.topic_check_interval_s = topic_check_interval_s
         self._assigned: set[TaskKey] = set()
         self._starting: dict[TaskKey, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -97,7 +104,8 @@ class Worker:
         self._stop = asyncio.Event()
         self._last_commit = time.monotonic()
         self._rebalances = 0
-        self._failure_streak: dict[TaskKey, int] = {}
+        self._failure_streak: dict[TaskKey, tuple[int, float]] = {}  # (failures, last at)
+        self._loop_task: asyncio.Task[None] | None = None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -112,10 +120,19 @@ class Worker:
         return self._consumer
 
     async def run(self) -> None:
-        """Run until ``stop()``; re-raises a fatal error (bad config, handler under ``fail``)."""
+        """Run until ``stop()``; re-raises a fatal error (bad config, handler under ``fail``, a
+        changelog topic deleted)."""
         try:
             await self._setup()
-            await self._loop()
+            self._spawn(self._watch_changelogs())
+            self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                # _fatal() cancels a loop stuck in a commit; a cancel of run() itself goes on.
+                current = asyncio.current_task()
+                if self.fatal_error is None or (current is not None and current.cancelling()):
+                    raise
         finally:
             await self._shutdown()
         if self.fatal_error is not None:
@@ -160,14 +177,19 @@ class Worker:
     async def _shutdown(self) -> None:
         self.phase = "stopping"
         grace = self.settings.shutdown_grace_ms / 1000
-        try:
-            await asyncio.wait_for(self._close_tasks(list(self.tasks), commit=True), grace)
-        except TimeoutError:
+        # After a fatal error nothing more is committed: what the tasks hold is reprocessed.
+        commit = self.fatal_error is None
+        if not commit:
+            grace = min(grace, FATAL_GRACE_S)
+        if not await _within(self._close_tasks(list(self.tasks), commit=commit), grace):
             log.error(
                 "tasks did not close within %.1fs; their transactions abort on fencing", grace
             )
-        for bg in list(self._background):
+        background = list(self._background)
+        for bg in background:
             bg.cancel()
+        if background:
+            await asyncio.wait(background, timeout=grace or 1)
         if self._consumer is not None:
             with contextlib.suppress(KafkaError, TimeoutError):
                 await asyncio.wait_for(self._consumer.stop(), grace or 1)
@@ -226,19 +248,25 @@ class Worker:
         work = {
             k: None for k, t in self.tasks.items() if t.state is TaskState.RUNNING and t.has_work
         }
-        await self._each(work, lambda task, _: task.commit())
+        failed = await self._each(work, lambda task, _: task.commit())
+        for key in work.keys() - failed:
+            self._failure_streak.pop(key, None)  # a whole commit went through: healthy again
         self._last_commit = time.monotonic()
         self._update_lag()
 
-    async def _each(self, work: dict[TaskKey, Any], fn: Any) -> None:
-        """Run ``fn(task, item)`` for every task concurrently; fail tasks one by one."""
+    async def _each(self, work: dict[TaskKey, Any], fn: Any) -> set[TaskKey]:
+        """Run ``fn(task, item)`` for every task concurrently; fail tasks one by one and
+        return their keys."""
         keys = list(work)
         results = await asyncio.gather(
             *(fn(self.tasks[k], work[k]) for k in keys), return_exceptions=True
         )
+        failed = set()
         for key, result in zip(keys, results, strict=True):
             if isinstance(result, BaseException):
+                failed.add(key)
                 await self._task_failed(key, result)
+        return failed
 
     def _update_lag(self) -> None:
         consumer = self.consumer
@@ -265,19 +293,15 @@ class Worker:
             reason, delay = "fenced", self.settings.heartbeat_interval_ms * 2 / 1000
             log.warning("task %s fenced: %s; waiting for the rebalance", task.task_id, exc)
         elif isinstance(exc, FATAL):
-            log.error("task %s failed fatally: %s", task.task_id, exc)
-            self.fatal_error = exc
-            self.stop()
+            self._fatal(exc, f"task {task.task_id}")
             reason, delay = "fatal", None
         else:
-            # Back off exponentially while the same task keeps failing (a broker outage, a
-            # full disk): rebuilding it in a tight loop would only add load.
-            streak = self._failure_streak.get(key, 0)
-            self._failure_streak[key] = streak + 1
-            delay = min(30.0, self.settings.retry_backoff_ms / 1000 * 2**streak)
+            delay = self._backoff(key)
             reason = "corrupted"
             expected = isinstance(exc, (TaskCorruptedError, StateError, KafkaError, TimeoutError))
-            log.warning(
+            # A state error (full disk, I/O error) needs the operator; the others mostly pass.
+            log.log(
+                logging.ERROR if isinstance(exc, StateError) else logging.WARNING,
                 "task %s failed: %s; rebuilding it from the committed state in %.1fs",
                 task.task_id,
                 exc,
@@ -290,6 +314,54 @@ class Worker:
         self.metrics.assigned_tasks.labels(self.app.app_id).set(len(self.tasks))
         if delay is not None:
             self._spawn(self._revive(key, delay, self._rebalances))
+
+    def _backoff(self, key: TaskKey) -> float:
+        """Delay before rebuilding a failed task: exponential while the same task keeps failing
+        (a broker outage, a full disk) — rebuilding it in a tight loop would only add load.
+
+        The streak ends with the task's next successful commit, not its next start: a task on a
+        full disk restores, runs and fails at its first flush, over and over.
+        """
+        now = time.monotonic()
+        streak, last = self._failure_streak.get(key, (0, now))
+        if now - last > FAILURE_MEMORY_S:
+            streak = 0
+        self._failure_streak[key] = (streak + 1, now)
+        return min(30.0, self.settings.retry_backoff_ms / 1000 * 2.0**streak)
+
+    def _fatal(self, exc: BaseException, where: str) -> None:
+        """Stop the worker for an error the operator must fix; ``run()`` re-raises it."""
+        log.error("%s failed fatally: %s", where, exc)
+        if self.fatal_error is None:
+            self.fatal_error = exc
+        self.stop()
+        # A loop waiting on a commit that cannot finish (its changelog is gone) is cancelled:
+        # nothing it holds will be committed, and its tasks abort at shutdown.
+        loop_task = self._loop_task
+        if loop_task is not None and loop_task is not asyncio.current_task():
+            loop_task.cancel()
+
+    async def _watch_changelogs(self) -> None:
+        """Stop the worker with ``ChangelogMissingError`` when a changelog topic disappears,
+        even while its tasks are idle: every ``topic_check_interval_s``, one Metadata request."""
+        client = self.clients.admin()
+        try:
+            await client.start()
+            admin = TopicAdmin(client, replication_factor=self.settings.replication_factor)
+            while not self._stop.is_set():
+                await asyncio.sleep(self.topic_check_interval_s)
+                try:
+                    await admin.check_changelogs(self.app, self.partitions)
+                except ChangelogMissingError as exc:
+                    self._fatal(exc, "worker")
+                    return
+                except (KafkaError, TimeoutError) as exc:
+                    # The broker is unreachable: the consumer and producers report that.
+                    log.debug("changelog check failed: %r", exc)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("cannot watch the changelog topics: %r", exc)
+        finally:
+            await client.close()
 
     async def _revive(self, key: TaskKey, delay: float, rebalances: int) -> None:
         """Rebuild a failed task if this worker still owns it after ``delay``.
@@ -368,7 +440,6 @@ class Worker:
             self._starting.pop(key, None)
         if self.tasks.get(key) is task and task.state is TaskState.RUNNING:
             self.consumer.resume(*task.tps)
-            self._failure_streak.pop(key, None)
 
     async def _close_tasks(self, keys: list[TaskKey], *, commit: bool) -> None:
         tasks = [self.tasks.pop(k) for k in keys if k in self.tasks]
@@ -396,3 +467,22 @@ class Worker:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+
+async def _within(coro: Any, timeout: float) -> bool:
+    """Run ``coro`` for at most ``timeout`` seconds; whether it finished.
+
+    Unlike ``wait_for``, it does not then wait for the cancelled coroutine's cleanup, which
+    may block in turn (closing a producer waits for batches a deleted topic never takes): the
+    cancel is repeated every second, for up to five seconds.
+    """
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    for _ in range(5):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: _close_tasks gathers its errors itself
+    return bool(done)

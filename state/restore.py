@@ -4,6 +4,10 @@ Restore reads with ``read_committed`` from checkpoint + 1 to the end offset (the
 the log end once the task's producer has fenced the previous owner), in batches written to SQLite
 off the event loop. It runs outside the rebalance callback, with the task's source partitions
 paused, so heartbeats go on and the worker stays in the group however long it takes.
+
+A missing changelog partition, or a checkpoint at or beyond the end offset (the topic was
+recreated or truncated: it lost records this store applied), raises ``ChangelogMissingError``
+rather than restoring state that silently diverges from what was committed.
 """
 
 from __future__ import annotations
@@ -92,12 +96,12 @@ async def restore_partition(
         if partition not in (cluster.partitions_for_topic(topic) or set()):
             raise ChangelogMissingError(
                 f"changelog topic {topic!r} partition {partition} does not exist: it was deleted "
-                "under the app. Stop every worker, delete the state directory and restart to "
-                "rebuild it, or restore the topic"
+                "under the app, with the state it held. Restore the topic; or, to start this "
+                "table from empty, stop every worker, delete the state directory and restart"
             )
         consumer.assign([tp])
         begin, end = await _offsets(consumer, tp)
-        start = await asyncio.to_thread(_start_offset, store, progress, begin, end)
+        start = await asyncio.to_thread(_start_offset, store, progress, topic, begin, end)
         progress.start_offset = progress.position = start
         progress.end_offset = end
         progress.started_at = time.monotonic()
@@ -110,21 +114,23 @@ async def restore_partition(
         await consumer.stop()
 
 
-def _start_offset(store: Restorable, progress: RestoreProgress, begin: int, end: int) -> int:
+def _start_offset(
+    store: Restorable, progress: RestoreProgress, topic: str, begin: int, end: int
+) -> int:
     checkpoint = store.checkpoint
     if checkpoint is not None and checkpoint >= end:
-        # Ahead of the log: the topic was recreated or truncated. Local data cannot be trusted.
-        progress.wiped_because = (
-            f"checkpoint {checkpoint} is beyond the changelog end {end} (topic recreated?)"
+        # The log lost records this store applied: the topic was deleted and recreated (by the
+        # worker's start, or by a broker with auto.create.topics.enable) or truncated (unclean
+        # leader election). Restoring from it would silently diverge from what was committed.
+        raise ChangelogMissingError(
+            f"store {progress.store!r} partition {progress.partition} has checkpoint "
+            f"{checkpoint} but changelog topic {topic!r} partition {progress.partition} ends at "
+            f"offset {end}: the topic was deleted and recreated, or truncated, and the state it "
+            "held is gone. Restore the topic's data; or, to accept the loss and rebuild from what "
+            f"the changelog holds now, stop every worker, delete the directory of store "
+            f"{progress.store!r} partition {progress.partition} under ONCEFLOW_STATE_DIR and "
+            "restart"
         )
-        log.warning(
-            "store %s partition %d: %s; wiping and restoring from the beginning",
-            progress.store,
-            progress.partition,
-            progress.wiped_because,
-        )
-        store.wipe()
-        return begin
     start = begin if checkpoint is None else checkpoint + 1
     # Below the log start the records expired by retention (windowed changelogs): nothing to read.
     return max(start, begin)

@@ -20,7 +20,12 @@ the reader sees only committed transactions and is not queued behind a running f
 
 from __future__ import annotations
 
+import errno
 import functools
+import logging
+import os
+import resource
+import shutil
 import sqlite3
 import struct
 import threading
@@ -32,7 +37,7 @@ from sqlitedict import SqliteDict, identity
 
 from app.errors import StateError, StoreCorruptError
 
-__all__ = ["DB_FILE", "SqliteFile", "check_file", "db_files"]
+__all__ = ["DB_FILE", "SqliteFile", "check_file", "db_files", "disk_diagnosis"]
 
 DB_FILE = "data.sqlite"
 _TABLE = "kv"
@@ -47,7 +52,14 @@ _ROWS = 499
 _KEYS = 999
 _RANGES = 499
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_DISK_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
+# Under this much free space a failed write is blamed on a full file system.
+_LOW_SPACE = 64 * 1024 * 1024
 _T = TypeVar("_T")
+
+# sqlitedict logs every failed statement as a dozen ERROR lines of stack frames, then re-raises
+# the error in the calling thread, where ``translate`` turns it into one message: keep only ours.
+logging.getLogger("sqlitedict").setLevel(logging.CRITICAL)
 
 
 def db_files(directory: Path) -> list[Path]:
@@ -63,14 +75,50 @@ def corrupt_message(file: Path, detail: str) -> str:
 
 
 def translate(exc: sqlite3.Error, file: Path, doing: str) -> StateError:
-    """The onceflow error for a SQLite error: corruption, or a generic state error."""
+    """The onceflow error for a SQLite error: corruption, or a state error that names the file,
+    SQLite's error and, for a failed write, what the file system says (full? file too large?)."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None and code & 0xFF in _CORRUPT_CODES:
         return StoreCorruptError(corrupt_message(file, str(exc)))
+    name = getattr(exc, "sqlite_errorname", None)
+    detail = f"{exc} ({name})" if name else str(exc)
+    if code is not None and code & 0xFF in _DISK_CODES:
+        return StateError(
+            f"SQLite failed while {doing} {str(file)!r}: {detail}; {disk_diagnosis(file)}. "
+            "Free disk space or raise the limit: the task retries, restoring from the changelog"
+        )
     return StateError(
-        f"SQLite failed while {doing} {str(file)!r}: {exc}. Check free disk space and the "
+        f"SQLite failed while {doing} {str(file)!r}: {detail}. Check free disk space and the "
         "permissions of the state directory"
     )
+
+
+def disk_diagnosis(file: Path) -> str:
+    """Why writes to ``file`` likely fail: the process file size limit, or free space.
+
+    SQLite reports EFBIG as a bare "disk I/O error" and ENOSPC as "database or disk is full";
+    this says which limit is hit, with the errno's text.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        sizes = {f.name: f.stat().st_size for f in db_files(file.parent) if f.exists()}
+        biggest = max(sizes, key=sizes.__getitem__, default=None)
+        # A write that would cross the limit fails; the file stops within two pages of it.
+        if biggest is not None and sizes[biggest] + 8192 > soft:
+            return (
+                f"{biggest} reached the process file size limit (RLIMIT_FSIZE, ulimit -f) of "
+                f"{soft} bytes: {errno.errorcode[errno.EFBIG]} ({os.strerror(errno.EFBIG)})"
+            )
+    try:
+        free = shutil.disk_usage(file.parent).free
+    except OSError as exc:
+        return f"its directory cannot be examined: {exc}"
+    if free < _LOW_SPACE:
+        return (
+            f"its file system has {free} bytes free: "
+            f"{errno.errorcode[errno.ENOSPC]} ({os.strerror(errno.ENOSPC)})"
+        )
+    return f"its file system has {free // 2**20} MiB free"
 
 
 def check_file(file: Path, *, deep: bool) -> None:

@@ -1,0 +1,92 @@
+"""Local faults of a store, for real: a disk that refuses writes (``RLIMIT_FSIZE`` in a child
+process, so SQLite gets EFBIG) and a checkpoint beyond its changelog's end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from app.errors import ChangelogMissingError
+from state.partition import SqliteStorePartition
+from state.restore import RestoreProgress, _start_offset
+
+ROOT = Path(__file__).resolve().parents[3]
+
+# In a child: fill a store past a 64 KiB file size limit; print the error and what survived.
+FILL = """
+    import resource, signal, sys
+    from pathlib import Path
+    from app.errors import StateError
+    from state.partition import SqliteStorePartition
+
+    path = Path(sys.argv[1])
+    with SqliteStorePartition(path) as store:
+        store.put(b"kept", b"1")
+        store.flush(checkpoint=7)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        try:
+            for i in range(100):
+                for j in range(100):
+                    store.put(f"{i}-{j}".encode(), b"x" * 100)
+                store.flush(checkpoint=100 + i)
+        except StateError as exc:
+            print(exc)
+        print("checkpoint", store.checkpoint, "kept", store.get(b"kept"))
+"""
+
+
+def test_a_write_past_the_file_size_limit_fails_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "store" / "0"
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FILL), str(path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    message, survived = done.stdout.strip().splitlines()
+    assert message.startswith(f"SQLite failed while writing {str(path / 'data.sqlite')!r}: ")
+    assert "SQLITE_IOERR" in message or "SQLITE_FULL" in message, message
+    assert "RLIMIT_FSIZE" in message and "EFBIG (File too large)" in message, message
+    assert done.stderr == ""  # sqlitedict's own error lines are silenced: one message, ours
+    # The failed flush left durable state as it was before it: its checkpoint describes it.
+    with SqliteStorePartition(path) as store:
+        assert store.checkpoint == int(survived.split()[1]) >= 7
+        assert store.get(b"kept") == b"1"
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with SqliteStorePartition(tmp_path / "sum" / "3") as store:
+        yield store
+
+
+def test_restore_starts_after_the_checkpoint(store: SqliteStorePartition) -> None:
+    progress = RestoreProgress("sum", 3)
+    assert _start_offset(store, progress, "app-sum-changelog", 0, 10) == 0
+    store.restore_batch([(b"k", b"v")], last_offset=4)
+    assert _start_offset(store, progress, "app-sum-changelog", 0, 10) == 5
+    # Below the log start (retention removed the records): start at the log start.
+    assert _start_offset(store, progress, "app-sum-changelog", 8, 10) == 8
+
+
+@pytest.mark.parametrize("end", [0, 4])
+def test_a_checkpoint_beyond_the_changelog_end_is_fatal(
+    store: SqliteStorePartition, end: int
+) -> None:
+    store.restore_batch([(b"k", b"v")], last_offset=4)
+    with pytest.raises(ChangelogMissingError) as raised:
+        _start_offset(store, RestoreProgress("sum", 3), "app-sum-changelog", 0, end)
+    message = str(raised.value)
+    assert "store 'sum' partition 3 has checkpoint 4 but changelog topic 'app-sum-changelog' " in (
+        message
+    )
+    assert f"partition 3 ends at offset {end}" in message
+    assert store.get(b"k") == b"v"  # nothing wiped: the operator decides
