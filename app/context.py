@@ -75,10 +75,11 @@ class Context:
         self.timestamp = timestamp
         self.headers = headers
         self.key_bytes = key_bytes
-        self._sends: list[OutgoingRecord] = []
+        # Allocated on first use: most records send one record and stage one write, or none.
+        self._sends: list[OutgoingRecord] | None = None
         # (store name, store key) -> serialized value, or None for a delete
-        self._staged: dict[tuple[str, bytes], bytes | None] = {}
-        self._late: set[str] = set()  # windowed tables this record was late for
+        self._staged: dict[tuple[str, bytes], bytes | None] | None = None
+        self._late: set[str] | None = None  # windowed tables this record was late for
 
     @property
     def task_id(self) -> str:
@@ -109,29 +110,38 @@ class Context:
         """
         key_bytes = None if key is None else topic.key_serde.serialize(key)
         value_bytes = None if value is None else topic.value_serde.serialize(value)
-        self._sends.append(
-            OutgoingRecord(
-                topic.name,
-                key_bytes,
-                value_bytes,
-                list(headers) if headers else [],
-                partition,
-                self.timestamp if timestamp_ms is None else timestamp_ms,
-            )
+        record = OutgoingRecord(
+            topic.name,
+            key_bytes,
+            value_bytes,
+            list(headers) if headers else [],
+            partition,
+            self.timestamp if timestamp_ms is None else timestamp_ms,
         )
+        if self._sends is None:
+            self._sends = [record]
+        else:
+            self._sends.append(record)
 
     # -- used by tables ---------------------------------------------------------------------
 
     def _staged_get(self, store: str, key: bytes) -> Any:
         """The value staged by this record for ``key``, or ``_ABSENT``."""
-        return self._staged.get((store, key), _ABSENT)
+        staged = self._staged
+        return _ABSENT if staged is None else staged.get((store, key), _ABSENT)
 
     def _stage(self, store: str, key: bytes, value: bytes | None) -> None:
-        self._staged[(store, key)] = value
+        if self._staged is None:
+            self._staged = {(store, key): value}
+        else:
+            self._staged[(store, key)] = value
 
     def _count_late(self, store: str) -> None:
         """Counted once per record and table, and only if the handler attempt succeeds."""
-        self._late.add(store)
+        if self._late is None:
+            self._late = {store}
+        else:
+            self._late.add(store)
 
 
 ABSENT = _ABSENT

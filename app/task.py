@@ -228,17 +228,45 @@ class Task:
         tables = self._tables_keyed_like(tp.topic)
         if tables:
             await asyncio.to_thread(self._load, tables, records)
+        # The per-record loop, with everything it touches in locals: it is the hot path.
+        topic = self.app.topics[tp.topic]
+        key_of, value_of = topic.key_serde.deserialize, topic.value_serde.deserialize
+        fn, observe, clock = handler.fn, self._latency.observe, time.perf_counter
         for record in records:
-            await self._process_one(handler, record)
+            timestamp = record.timestamp
+            if timestamp > self.stream_time:
+                self.stream_time = timestamp
+            try:
+                raw_key, raw_value = record.key, record.value
+                key = None if raw_key is None else key_of(raw_key)
+                value = None if raw_value is None else value_of(raw_value)
+            except SerdeError as exc:
+                self._fail_record(record, exc, "deserialize")
+                continue
+            ctx = Context(
+                self, record.topic, record.partition, record.offset, timestamp, record.headers,
+                raw_key,
+            )  # fmt: skip
+            started = clock()
+            try:
+                await fn(ctx, key, value)
+            except Exception as exc:
+                retried = await self._retry(handler, record, key, value, exc)
+                if retried is None:
+                    continue
+                ctx = retried
+            else:
+                observe(clock() - started)
+            self._take_effects(ctx)
         self._positions[tp] = records[-1].offset + 1
         self._processed[tp].inc(len(records))
         self._uncommitted += len(records)
         self._dirty = True
-        for topic, count in self._sent.items():
-            produced = self._produced.get(topic)
+        for name, count in self._sent.items():
+            produced = self._produced.get(name)
             if produced is None:
-                produced = self._metrics.records_produced.labels(self.app.app_id, topic)
-                self._produced[topic] = produced
+                produced = self._metrics.records_produced.labels(self.app.app_id, name)
+                self._produced[name] = produced
             produced.inc(count)
         self._sent.clear()
         await self.sink.flush()
@@ -272,28 +300,19 @@ class Task:
             else:
                 self._stores[table.name].prefetch(r.key for r in records if r.key is not None)
 
-    async def _process_one(self, handler: Handler, record: ConsumerRecord[Any, Any]) -> None:
-        if record.timestamp > self.stream_time:
-            self.stream_time = record.timestamp
-        topic = self.app.topics[record.topic]
-        try:
-            key = None if record.key is None else topic.key_serde.deserialize(record.key)
-            value = None if record.value is None else topic.value_serde.deserialize(record.value)
-        except SerdeError as exc:
-            self._fail_record(record, exc, "deserialize")
-            return
-        ctx = await self._run_handler(handler, record, key, value)
-        if ctx is None:
-            return
-        if ctx._sends:
-            sent = self._sent
+    def _take_effects(self, ctx: Context) -> None:
+        """Apply what a successful handler attempt staged: sends, table writes, late counts."""
+        if ctx._sends is not None:
+            sent, send = self._sent, self.sink.send
             for out in ctx._sends:
-                self.sink.send(out)
+                send(out)
                 sent[out.topic] = sent.get(out.topic, 0) + 1
-        for (name, key_bytes), raw in ctx._staged.items():
-            self._apply(name, key_bytes, raw)
-        for name in ctx._late:
-            self.count_late(name)
+        if ctx._staged is not None:
+            for (name, key_bytes), raw in ctx._staged.items():
+                self._apply(name, key_bytes, raw)
+        if ctx._late is not None:
+            for name in ctx._late:
+                self.count_late(name)
 
     def _apply(self, name: str, key: bytes, raw: bytes | None) -> None:
         windowed = self._windowed.get(name)
@@ -308,11 +327,20 @@ class Task:
         else:
             self._stores[name].put(key, raw)
 
-    async def _run_handler(
-        self, handler: Handler, record: ConsumerRecord[Any, Any], key: Any, value: Any
+    async def _retry(
+        self,
+        handler: Handler,
+        record: ConsumerRecord[Any, Any],
+        key: Any,
+        value: Any,
+        error: Exception,
     ) -> Context | None:
+        """After a failed first attempt: retry with backoff, each attempt on a fresh Context (a
+        failed attempt's effects are dropped with it); the last failure goes to ``_fail_record``.
+        """
         retries = self._settings.max_retries if handler.max_retries is None else handler.max_retries
-        for attempt in range(retries + 1):
+        for attempt in range(retries):
+            await asyncio.sleep(self._settings.retry_backoff_ms / 1000 * 2**attempt)
             ctx = Context(
                 self,
                 record.topic,
@@ -326,14 +354,12 @@ class Task:
             try:
                 await handler.fn(ctx, key, value)
             except Exception as exc:
-                if attempt < retries:
-                    await asyncio.sleep(self._settings.retry_backoff_ms / 1000 * 2**attempt)
-                    continue
-                self._fail_record(record, exc, "handler")
-                return None
+                error = exc
+                continue
             self._latency.observe(time.perf_counter() - started)
             return ctx
-        return None  # pragma: no cover - the loop always returns
+        self._fail_record(record, error, "handler")
+        return None
 
     def _fail_record(self, record: ConsumerRecord[Any, Any], exc: Exception, stage: str) -> None:
         where = f"{record.topic}[{record.partition}]@{record.offset}"
