@@ -134,9 +134,13 @@ async def collect(
     *,
     workers: Iterable[WorkerProcess] = (),
     settle: float = 2.0,
+    distinct: bool = False,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Read ``topic`` with read_committed until ``expected`` records arrived (then ``settle``
-    seconds more, to catch duplicates) or ``timeout``; fail early if a worker died."""
+    seconds more, to catch duplicates) or ``timeout``; fail early if a worker died.
+
+    ``distinct``: count distinct (key, value) pairs, for at-least-once runs whose duplicates
+    would otherwise reach ``expected`` before the last inputs were processed."""
     partitions = await partitions_of(bootstrap, topic)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -147,6 +151,7 @@ async def collect(
     )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
+    seen: set[tuple[bytes | None, bytes | None]] = set()
     try:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -154,8 +159,11 @@ async def collect(
         settle_until: float | None = None
         while time.monotonic() < (settle_until or deadline):
             batches = await consumer.getmany(timeout_ms=200, max_records=50_000)
-            records += [r for batch in batches.values() for r in batch]
-            if settle_until is None and len(records) >= expected:
+            fetched = [r for batch in batches.values() for r in batch]
+            records += fetched
+            if distinct:
+                seen.update((r.key, r.value) for r in fetched)
+            if settle_until is None and len(seen if distinct else records) >= expected:
                 settle_until = min(deadline, time.monotonic() + settle)
             for worker in workers:
                 code = worker.proc.returncode if worker.proc else None
