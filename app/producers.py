@@ -149,6 +149,9 @@ class Outbox:
             await self._submit(tp, batch, count)
 
     async def _submit(self, tp: TopicPartition, batch: Any, count: int) -> None:
+        # A closed batch is sent without waiting ``linger_ms``: it is already as full as this
+        # flush makes it, and the commit waits for it.
+        batch.close()
         future = await self._producer.send_batch(batch, tp.topic, partition=tp.partition)
         self._shipped.append((tp, count, future))
 

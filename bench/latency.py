@@ -42,18 +42,28 @@ async def _produce(bootstrap: str, topic: str, rate: float, seconds: float) -> i
     )
     await producer.start()
     sent = 0
-    futures = []
+    failed: list[BaseException] = []
+
+    def check(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            failed.append(future.exception())  # type: ignore[arg-type]
+
     try:
         started = time.monotonic()
         while (elapsed := time.monotonic() - started) < seconds:
             for _ in range(int(elapsed * rate) - sent):  # catch up with the schedule
                 value = padded(b"%d" % time.time_ns())
-                futures.append(await producer.send(topic, value=value, key=key_of(sent % 10_000)))
+                future = await producer.send(topic, value=value, key=key_of(sent % 10_000))
+                future.add_done_callback(check)
                 sent += 1
             await asyncio.sleep(TICK_S)
-        await asyncio.gather(*futures)
+        # Not one gather over every future: building it stalls this loop (and so the consumer
+        # measuring latency) for a second at the end of the run.
+        await producer.flush()
     finally:
         await producer.stop()
+    if failed:
+        raise RuntimeError(f"{len(failed)} sends failed, the first: {failed[0]!r}")
     return sent
 
 
