@@ -133,7 +133,7 @@ class TopicAdmin:
         wanted = [t for t in topics if t.name not in existing]
         if not wanted:
             return
-        rf = await self._resolve_replication_factor()
+        rf = await self.resolve_replication_factor()
         new = [NewTopic(t.name, t.partitions, rf, topic_configs=t.config) for t in wanted]
         response = await self._client.create_topics(new)
         for name, code, *rest in response.topic_errors:
@@ -155,7 +155,9 @@ class TopicAdmin:
             await asyncio.sleep(0.2)
         raise ConfigurationError(f"internal topics {names} not visible after {timeout_s}s")
 
-    async def _resolve_replication_factor(self) -> int:
+    async def resolve_replication_factor(self) -> int:
+        """The replication factor to create topics with: the configured one, or (-1) the broker's
+        ``default.replication.factor``, capped by the broker count."""
         if self._replication_factor > 0:
             return self._replication_factor
         # CreateTopics below v4 (all aiokafka speaks) cannot say "broker default": ask for it.

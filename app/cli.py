@@ -68,9 +68,11 @@ async def _create_topics(app: App, settings: Settings, partitions: int, rf: int)
     client = Clients(settings, client_id="onceflow-cli").admin()
     await client.start()
     try:
-        existing = await TopicAdmin(client, replication_factor=rf).partition_counts(app.handlers)
+        admin = TopicAdmin(client, replication_factor=rf)
+        existing = await admin.partition_counts(app.handlers)
+        factor = await admin.resolve_replication_factor()  # -1: the broker's default
         wanted = [
-            NewTopic(name, app.topics[name].partitions or partitions, rf if rf > 0 else 1)
+            NewTopic(name, app.topics[name].partitions or partitions, factor)
             for name in app.handlers
             if name not in existing
         ]
