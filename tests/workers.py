@@ -21,6 +21,11 @@ from kafka_helpers import REPO, end_offsets, partitions_of, unique_name
 ONCEFLOW = shutil.which("onceflow", path=str(Path(sys.executable).parent))
 
 
+def onceflow_command() -> list[str]:
+    """The ``onceflow`` command of this environment (``python -m app`` if not installed)."""
+    return [ONCEFLOW] if ONCEFLOW else [sys.executable, "-m", "app"]
+
+
 class WorkerProcess:
     """One ``onceflow worker MODULE`` subprocess with its own log file."""
 
@@ -31,10 +36,9 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        command = [ONCEFLOW] if ONCEFLOW else [sys.executable, "-m", "app"]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*command, "worker", self.module],
+            [*onceflow_command(), "worker", self.module],
             cwd=REPO,
             env={**os.environ, **self.env},
             stdout=log,

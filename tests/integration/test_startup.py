@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
+import subprocess
 from pathlib import Path
 
-from kafka_helpers import unique_name
-from workers import WorkerProcess, collect, produce, worker_env
+from kafka_helpers import REPO, partitions_of, unique_name
+from workers import WorkerProcess, collect, onceflow_command, produce, worker_env
 
 
 def _env(bootstrap: str, tmp_path: Path, **extra: str | int) -> dict[str, str]:
@@ -92,3 +95,25 @@ async def test_copartitioned_topics_share_one_task_and_its_table(
     assert len(first) == 200
     # every right-hand record saw the left-hand value of its key: same task, same table partition
     assert sorted(r.value for r in joined if r.value.endswith(b"|R")) == [b"L|R"] * 200
+
+
+async def test_topics_create_makes_the_sources_once(bootstrap_servers: str, tmp_path: Path):
+    """``onceflow topics create`` creates the App's missing source topics (replication factor -1:
+    the broker's default) and says which it found."""
+    source = unique_name("created")
+    env = {**os.environ, **_env(bootstrap_servers, tmp_path), "ONCEFLOW_INPUT_TOPIC": source}
+    command = [*onceflow_command(), "topics", "create", "processors.windowed_count"]
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, env=env, cwd=REPO, capture_output=True, text=True, check=False
+        )
+
+    first = await asyncio.to_thread(run)
+    assert first.returncode == 0, first.stderr
+    assert f"{source}: created" in first.stdout
+    partitions = await partitions_of(bootstrap_servers, source)
+    assert len(partitions) == 6
+    again = await asyncio.to_thread(run)
+    assert again.returncode == 0, again.stderr
+    assert f"{source}: exists" in again.stdout
