@@ -88,6 +88,7 @@ class Task:
         self._dirty = False
         self._uncommitted = 0
         self._sent: dict[str, int] = {}  # records sent per topic in the current batch
+        self._flushing: asyncio.Future[None] | None = None  # the last commit's SQLite writes
         # Per source topic: the tables keyed like it, whose keys a fetched batch names.
         self._prefetch: dict[str, list[Table[Any, Any] | WindowedTable[Any, Any]]] = {}
         self._error_policy = app.error_policy or settings.error_policy
@@ -401,11 +402,14 @@ class Task:
         3. Send the consumed offsets to the transaction — once — and commit it.
         4. Persist each store's buffer with its changelog checkpoint to SQLite (Invariant 1:
            only after the commit returned; Invariant 2: data and checkpoint in one SQLite
-           transaction).
+           transaction). The buffers are sealed on the loop and written in a worker thread while
+           the task goes on processing; the next commit (or close) waits for that write first,
+           so writes land in commit order and a failed one fails the task.
         """
         if not self._dirty:
             return False
         started = time.perf_counter()
+        await self._flushed()
         # Step 1
         self._send_changelogs()
         # Step 2
@@ -425,14 +429,24 @@ class Task:
         await self.sink.commit(offsets)
         self._metrics.transactions.labels(self.app.app_id, "committed").inc()
         # Step 4
-        for store in self._stores.values():
-            store.seal()  # on the loop: later writes go to a fresh buffer while this one lands
-        for name, store in self._stores.items():
-            await asyncio.to_thread(store.flush, checkpoints.get(name))
+        if self._stores:
+            for store in self._stores.values():
+                store.seal()  # on the loop: later writes go to a fresh buffer while this lands
+            self._flushing = asyncio.ensure_future(asyncio.to_thread(self._flush, checkpoints))
         self._dirty = False
         self._uncommitted = 0
         self._metrics.commit_latency.labels(self.app.app_id).observe(time.perf_counter() - started)
         return True
+
+    def _flush(self, checkpoints: dict[str, int]) -> None:
+        for name, store in self._stores.items():
+            store.flush(checkpoints.get(name), seal=False)
+
+    async def _flushed(self) -> None:
+        """Wait for the last commit's SQLite writes; raises what they raised."""
+        flushing, self._flushing = self._flushing, None
+        if flushing is not None:
+            await flushing
 
     def _send_changelogs(self) -> None:
         for table in self._tables:
@@ -456,6 +470,15 @@ class Task:
         """Close the task: commit first if asked (and possible), else abort; release stores."""
         if self.state is TaskState.CLOSED:
             return
+        try:
+            await self._flushed()
+        except Exception as exc:  # the changelog has it all: the restore replays it
+            log.warning(
+                "task %s: writing state to SQLite failed (%s); the next owner restores it from "
+                "the changelog",
+                self.task_id,
+                exc,
+            )
         try:
             if commit and self.state is TaskState.RUNNING:
                 await self.commit()
