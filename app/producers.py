@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -29,7 +29,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from app.context import OutgoingRecord
+from app.context import Header, OutgoingRecord
 from app.errors import OnceflowError, TaskFencedError
 from app.partitioner import cached_partition_for_key
 
@@ -63,6 +63,9 @@ class Sink(Protocol):
     async def start(self) -> None: ...
     async def begin(self) -> None: ...
     def send(self, record: OutgoingRecord) -> None: ...
+    def send_pairs(
+        self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
+    ) -> None: ...
     async def flush(self) -> None: ...
     async def delivered(self) -> dict[TopicPartition, int]: ...
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None: ...
@@ -82,20 +85,38 @@ class Outbox:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
         self._pending: list[OutgoingRecord] = []
+        # Records whose partition is known and that carry no headers or timestamp (changelogs)
+        self._direct: list[tuple[TopicPartition, Iterable[tuple[bytes, bytes | None]]]] = []
         self._shipped: list[tuple[TopicPartition, int, asyncio.Future[Any]]] = []
-        self.sent: dict[str, int] = {}  # records handed to the producer per topic, for metrics
 
     def add(self, record: OutgoingRecord) -> None:
         self._pending.append(record)
 
+    def add_pairs(
+        self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
+    ) -> None:
+        """Queue ``(key, value)`` records for one partition, stamped when sent; ``pairs`` is read
+        at the next flush."""
+        self._direct.append((TopicPartition(topic, partition), pairs))
+
     async def flush(self) -> None:
-        """Hand every pending record to the producer (it sends them after ``linger_ms``)."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        groups: dict[TopicPartition, list[OutgoingRecord]] = {}
+        """Hand every pending record to the producer, one batch per partition."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for tp, records in (await self._group(pending)).items():
+                await self._ship(tp, ((r.key, r.value, r.timestamp_ms, r.headers) for r in records))
+        if self._direct:
+            direct, self._direct = self._direct, []
+            for tp, pairs in direct:
+                await self._ship(tp, ((key, value, None, _NO_HEADERS) for key, value in pairs))
+
+    async def _group(
+        self, records: list[OutgoingRecord]
+    ) -> dict[TopicPartition, list[OutgoingRecord]]:
+        """Records by the partition they go to (murmur2 of the key, as aiokafka picks it)."""
+        groups: dict[tuple[str, int], list[OutgoingRecord]] = {}
         partitions: dict[str, list[int]] = {}
-        for record in pending:
+        for record in records:
             topic = record.topic
             known = partitions.get(topic)
             if known is None:
@@ -111,38 +132,38 @@ class Outbox:
                     f"a handler sent to partition {partition} of {topic!r}, which has "
                     f"partitions 0-{len(known) - 1}"
                 )
-            tp = TopicPartition(topic, partition)
-            group = groups.get(tp)
+            group = groups.get((topic, partition))
             if group is None:
-                groups[tp] = [record]
+                groups[(topic, partition)] = [record]
             else:
                 group.append(record)
-            self.sent[topic] = self.sent.get(topic, 0) + 1
-        for tp, records in groups.items():
-            await self._ship(tp, records)
+        return {TopicPartition(t, p): records for (t, p), records in groups.items()}
 
-    async def _ship(self, tp: TopicPartition, records: list[OutgoingRecord]) -> None:
+    async def _ship(self, tp: TopicPartition, records: Iterable[_Record]) -> None:
         producer = self._producer
         batch = producer.create_batch()
         count = 0
-        for record in records:
-            if _append(batch, record):
+        for key, value, timestamp, headers in records:
+            if batch.append(key=key, value=value, timestamp=timestamp, headers=headers) is not None:
                 count += 1
                 continue
             if count:  # the batch is full: ship it and start the next one
                 await self._submit(tp, batch, count)
                 batch, count = producer.create_batch(), 0
-                if _append(batch, record):
+                if (
+                    batch.append(key=key, value=value, timestamp=timestamp, headers=headers)
+                    is not None
+                ):
                     count = 1
                     continue
             # Larger than a whole batch: aiokafka's send() sizes a batch for it.
             future = await producer.send(
                 tp.topic,
-                value=record.value,
-                key=record.key,
+                value=value,
+                key=key,
                 partition=tp.partition,
-                timestamp_ms=record.timestamp_ms,
-                headers=record.headers,
+                timestamp_ms=timestamp,
+                headers=headers,
             )
             self._shipped.append((tp, 1, future))
         if count:
@@ -183,15 +204,14 @@ class Outbox:
     def discard(self) -> None:
         """Drop pending records and stop caring about shipped ones (the transaction aborts)."""
         self._pending = []
+        self._direct = []
         _forget([f for _, _, f in self._shipped])
         self._shipped = []
 
 
-def _append(batch: Any, record: OutgoingRecord) -> bool:
-    appended = batch.append(
-        key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=record.headers
-    )
-    return appended is not None
+# key, value, timestamp (ms; None: when sent), headers
+_Record = tuple[bytes | None, bytes | None, int | None, list[Header]]
+_NO_HEADERS: list[Header] = []  # shared: the batch builder only reads it
 
 
 def _forget(futures: list[asyncio.Future[Any]]) -> None:
@@ -244,6 +264,11 @@ class TransactionalSink:
 
     def send(self, record: OutgoingRecord) -> None:
         self._outbox.add(record)
+
+    def send_pairs(
+        self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
+    ) -> None:
+        self._outbox.add_pairs(topic, partition, pairs)
 
     async def flush(self) -> None:
         # No timeout of ours: aiokafka bounds a send itself (metadata wait and a full buffer
@@ -352,6 +377,11 @@ class AtLeastOnceSink:
 
     def send(self, record: OutgoingRecord) -> None:
         self._outbox.add(record)
+
+    def send_pairs(
+        self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
+    ) -> None:
+        self._outbox.add_pairs(topic, partition, pairs)
 
     async def flush(self) -> None:
         try:

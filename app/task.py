@@ -458,11 +458,9 @@ class Task:
             records = (
                 windowed.pending_changelog()
                 if windowed is not None
-                else self._stores[table.name].pending().items()
+                else list(self._stores[table.name].pending().items())
             )
-            topic, partition = table.changelog_topic, self.partition
-            for key, value in records:
-                self.sink.send(OutgoingRecord(topic, key, value, [], partition, None))
+            self.sink.send_pairs(table.changelog_topic, self.partition, records)
 
     # -- close ---------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -66,6 +66,12 @@ class InMemorySink:
 
     def send(self, record: OutgoingRecord) -> None:
         self._pending.append(self._driver._place(record))
+
+    def send_pairs(
+        self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
+    ) -> None:
+        for key, value in pairs:
+            self.send(OutgoingRecord(topic, key, value, [], partition, None))
 
     async def flush(self) -> None: ...
 
