@@ -67,7 +67,6 @@ class Scenario:
 ECHO = "bench.apps.echo"
 SUMCOUNT = "bench.apps.sumcount"
 WINDOWED = "processors.windowed_count"
-PATCHED = "bench.apps.patched"
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -92,26 +91,10 @@ SCENARIOS: dict[str, Scenario] = {
                  keys=100_000, quick_keys=10_000, stateful=True),
         Scenario("sum-1m", "throughput", "sum/count, 1M keys x2, exactly_once", SUMCOUNT,
                  keys=1_000_000, quick_keys=20_000, stateful=True),
-        # Experiments (only with --only): proposals prototyped by bench.patches, and settings.
-        Scenario("exp-echo-nowaitfor", "throughput", "echo EOS, sends without wait_for", PATCHED,
-                 env={"BENCH_APP": ECHO, "BENCH_PATCHES": "nowaitfor"}, experiment=True),
-        Scenario("exp-echo-batch", "throughput", "echo EOS, create_batch/send_batch", PATCHED,
-                 env={"BENCH_APP": ECHO, "BENCH_PATCHES": "batch"}, experiment=True),
+        # Experiments (only with --only): settings.
         Scenario("exp-echo-commit1s", "throughput", "echo EOS, commit interval 1 s", ECHO,
                  env={"ONCEFLOW_COMMIT_INTERVAL_MS": "1000"}, experiment=True),
-        Scenario("exp-windowed-prefetch-batch", "throughput",
-                 "windowed_count EOS, batched key prefetch + send_batch", PATCHED,
-                 env={"BENCH_APP": WINDOWED, "BENCH_PATCHES": "prefetch,batch"}, experiment=True),
-        Scenario("exp-sum-100k-prefetch", "throughput", "sum/count 100k keys, batched prefetch",
-                 PATCHED, keys=100_000, quick_keys=10_000, stateful=True,
-                 env={"BENCH_APP": SUMCOUNT, "BENCH_PATCHES": "prefetch"}, experiment=True),
-        Scenario("exp-sum-100k-prefetch-batch", "throughput",
-                 "sum/count 100k keys, batched prefetch + send_batch", PATCHED, keys=100_000,
-                 quick_keys=10_000, stateful=True,
-                 env={"BENCH_APP": SUMCOUNT, "BENCH_PATCHES": "prefetch,batch"}, experiment=True),
         Scenario("latency", "latency", "echo exactly_once at 50 % of max echo-eos", ECHO),
-        Scenario("exp-latency-nowaitfor", "latency", "latency, sends without wait_for", PATCHED,
-                 env={"BENCH_APP": ECHO, "BENCH_PATCHES": "nowaitfor"}, experiment=True),
         Scenario("latency-25", "latency", "echo exactly_once at 25 % of max echo-eos", ECHO,
                  load=0.25),
         Scenario("latency-10", "latency", "echo exactly_once at 10 % of max echo-eos", ECHO,
