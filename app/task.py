@@ -12,7 +12,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +117,11 @@ class Task:
     @property
     def uncommitted(self) -> int:
         return self._uncommitted
+
+    @property
+    def positions(self) -> Mapping[TopicPartition, int]:
+        """The next offset to process per source partition, as far as this task processed."""
+        return self._positions
 
     # -- start ---------------------------------------------------------------------------------
 

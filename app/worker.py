@@ -277,7 +277,7 @@ class Worker:
                 end = (
                     consumer.last_stable_offset(tp) if self.settings.eos else consumer.highwater(tp)
                 )
-                position = task._positions.get(tp)
+                position = task.positions.get(tp)
                 if end is not None and position is not None:
                     self.metrics.consumer_lag.labels(
                         self.app.app_id, tp.topic, str(tp.partition)
