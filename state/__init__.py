@@ -2,7 +2,8 @@
 
 Modules: ``partition`` (SQLite store, ``open_store``), ``memory`` (in-memory store for the test
 driver), ``windowed`` (windowed layout over any store), ``lock`` (host-local task lock),
-``typing`` (the ``StorePartition`` protocol). The rest is internal.
+``typing`` (the ``StorePartition`` protocol). The rest is internal; ``restore_writer`` applies
+big restore batches in a child process (``_restore_child``) so that SQLite gets its own core.
 """
 
 from state.lock import TaskLock

@@ -24,12 +24,27 @@ from state.cache import MISS, LruCache
 from state.lock import TaskLock
 from state.sqlite_file import DB_FILE, SqliteFile, check_file, db_files
 
-__all__ = ["Integrity", "SqliteStorePartition", "open_store"]
+__all__ = [
+    "CACHE_BYTES",
+    "OFFLOAD_MIN_RECORDS",
+    "PAGE_CACHE_MIB",
+    "Integrity",
+    "SqliteStorePartition",
+    "open_store",
+]
 
 log = logging.getLogger("onceflow.state")
 
 Integrity = Literal["auto", "always", "never"]
 """When to run ``PRAGMA quick_check`` at open: ``auto`` after an unclean shutdown only."""
+
+CACHE_BYTES = 2 * 2**20
+"""Default bound of a store partition's read cache (~11k entries: 12-byte keys, int64 values)."""
+PAGE_CACHE_MIB = 4
+"""Default SQLite page cache of a store partition, both connections together."""
+OFFLOAD_MIN_RECORDS = 1_000
+"""Restore batches of at least this many keys are written by a child process (see
+``state.restore_writer``), so that SQLite and the changelog's decoding use two cores."""
 
 # User keys live under b"k"; metadata under b"m" (see state.sqlite_file).
 _DATA = b"k"
@@ -54,6 +69,12 @@ class SqliteStorePartition(BufferedStorePartition):
     default (``auto``) it only runs when a WAL file shows the last owner did not close cleanly.
 
     Point reads that miss the cache cost a sqlitedict round trip (~0.1 ms).
+
+    Memory, per store partition and mostly while it is open: the read cache, at most
+    ``cache_size`` entries and ``cache_bytes`` (see ``state.cache``), and SQLite's page caches,
+    ``page_cache_mib`` split over the writer and reader connections. A worker holds one store
+    partition per (table, task): 2 tables x 6 partitions at the defaults is 12 x (2 + 4) MiB at
+    most. SQLite misses are served from the OS page cache, which costs RSS nothing.
     """
 
     def __init__(
@@ -61,16 +82,20 @@ class SqliteStorePartition(BufferedStorePartition):
         path: Path,
         *,
         cache_size: int = 50_000,
+        cache_bytes: int | None = CACHE_BYTES,
         lock: TaskLock | None = None,
         lock_timeout_s: float = 0.0,
         integrity: Integrity = "auto",
-        page_cache_mib: int = 16,
+        page_cache_mib: int = PAGE_CACHE_MIB,
+        offload_restore: bool = True,
     ) -> None:
         self.path = Path(path)
+        self._offload_restore = offload_restore
         super().__init__(str(self.path))
         self.file = self.path / DB_FILE
-        self._page_cache_mib = page_cache_mib
-        self._cache = LruCache(cache_size)
+        # Both connections get half; SQLite's own default is 2 MiB per connection.
+        self._page_cache_kib = max(64, page_cache_mib * 1024 // 2)
+        self._cache = LruCache(cache_size, cache_bytes)
         self._size: tuple[int, int] | None = None  # (generation, count)
         self.path.mkdir(parents=True, exist_ok=True)
         owned = lock is None
@@ -86,7 +111,7 @@ class SqliteStorePartition(BufferedStorePartition):
                     stale.unlink(missing_ok=True)
             unclean = db_files(self.path)[1].exists()  # the WAL outlived its last connection
             check_file(self.file, deep=integrity == "always" or (integrity == "auto" and unclean))
-            self._db = SqliteFile(self.file, page_cache_mib=page_cache_mib)
+            self._db = SqliteFile(self.file, page_cache_kib=self._page_cache_kib)
         except BaseException:
             if owned:
                 lock.close()
@@ -159,6 +184,13 @@ class SqliteStorePartition(BufferedStorePartition):
             self._cache.store(key, value)
 
     def _restore(self, latest: dict[bytes, bytes | None], last_offset: int) -> None:
+        if self._offload_restore and len(latest) >= OFFLOAD_MIN_RECORDS:
+            try:
+                self._db.write_in_child(_DATA, latest, checkpoint=last_offset)
+                return
+            except OSError as exc:  # no child process: this batch, and the next, in-process
+                log.warning("restoring store %s in-process: %s", self.path, exc)
+                self._offload_restore = False
         puts = [(_DATA + k, v) for k, v in latest.items() if v is not None]
         deletes = [_DATA + k for k, v in latest.items() if v is None]
         # Sorted keys walk the index in order: fewer pages dirtied per transaction.
@@ -174,7 +206,7 @@ class SqliteStorePartition(BufferedStorePartition):
         self._db.close()
         for file in db_files(self.path):
             file.unlink(missing_ok=True)
-        self._db = SqliteFile(self.file, page_cache_mib=self._page_cache_mib)
+        self._db = SqliteFile(self.file, page_cache_kib=self._page_cache_kib)
 
     def _close_storage(self) -> None:
         try:
@@ -187,9 +219,10 @@ def open_store(
     path: Path,
     *,
     cache_size: int = 50_000,
+    cache_bytes: int | None = CACHE_BYTES,
     lock_timeout_s: float = 0.0,
     integrity: Integrity = "auto",
-    page_cache_mib: int = 16,
+    page_cache_mib: int = PAGE_CACHE_MIB,
 ) -> tuple[SqliteStorePartition, str | None]:
     """Open the store in ``path``, wiping it first if it is corrupt.
 
@@ -205,6 +238,7 @@ def open_store(
         path,
         lock=lock,
         cache_size=cache_size,
+        cache_bytes=cache_bytes,
         integrity=integrity,
         page_cache_mib=page_cache_mib,
     )

@@ -1,0 +1,132 @@
+"""Restore batches applied by a helper process, so that SQLite runs on a second core.
+
+A restore is CPU-bound: aiokafka decodes each changelog record (~2.5 us) and SQLite inserts it
+(~3 us). In one interpreter the two do not overlap: SQLite releases the GIL while it runs, but
+two threads inserting into two databases were measured no faster than one (~340k rows/s either
+way; its allocator serializes them), so a worker restoring six partitions used one core. One
+child process per worker (``state/_restore_child.py``, standard library only) applies the
+batches instead; the worker's threads wait for it with the GIL released.
+
+Exactly-once is unchanged: each batch and its checkpoint commit in one SQLite transaction, as
+in-process. The child never holds the store's lock, so it writes only for a live parent: it
+checks its parent just before COMMIT and exits when its stdin closes — when the worker exits or
+is killed. It also exits after 10 s idle; the next batch starts another (~20 ms). If the child
+dies mid-batch the batch is retried once in a new child (re-applying a batch is idempotent:
+whole values and the same checkpoint), then in-process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from state import _restore_child as child
+
+__all__ = ["RestoreWriter", "restore_writer"]
+
+log = logging.getLogger("onceflow.state")
+_SCRIPT = Path(child.__file__)
+
+
+class ChildGoneError(Exception):
+    """The child exited (idle, or killed) before it answered."""
+
+
+class RestoreWriter:
+    """A lazily started child process that applies restore batches; thread-safe (one batch at a
+    time: SQLite would not run two faster). ``close()`` stops the child; safe to call twice."""
+
+    def __init__(self, layout: tuple[Any, ...]) -> None:
+        self._layout = layout
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def apply(
+        self,
+        file: Path,
+        prefix: bytes,
+        latest: dict[bytes, bytes | None],
+        meta: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Apply ``latest`` (keys get ``prefix``; None deletes) and ``meta`` to ``file`` in one
+        transaction. Raises ``sqlite3.Error`` (with SQLite's code and name) if it rolled back,
+        ``OSError`` if no child could be started."""
+        request = (str(file), prefix, latest, meta)
+        with self._lock:
+            try:
+                reply = self._call(request)
+            except ChildGoneError:
+                reply = self._call(request)  # a new child; the batch is idempotent
+        if reply is not None:
+            code, name, message = reply
+            exc = sqlite3.OperationalError(message)
+            exc.sqlite_errorcode = code
+            exc.sqlite_errorname = name
+            raise exc
+
+    def _call(self, request: tuple[Any, ...]) -> Any:
+        proc = self._proc if self._proc is not None and self._proc.poll() is None else None
+        if proc is None:
+            proc = self._start()
+        stdin, stdout = _pipes(proc)
+        try:
+            child.write_frame(stdin, request)
+            return child.read_frame(stdout)
+        except (EOFError, BrokenPipeError) as exc:
+            self._reap()
+            raise ChildGoneError from exc
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        self._reap()
+        # -I -S: no site, no environment, no working directory on the path: stdlib only.
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self._proc = proc
+        child.write_frame(_pipes(proc)[0], self._layout)
+        return proc
+
+    def _reap(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        """Stop the child (it exits when its stdin closes) and wait for it."""
+        with self._lock:
+            self._reap()
+
+
+def _pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
+    assert proc.stdin is not None and proc.stdout is not None  # Popen(stdin=PIPE, stdout=PIPE)
+    return proc.stdin, proc.stdout
+
+
+_writer: RestoreWriter | None = None
+_writer_lock = threading.Lock()
+
+
+def restore_writer(layout: tuple[Any, ...]) -> RestoreWriter:
+    """The process's restore writer (one child for every store), created on first use."""
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            _writer = RestoreWriter(layout)
+            atexit.register(_writer.close)
+        return _writer

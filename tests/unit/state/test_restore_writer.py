@@ -1,0 +1,86 @@
+"""The restore writer's child process: it applies a batch and its checkpoint atomically, reports
+SQLite errors, is replaced when it dies, and never commits once its parent is gone."""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from pathlib import Path
+
+import pytest
+
+from app.errors import StateError
+from state._restore_child import Applier
+from state.partition import OFFLOAD_MIN_RECORDS, SqliteStorePartition
+from state.restore_writer import RestoreWriter
+from state.sqlite_file import _CHILD_LAYOUT, DB_FILE, META_CHECKPOINT
+
+
+def rows(path: Path) -> dict[bytes, bytes]:
+    with sqlite3.connect(path / DB_FILE) as conn:
+        return {bytes(k): bytes(v) for k, v in conn.execute("SELECT key, value FROM kv")}
+
+
+def big_batch(n: int = OFFLOAD_MIN_RECORDS * 3) -> list[tuple[bytes, bytes | None]]:
+    return [(b"%06d" % i, b"v%d" % i) for i in range(n)]
+
+
+def test_a_big_restore_batch_is_written_by_the_child_like_in_process(tmp_path: Path) -> None:
+    batch = [*big_batch(), (b"000007", None)]
+    with SqliteStorePartition(tmp_path / "child") as store:
+        store.restore_batch(batch, 99)
+    with SqliteStorePartition(tmp_path / "inline", offload_restore=False) as store:
+        store.restore_batch(batch, 99)
+    assert rows(tmp_path / "child") == rows(tmp_path / "inline")
+    assert rows(tmp_path / "child")[META_CHECKPOINT] == struct.pack(">q", 99)
+    with SqliteStorePartition(tmp_path / "child") as store:
+        assert store.checkpoint == 99
+        assert store.get(b"000007") is None
+        assert store.get(b"000008") == b"v8"
+
+
+def test_a_dead_child_is_replaced_and_the_batch_applied(tmp_path: Path) -> None:
+    writer = RestoreWriter(_CHILD_LAYOUT)
+    try:
+        with SqliteStorePartition(tmp_path) as store:
+            writer.apply(store.file, b"k", {b"a": b"1"}, [])
+            assert writer._proc is not None
+            writer._proc.kill()
+            writer._proc.wait()
+            writer.apply(store.file, b"k", {b"b": b"2"}, [])
+        assert {b"ka", b"kb"} <= rows(tmp_path).keys()
+    finally:
+        writer.close()
+        writer.close()  # safe twice
+
+
+def test_sqlite_errors_come_back_with_their_code(tmp_path: Path) -> None:
+    bad = (_CHILD_LAYOUT[0].replace('"kv"', '"missing"'), *_CHILD_LAYOUT[1:])
+    writer = RestoreWriter(bad)
+    try:
+        with SqliteStorePartition(tmp_path) as store:
+            with pytest.raises(sqlite3.OperationalError, match="no such table") as caught:
+                writer.apply(store.file, b"k", {b"a": b"1"}, [])
+            assert caught.value.sqlite_errorname == "SQLITE_ERROR"
+            writer.apply(store.file, b"k", {}, [])  # the child survived its error
+    finally:
+        writer.close()
+
+
+def test_a_failed_child_write_is_a_state_error_and_changes_nothing(tmp_path: Path) -> None:
+    with SqliteStorePartition(tmp_path) as store:
+        store.restore_batch([(b"a", b"1")], 5)
+        (tmp_path / DB_FILE).unlink()  # the child opens with mode=rw: it never creates one
+        with pytest.raises(StateError, match="SQLite failed while writing"):
+            store.restore_batch(big_batch(), 6)
+        assert store.checkpoint == 5
+
+
+def test_the_child_never_commits_for_a_dead_parent(tmp_path: Path) -> None:
+    with SqliteStorePartition(tmp_path) as store:
+        store.restore_batch([(b"a", b"1")], 5)
+        orphan = Applier(_CHILD_LAYOUT, parent=-1)  # its parent is not its parent any more
+        with pytest.raises(SystemExit):
+            orphan.apply(str(store.file), b"k", {b"a": b"2"}, [(META_CHECKPOINT, b"x" * 8)])
+    with SqliteStorePartition(tmp_path) as store:
+        assert (store.checkpoint, store.get(b"a")) == (5, b"1")
