@@ -129,7 +129,9 @@ async def test_full_disk_fails_the_task_and_a_restart_restores_exactly(
     # 32 KiB shared-memory file still fits: the stores open, and the first flushes land).
     worker = LimitedWorker(env, tmp_path / "limited.log", fsize=36 * 1024).start()
     producing = asyncio.create_task(
-        produce(bootstrap_servers, source, make_inputs(3_000, 22), rate=1_000)
+        # Enough new keys that every store must grow its files (free pages left by earlier
+        # writes would otherwise absorb a small batch under the limit).
+        produce(bootstrap_servers, source, make_inputs(12_000, 22), rate=2_000)
     )
     failure = re.compile(
         r"ERROR +onceflow\.worker: task (\S+) failed: SQLite failed while \w+ '[^']+/data\.sqlite'"
@@ -158,7 +160,7 @@ async def test_full_disk_fails_the_task_and_a_restart_restores_exactly(
     await produce(bootstrap_servers, source, make_inputs(1_000, 23))
     worker = WorkerProcess(APP, env, tmp_path / "restarted.log").start()
     try:
-        output = await collect(bootstrap_servers, sink, 8_000, timeout=90, workers=[worker])
+        output = await collect(bootstrap_servers, sink, 17_000, timeout=90, workers=[worker])
     finally:
         assert worker.stop() == 0
     log = worker.log_text()
