@@ -189,9 +189,16 @@ class Task:
             self.app.app_id, table.name, str(self.partition)
         )
 
+        logged_at = 0.0
+
         def on_batch(p: RestoreProgress, n: int) -> None:
+            nonlocal logged_at
             gauge.set(p.remaining)
             counter.inc(n)
+            now = time.monotonic()
+            if p.remaining and now - logged_at < 5.0:
+                return  # a progress line every 5 s is enough: batches come many per second
+            logged_at = now
             log.info(
                 "restoring %s partition %d: %d done, %d remaining, %.0f records/s",
                 p.store,
