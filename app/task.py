@@ -22,6 +22,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from app.context import Context, OutgoingRecord
 from app.errors import HandlerFailedError, SerdeError, TaskFencedError
+from app.metrics import BatchedHistogram
 from app.producers import Sink, TaskCorruptedError
 from app.tables import Table, WindowedTable
 from state.partition import open_store
@@ -96,7 +97,7 @@ class Task:
         self._late = {
             t.name: metrics.late_records_dropped.labels(*labels, t.name) for t in self._tables
         }
-        self._latency = metrics.process_latency.labels(*labels)
+        self._latency = BatchedHistogram(metrics.process_latency.labels(*labels))
         self._produced: dict[str, Any] = {}
         self._processed = {
             tp: metrics.records_processed.labels(*labels, tp.topic, str(partition))
@@ -272,6 +273,7 @@ class Task:
                 observe(clock() - started)
             self._take_effects(ctx)
         self._positions[tp] = records[-1].offset + 1
+        self._latency.publish()
         self._processed[tp].inc(len(records))
         self._uncommitted += len(records)
         self._dirty = True
