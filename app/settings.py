@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     commit_interval_ms: int | None = Field(default=None, ge=1)
     commit_every: int = Field(default=10_000, ge=1)
     state_dir: Path = Path("/tmp/onceflow-state")
+    # Memory per store partition (a worker holds tables x partitions of them).
+    state_read_cache_mib: float = Field(default=2.0, ge=0)
+    state_page_cache_mib: int = Field(default=4, ge=1)
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_enabled: bool = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -177,7 +178,16 @@ class Task:
 
     async def _open_and_restore(self, table: Table[Any, Any] | WindowedTable[Any, Any]) -> None:
         path = Path(self._settings.state_dir) / self.app.app_id / table.name / str(self.partition)
-        store, reason = await asyncio.to_thread(open_store, path, lock_timeout_s=30.0)
+        s = self._settings
+        store, reason = await asyncio.to_thread(
+            functools.partial(
+                open_store,
+                path,
+                lock_timeout_s=30.0,
+                cache_bytes=int(s.state_read_cache_mib * 2**20),
+                page_cache_mib=s.state_page_cache_mib,
+            )
+        )
         if reason:
             log.warning("store %s partition %d wiped: %s", table.name, self.partition, reason)
         target = self.attach_store(table, store)

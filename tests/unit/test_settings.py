@@ -36,6 +36,8 @@ def test_at_least_once_commits_less_often(monkeypatch: pytest.MonkeyPatch) -> No
         ("ONCEFLOW_COMMIT_INTERVAL_MS", "0", "greater than or equal to 1"),
         ("ONCEFLOW_LOG_FORMAT", "xml", "'text' or 'json'"),
         ("ONCEFLOW_SECURITY_PROTOCOL", "TLS", "'PLAINTEXT'"),
+        ("ONCEFLOW_STATE_READ_CACHE_MIB", "-1", "greater than or equal to 0"),
+        ("ONCEFLOW_STATE_PAGE_CACHE_MIB", "0", "greater than or equal to 1"),
     ],
 )
 def test_bad_value_names_the_variable(
