@@ -220,7 +220,21 @@ def _forget(futures: list[asyncio.Future[Any]]) -> None:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
-class TransactionalSink:
+class _Buffered:
+    """``send``/``send_pairs`` of both sinks: they only queue records in the task's outbox."""
+
+    _outbox: Outbox
+
+    def send(self, record: OutgoingRecord) -> None:
+        self._outbox.add(record)
+
+    def send_pairs(
+        self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
+    ) -> None:
+        self._outbox.add_pairs(topic, partition, pairs)
+
+
+class TransactionalSink(_Buffered):
     """One transactional producer for one task: ``transactional_id = {app_id}-{group}_{p}``.
 
     ``start()`` runs InitProducerId, which bumps the epoch and so fences any previous owner of
@@ -261,14 +275,6 @@ class TransactionalSink:
             self._check_fatal()
             await self._producer.begin_transaction()
             self._in_txn = True
-
-    def send(self, record: OutgoingRecord) -> None:
-        self._outbox.add(record)
-
-    def send_pairs(
-        self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
-    ) -> None:
-        self._outbox.add_pairs(topic, partition, pairs)
 
     async def flush(self) -> None:
         # No timeout of ours: aiokafka bounds a send itself (metadata wait and a full buffer
@@ -361,7 +367,7 @@ class TransactionalSink:
             ) from exc
 
 
-class AtLeastOnceSink:
+class AtLeastOnceSink(_Buffered):
     """Sends through the worker's shared idempotent producer; offsets are committed by the
     consumer after every send of the task has been acknowledged."""
 
@@ -374,14 +380,6 @@ class AtLeastOnceSink:
 
     async def begin(self) -> None:
         return None
-
-    def send(self, record: OutgoingRecord) -> None:
-        self._outbox.add(record)
-
-    def send_pairs(
-        self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
-    ) -> None:
-        self._outbox.add_pairs(topic, partition, pairs)
 
     async def flush(self) -> None:
         try:
