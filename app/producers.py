@@ -27,6 +27,7 @@ from aiokafka.errors import (
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
 )
+from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from app.context import Header, OutgoingRecord
@@ -46,6 +47,8 @@ log = logging.getLogger("onceflow.producer")
 
 ProducerFactory = Callable[..., AIOKafkaProducer]
 FENCING_ERRORS = (ProducerFenced, InvalidProducerEpoch)
+# aiokafka allows abort_transaction() only from these states (it asserts otherwise)
+_ABORTABLE = (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR)
 
 
 class TaskCorruptedError(OnceflowError):
@@ -305,11 +308,17 @@ class TransactionalSink(_Buffered):
         txn = self._producer._txn_manager
         if txn is None or txn.is_fatal_error():
             return  # nothing to abort with: a new producer's InitProducerId aborts it
+        if txn.state not in _ABORTABLE:
+            # A commit that timed out on our side is still in flight (or has landed): it cannot
+            # be aborted; the next owner's InitProducerId settles it, and the task re-reads the
+            # committed offsets either way.
+            log.debug("%s: no transaction to abort (%s)", self.transactional_id, txn.state)
+            return
         try:
             await asyncio.wait_for(self._producer.abort_transaction(), self._timeout_s)
         except FENCING_ERRORS:
             log.debug("%s: fenced, nothing to abort", self.transactional_id)
-        except (KafkaError, TimeoutError) as exc:
+        except (KafkaError, TimeoutError, AssertionError, IllegalOperation) as exc:
             log.warning(
                 "abort of %s failed (%r); the next owner's init aborts it",
                 self.transactional_id,
