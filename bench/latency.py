@@ -9,7 +9,6 @@ clock. Records sent in the first ``WARMUP_S`` seconds are not counted.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.kafka_io import create_topics, key_of, padded, unique
 from bench.procs import wait_ready
-from bench.scenarios import PARTITIONS, RunContext, Scenario, start_workers
+from bench.scenarios import PARTITIONS, RunContext, Scenario, start_workers, stop_workers
 
 __all__ = ["percentiles", "run_latency"]
 
@@ -115,9 +114,7 @@ async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[
         for proc in procs:
             proc.sample_rss()
     finally:
-        for proc in procs:
-            proc.stop()
-        shutil.rmtree(ctx.workdir / "state" / app_id, ignore_errors=True)
+        stop_workers(ctx, procs, app_id)
     stats = percentiles(latencies)
     return {
         "offered_rate": rate,

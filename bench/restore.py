@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.kafka_io import Backlog, create_topics, key_of, unique
 from bench.procs import Proc, wait_ready
-from bench.scenarios import PARTITIONS, RunContext, Scenario, start_workers
+from bench.scenarios import PARTITIONS, RunContext, Scenario, start_workers, stop_workers
 
 __all__ = ["Changelog", "restore_once"]
 
@@ -85,9 +85,7 @@ async def restore_once(changelog: Changelog, repeat: int) -> dict[str, Any]:
         if stop_profile is not None:
             await stop_profile()
     finally:
-        for proc in procs:
-            proc.stop()
-        shutil.rmtree(ctx.workdir / "state" / app_id, ignore_errors=True)
+        stop_workers(ctx, procs, app_id)
     restored = sum(n for _, _, n in spans)
     span = max(e for _, e, _ in spans) - min(s for s, _, _ in spans) if spans else float("nan")
     return {

@@ -173,6 +173,13 @@ def worker_env(
     }
 
 
+def stop_workers(ctx: RunContext, procs: list[Proc], app_id: str) -> None:
+    """Stop a run's workers and delete their state directory."""
+    for proc in procs:
+        proc.stop()
+    shutil.rmtree(ctx.workdir / "state" / app_id, ignore_errors=True)
+
+
 def start_workers(
     ctx: RunContext, scenario: Scenario, app_id: str, inp: str, out: str
 ) -> list[Proc]:
@@ -251,9 +258,7 @@ async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
         if stop_profile is not None:
             await stop_profile()
     finally:
-        for proc in procs:
-            proc.stop()
-        shutil.rmtree(ctx.workdir / "state" / app_id, ignore_errors=True)
+        stop_workers(ctx, procs, app_id)
     seen, end = await count_committed(ctx.bootstrap, out, PARTITIONS, timeout=120 + total / 20_000)
     expected_ok = seen == total if scenario.transactional else seen >= total
     return {
