@@ -42,6 +42,7 @@ $(STAMP): pyproject.toml constraints.txt
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(PYTHON) scripts/typecheck_view.py >/dev/null
 	$(BIN)/mypy
 
 # Offline checks of the Dockerfile and the Helm chart. The pinned tools are installed on first

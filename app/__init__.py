@@ -2,7 +2,7 @@
 
 Example::
 
-    from app import App, Context, Tumbling
+    from onceflow import App, Context, Tumbling
 
     app = App("eos-stream-app")
     clicks = app.topic("input-topic", key_serde="str", value_serde="str")
@@ -22,9 +22,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.app import App, Handler
-    from app.context import Context
-    from app.errors import (
+    from onceflow.context import Context
+    from onceflow.errors import (
         ChangelogMissingError,
         ConfigurationError,
         CopartitioningError,
@@ -38,48 +37,49 @@ if TYPE_CHECKING:
         TopicNotFoundError,
         WrongPartitionError,
     )
-    from app.serdes import Serde, resolve_serde
-    from app.settings import Settings, load_settings
-    from app.tables import Table, WindowedTable, WindowValue
-    from app.topics import Topic
-    from app.windows import Hopping, Tumbling
+    from onceflow.serdes import Serde, resolve_serde
+    from onceflow.settings import Settings, load_settings
+    from onceflow.tables import Table, WindowedTable, WindowValue
+    from onceflow.topics import Topic
+    from onceflow.topology import App, Handler
+    from onceflow.windows import Hopping, Tumbling
 
 # Where each public name lives. Imported on first use (PEP 562), so that ``onceflow``'s entry
 # point (``app.cli``) can install its SIGTERM handler before the heavy imports (aiokafka,
 # FastAPI, pydantic) run: a pod stopped in its first seconds then exits 0, not -15.
 _WHERE = {
-    "App": "app.app",
-    "Handler": "app.app",
-    "Context": "app.context",
-    "ChangelogMissingError": "app.errors",
-    "ConfigurationError": "app.errors",
-    "CopartitioningError": "app.errors",
-    "HandlerFailedError": "app.errors",
-    "OnceflowError": "app.errors",
-    "SerdeError": "app.errors",
-    "StateError": "app.errors",
-    "StoreCorruptError": "app.errors",
-    "StoreLockedError": "app.errors",
-    "TaskFencedError": "app.errors",
-    "TopicNotFoundError": "app.errors",
-    "WrongPartitionError": "app.errors",
-    "Serde": "app.serdes",
-    "resolve_serde": "app.serdes",
-    "Settings": "app.settings",
-    "load_settings": "app.settings",
-    "Table": "app.tables",
-    "WindowedTable": "app.tables",
-    "WindowValue": "app.tables",
-    "Topic": "app.topics",
-    "Hopping": "app.windows",
-    "Tumbling": "app.windows",
+    "App": "onceflow.topology",
+    "Handler": "onceflow.topology",
+    "Context": "onceflow.context",
+    "ChangelogMissingError": "onceflow.errors",
+    "ConfigurationError": "onceflow.errors",
+    "CopartitioningError": "onceflow.errors",
+    "HandlerFailedError": "onceflow.errors",
+    "OnceflowError": "onceflow.errors",
+    "SerdeError": "onceflow.errors",
+    "StateError": "onceflow.errors",
+    "StoreCorruptError": "onceflow.errors",
+    "StoreLockedError": "onceflow.errors",
+    "TaskFencedError": "onceflow.errors",
+    "TopicNotFoundError": "onceflow.errors",
+    "WrongPartitionError": "onceflow.errors",
+    "Serde": "onceflow.serdes",
+    "resolve_serde": "onceflow.serdes",
+    "Settings": "onceflow.settings",
+    "load_settings": "onceflow.settings",
+    "Table": "onceflow.tables",
+    "WindowedTable": "onceflow.tables",
+    "WindowValue": "onceflow.tables",
+    "Topic": "onceflow.topics",
+    "Hopping": "onceflow.windows",
+    "Tumbling": "onceflow.windows",
 }
 
 
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
-        raise AttributeError(f"module 'app' has no attribute {name!r}")
+        raise AttributeError(f"module 'onceflow' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value

@@ -1,7 +1,7 @@
-"""``python -m app`` is the ``onceflow`` command."""
+"""``python -m onceflow`` is the ``onceflow`` command."""
 
 import sys
 
-from app.cli import main
+from onceflow.cli import main
 
 sys.exit(main())

@@ -16,11 +16,11 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from app.errors import ConfigurationError, OnceflowError
+from onceflow.errors import ConfigurationError, OnceflowError
 
 if TYPE_CHECKING:
-    from app.app import App
-    from app.settings import Settings
+    from onceflow.settings import Settings
+    from onceflow.topology import App
 
 # Heavy modules (aiokafka, pydantic, FastAPI) are imported inside the functions, after ``main``
 # installed its early SIGTERM handler: importing them takes seconds on a loaded node.
@@ -32,7 +32,7 @@ log = logging.getLogger("onceflow.cli")
 
 def load_app(spec: str) -> App:
     """Import ``module[:attr]`` and return the App there."""
-    from app.app import App
+    from onceflow.topology import App
 
     module_name, _, attr = spec.partition(":")
     try:
@@ -49,8 +49,8 @@ def load_app(spec: str) -> App:
 
 
 async def _run_worker(app: App, settings: Settings) -> None:
-    from app.http import serve
-    from app.worker import Worker
+    from onceflow.http import serve
+    from onceflow.runtime.worker import Worker
 
     worker = Worker(app, settings)
     loop = asyncio.get_running_loop()
@@ -62,8 +62,8 @@ async def _run_worker(app: App, settings: Settings) -> None:
 async def _create_topics(app: App, settings: Settings, partitions: int, rf: int) -> None:
     from aiokafka.admin import NewTopic
 
-    from app.admin import TopicAdmin
-    from app.clients import Clients
+    from onceflow.runtime.admin import TopicAdmin
+    from onceflow.runtime.clients import Clients
 
     client = Clients(settings, client_id="onceflow-cli").admin()
     await client.start()
@@ -86,7 +86,7 @@ async def _create_topics(app: App, settings: Settings, partitions: int, rf: int)
 
 
 async def _send(settings: Settings, topic: str, value: str, key: str | None) -> None:
-    from app.clients import Clients
+    from onceflow.runtime.clients import Clients
 
     producer = Clients(settings, client_id="onceflow-cli").producer()
     await producer.start()
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from aiokafka.errors import KafkaError
 
-    from app.logs import configure_logging
-    from app.settings import load_settings
+    from onceflow.logs import configure_logging
+    from onceflow.settings import load_settings
 
     try:
         settings = load_settings()

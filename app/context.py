@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from app.topics import Topic
+from onceflow.topics import Topic
 
 if TYPE_CHECKING:
-    from app.task import Task
+    from onceflow.runtime.task import Task
 
 __all__ = ["Context", "Header", "OutgoingRecord"]
 

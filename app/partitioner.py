@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import struct
 
-from app.errors import ConfigurationError
+from onceflow.errors import ConfigurationError
 
 __all__ = ["cached_partition_for_key", "murmur2", "partition_for_key"]
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
-from app.errors import ConfigurationError, SerdeError
+from onceflow.errors import ConfigurationError, SerdeError
 
 __all__ = [
     "BytesSerde",

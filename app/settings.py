@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.errors import ConfigurationError
+from onceflow.errors import ConfigurationError
 
 __all__ = ["ProcessingGuarantee", "Settings", "load_settings"]
 

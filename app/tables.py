@@ -13,15 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from app.context import ABSENT, Context
-from app.errors import ConfigurationError, WrongPartitionError
-from app.partitioner import cached_partition_for_key
-from app.serdes import Serde
-from app.windows import Hopping, Tumbling
+from onceflow.context import ABSENT, Context
+from onceflow.errors import ConfigurationError, WrongPartitionError
+from onceflow.partitioner import cached_partition_for_key
+from onceflow.serdes import Serde
+from onceflow.windows import Hopping, Tumbling
 
 if TYPE_CHECKING:
-    from state.typing import StorePartition
-    from state.windowed import WindowedStorePartition
+    from onceflow.state.typing import StorePartition
+    from onceflow.state.windowed import WindowedStorePartition
 
 __all__ = ["Table", "WindowValue", "WindowedTable"]
 

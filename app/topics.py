@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from app.serdes import Serde, resolve_serde
+from onceflow.serdes import Serde, resolve_serde
 
 __all__ = ["Topic"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeAlias
 
-from app.errors import ConfigurationError
+from onceflow.errors import ConfigurationError
 
 __all__ = ["Hopping", "Tumbling", "WindowDef", "to_millis"]
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.partitioner import partition_for_key
+from onceflow.partitioner import partition_for_key
 
 __all__ = [
     "Backlog",

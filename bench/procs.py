@@ -126,7 +126,7 @@ class Proc:
 def onceflow_worker(
     name: str, module: str, env: dict[str, str], log_path: Path, *, python: str = sys.executable
 ) -> Proc:
-    return Proc(name, [python, "-m", "app", "worker", module], env, log_path)
+    return Proc(name, [python, "-m", "onceflow", "worker", module], env, log_path)
 
 
 def raw_loop(name: str, args: list[str], log_path: Path, *, python: str = sys.executable) -> Proc:

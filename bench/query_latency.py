@@ -18,8 +18,8 @@ import time
 
 import httpx
 
-from app.partitioner import partition_for_key
-from app.serdes import parse_text_key, resolve_serde
+from onceflow.partitioner import partition_for_key
+from onceflow.serdes import parse_text_key, resolve_serde
 
 
 def pick_keys(client: httpx.Client, table: str, pattern: str) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from app.partitioner import partition_for_key
+from onceflow.partitioner import partition_for_key
 
 COMMIT_INTERVAL_S = 0.1
 

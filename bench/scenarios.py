@@ -66,7 +66,7 @@ class Scenario:
 
 ECHO = "bench.apps.echo"
 SUMCOUNT = "bench.apps.sumcount"
-WINDOWED = "processors.windowed_count"
+WINDOWED = "onceflow.examples.windowed_count"
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s

@@ -33,7 +33,7 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from app import App, Context, Tumbling, WindowValue
+from onceflow import App, Context, Tumbling, WindowValue
 
 DEDUP_WINDOW = timedelta(minutes=10)
 WINDOW_MS = int(DEDUP_WINDOW.total_seconds() * 1000)

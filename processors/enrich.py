@@ -24,7 +24,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from app import App, Context
+from onceflow import App, Context
 
 # Reference data for the example; a real service would load it at start or join a table.
 EUR_RATES = {"EUR": 1.0, "USD": 0.92, "GBP": 1.17, "CHF": 1.04, "JPY": 0.0061}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from app import App, Context, Tumbling
+from onceflow import App, Context, Tumbling
 
 app = App("eos-stream-app")
 source = app.topic(

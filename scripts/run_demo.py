@@ -87,7 +87,7 @@ async def main(seconds: float | None) -> int:
     os.environ.setdefault("ONCEFLOW_STATE_DIR", str(Path.home() / ".cache/onceflow/demo-state"))
     await ensure_topics(bootstrap, ["input-topic", "output-topic"])
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app", "worker", "processors.windowed_count", cwd=REPO
+        sys.executable, "-m", "onceflow", "worker", "onceflow.examples.windowed_count", cwd=REPO
     )
     print(
         f"worker pid {worker.pid}; query it: curl http://127.0.0.1:{port}/tables/counts/keys/alice"

@@ -1,16 +1,15 @@
 """State stores: one transactional key-value store per (store, partition), changelogged to Kafka.
 
-Modules: ``partition`` (SQLite store, ``open_store``), ``memory`` (in-memory store for the test
-driver), ``windowed`` (windowed layout over any store), ``lock`` (host-local task lock),
-``typing`` (the ``StorePartition`` protocol). The rest is internal; ``restore_writer`` applies
-big restore batches in a child process (``_restore_child``) so that SQLite gets its own core.
+``typing`` (the ``StorePartition`` protocol), ``base`` and ``buffer`` (the write buffer every
+store shares), ``windowed`` (the windowed layout and key codec over any store), ``memory`` (the
+in-memory store of the test driver), ``sqlite/`` (the SQLite backend). Nothing here imports the
+rest of onceflow except ``onceflow.errors``.
 """
 
-from state.lock import TaskLock
-from state.memory import InMemoryStorePartition
-from state.partition import SqliteStorePartition, open_store
-from state.typing import StorePartition, StorePartitionOpener
-from state.windowed import WindowedStorePartition
+from onceflow.state.memory import InMemoryStorePartition
+from onceflow.state.sqlite import SqliteStorePartition, TaskLock, open_store
+from onceflow.state.typing import StorePartition, StorePartitionOpener
+from onceflow.state.windowed import WindowedStorePartition
 
 __all__ = [
     "InMemoryStorePartition",

@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Self
 
-from app.errors import StateError
-from state.buffer import WriteBatch, merge_range, merge_range_paged
+from onceflow.errors import StateError
+from onceflow.state.buffer import WriteBatch, merge_range, merge_range_paged
 
 __all__ = ["BufferedStorePartition"]
 

@@ -11,8 +11,8 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable
 
-from state.base import BufferedStorePartition
-from state.buffer import WriteBatch
+from onceflow.state.base import BufferedStorePartition
+from onceflow.state.buffer import WriteBatch
 
 __all__ = ["InMemoryStorePartition"]
 

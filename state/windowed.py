@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Self
 
-from app.errors import StateError
-from state.typing import StorePartition
+from onceflow.errors import StateError
+from onceflow.state.typing import StorePartition
 
 __all__ = ["WindowedStorePartition", "changelog_key", "parse_changelog_key"]
 

@@ -22,8 +22,8 @@ ONCEFLOW = shutil.which("onceflow", path=str(Path(sys.executable).parent))
 
 
 def onceflow_command() -> list[str]:
-    """The ``onceflow`` command of this environment (``python -m app`` if not installed)."""
-    return [ONCEFLOW] if ONCEFLOW else [sys.executable, "-m", "app"]
+    """The ``onceflow`` command of this environment (``python -m onceflow`` if not installed)."""
+    return [ONCEFLOW] if ONCEFLOW else [sys.executable, "-m", "onceflow"]
 
 
 class WorkerProcess:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from app import App, Context
+from onceflow import App, Context
 
 app = App("bench-sumcount")
 source = app.topic(os.environ["BENCH_INPUT"], key_serde="str", value_serde="str")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from app import App, Context
+from onceflow import App, Context
 
 app = App(os.environ.get("ONCEFLOW_TEST_APP_ID", "copartitioned"))
 left = app.topic(os.environ["ONCEFLOW_TEST_INPUT"], key_serde="str", value_serde="str")

@@ -47,7 +47,7 @@ class LimitedWorker(WorkerProcess):
         resource.setrlimit(resource.RLIMIT_FSIZE, (self.fsize, self.fsize))
 
     def start(self) -> LimitedWorker:
-        command = [ONCEFLOW] if ONCEFLOW else [sys.executable, "-m", "app"]
+        command = [ONCEFLOW] if ONCEFLOW else [sys.executable, "-m", "onceflow"]
         self.proc = subprocess.Popen(
             [*command, "worker", self.module],
             cwd=REPO,

@@ -176,7 +176,7 @@ def test_dockerfile_runs_the_reference_worker_as_a_non_root_user() -> None:
     stage = final_stage()
     env = stage.env
     assert stage.command[:2] == ["onceflow", "worker"]
-    assert stage.command[2:] == ["processors.windowed_count"]
+    assert stage.command[2:] == ["onceflow.examples.windowed_count"]
     assert env["ONCEFLOW_STATE_DIR"] == IMAGE_STATE_DIR
     assert IMAGE_STATE_DIR in json.loads(stage.last("VOLUME")), "the state dir must be a VOLUME"
     assert env["ONCEFLOW_LOG_FORMAT"] == "json"
@@ -290,8 +290,6 @@ async def test_image_command_counts_records_into_the_output_topic(
 
 
 async def test_image_healthcheck_passes_against_the_running_worker(container: Container) -> None:
-    if not (REPO / "app" / "http.py").exists():
-        pytest.skip("app/http.py (the HTTP API that serves /health/live) has not landed yet")
     options, _ = container.stage.healthcheck
     # Like Docker: failures during --start-period do not count; after it, the check must pass.
     deadline = time.monotonic() + seconds(options.get("start-period", "0s")) + 10
@@ -305,6 +303,6 @@ async def test_image_healthcheck_passes_against_the_running_worker(container: Co
         f"HEALTHCHECK exited {result.returncode} against the worker's port "
         f"{container.env['ONCEFLOW_HTTP_PORT']}: {last_line(result.stderr)}\n"
         "If the connection was refused, `onceflow worker` does not serve the HTTP API: "
-        "app/cli.py must run the worker through app.http.serve.\n"
+        "onceflow.cli must run the worker through onceflow.http.serve.\n"
         f"worker log:\n{container.worker.log_text()[-2000:]}"
     )

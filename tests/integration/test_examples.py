@@ -11,9 +11,9 @@ import orjson
 from kafka_helpers import read_to_end, recent_window_start, unique_name
 from workers import WorkerProcess, collect, produce, worker_env
 
-from app.partitioner import partition_for_key
-from processors.dedup import WINDOW_MS
-from processors.enrich import InvalidOrderError, enrich_order
+from onceflow.examples.dedup import WINDOW_MS
+from onceflow.examples.enrich import InvalidOrderError, enrich_order
+from onceflow.partitioner import partition_for_key
 
 T0 = recent_window_start(WINDOW_MS)
 
@@ -69,7 +69,7 @@ async def test_enrich_filters_enriches_and_dead_letters(
         ONCEFLOW_ENRICH_INPUT=source,
         ONCEFLOW_ENRICH_OUTPUT=sink,
     )
-    worker = WorkerProcess("processors.enrich", env, tmp_path / "worker.log").start()
+    worker = WorkerProcess("onceflow.examples.enrich", env, tmp_path / "worker.log").start()
     try:
         output = await collect(bootstrap_servers, sink, len(expected), timeout=90, workers=[worker])
         dead = await collect(bootstrap_servers, f"{app_id}-dlq", dead_count, timeout=30, settle=1)
@@ -146,7 +146,7 @@ async def test_dedup_forwards_each_id_once_per_window(
         ONCEFLOW_DEDUP_OUTPUT=sink,
         ONCEFLOW_COMMIT_EVERY=200,
     )
-    worker = WorkerProcess("processors.dedup", env, tmp_path / "worker.log").start()
+    worker = WorkerProcess("onceflow.examples.dedup", env, tmp_path / "worker.log").start()
     try:
         output = await collect(bootstrap_servers, sink, len(expected), timeout=90, workers=[worker])
         dead = await collect(bootstrap_servers, f"{app_id}-dlq", dead_count, timeout=30, settle=1)

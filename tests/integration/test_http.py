@@ -214,9 +214,9 @@ async def test_windowed_table_through_both_instances(
         ONCEFLOW_INPUT_TOPIC=source,
         ONCEFLOW_OUTPUT_TOPIC=sink,
     )
-    a = start_worker("processors.windowed_count", env, "a")
+    a = start_worker("onceflow.examples.windowed_count", env, "a")
     b_env = {**env, "ONCEFLOW_STATE_DIR": str(tmp_path / "state-b")}
-    b = start_worker("processors.windowed_count", b_env, "b")
+    b = start_worker("onceflow.examples.windowed_count", b_env, "b")
     minute = 60_000
     base = recent_window_start(5 * minute)  # a window boundary
     await wait_split([a, b], 4)

@@ -102,7 +102,7 @@ async def test_topics_create_makes_the_sources_once(bootstrap_servers: str, tmp_
     the broker's default) and says which it found."""
     source = unique_name("created")
     env = {**os.environ, **_env(bootstrap_servers, tmp_path), "ONCEFLOW_INPUT_TOPIC": source}
-    command = [*onceflow_command(), "topics", "create", "processors.windowed_count"]
+    command = [*onceflow_command(), "topics", "create", "onceflow.examples.windowed_count"]
 
     def run() -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -62,7 +62,7 @@ async def test_windowed_count_matches_the_seed_example(
     expected, late = expected_outputs(inputs)
     assert late > 0
     total = sum(len(v) for v in expected.values())
-    worker = WorkerProcess("processors.windowed_count", env, tmp_path / "worker.log").start()
+    worker = WorkerProcess("onceflow.examples.windowed_count", env, tmp_path / "worker.log").start()
     try:
         output = await collect(bootstrap_servers, sink, total, timeout=90, workers=[worker])
     finally:

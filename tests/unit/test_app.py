@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import app as onceflow
-from app import App, ConfigurationError, Context, Tumbling
+import onceflow as onceflow
+from onceflow import App, ConfigurationError, Context, Tumbling
 
 
 def test_public_api_is_what_we_mean_to_export() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.assignor import balance
+from onceflow.runtime.assignor import balance
 
 TASKS = [("0", p) for p in range(12)]
 

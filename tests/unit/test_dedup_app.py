@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.partitioner import partition_for_key
-from app.testing import TestDriver
-from processors import dedup
+from onceflow.examples import dedup
+from onceflow.partitioner import partition_for_key
+from onceflow.testing import TestDriver
 
 W = dedup.WINDOW_MS  # 10 minutes
 MIN = 60_000

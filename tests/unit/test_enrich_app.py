@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from app.testing import TestDriver
-from processors import enrich
+from onceflow.examples import enrich
+from onceflow.testing import TestDriver
 
 T = 1_700_000_000_123  # 2023-11-14T22:13:20.123Z
 

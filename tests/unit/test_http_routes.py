@@ -16,12 +16,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app import App, Tumbling
-from app.errors import StateError
-from app.http import create_api
-from app.metrics import Metrics
-from app.partitioner import partition_for_key
-from app.settings import Settings
+from onceflow import App, Tumbling
+from onceflow.errors import StateError
+from onceflow.http import create_api
+from onceflow.partitioner import partition_for_key
+from onceflow.runtime.metrics import Metrics
+from onceflow.settings import Settings
 
 SELF = "http://self:8080"
 OTHER = "http://other:8080"

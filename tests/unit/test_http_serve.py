@@ -10,9 +10,9 @@ import httpx
 import pytest
 from test_http_routes import FakeWorker
 
-from app.errors import ConfigurationError
-from app.http import _bind, serve
-from app.settings import Settings
+from onceflow.errors import ConfigurationError
+from onceflow.http._server import _bind, serve
+from onceflow.settings import Settings
 
 
 class RunningWorker(FakeWorker):

@@ -6,7 +6,7 @@ import random
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from app.metrics import BatchedHistogram
+from onceflow.runtime.metrics import BatchedHistogram
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
 

@@ -8,8 +8,8 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.errors import ConfigurationError
-from app.partitioner import murmur2, partition_for_key
+from onceflow.errors import ConfigurationError
+from onceflow.partitioner import murmur2, partition_for_key
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2 (Java's signed ints).
 JAVA_UTILS_TEST = [

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.errors import ConfigurationError, SerdeError
-from app.serdes import (
+from onceflow.errors import ConfigurationError, SerdeError
+from onceflow.serdes import (
     BytesSerde,
     Float64Serde,
     Int64Serde,

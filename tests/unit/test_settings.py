@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import ConfigurationError
-from app.settings import load_settings
+from onceflow.errors import ConfigurationError
+from onceflow.settings import load_settings
 
 
 def test_defaults_work_locally(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app import (
+from onceflow import (
     App,
     ConfigurationError,
     Context,
@@ -18,8 +18,8 @@ from app import (
     Settings,
     Tumbling,
 )
-from app.partitioner import partition_for_key
-from app.testing import TestDriver
+from onceflow.partitioner import partition_for_key
+from onceflow.testing import TestDriver
 
 MINUTE = 60_000
 

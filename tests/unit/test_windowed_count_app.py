@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.partitioner import partition_for_key
-from app.testing import TestDriver
-from processors import windowed_count as wc
+from onceflow.examples import windowed_count as wc
+from onceflow.partitioner import partition_for_key
+from onceflow.testing import TestDriver
 
 WINDOW = 5 * 60 * 1000
 T0 = 1_700_000_100_000 - 1_700_000_100_000 % WINDOW  # a window start

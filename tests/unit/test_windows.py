@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from app.errors import ConfigurationError
-from app.windows import Hopping, Tumbling, to_millis
+from onceflow.errors import ConfigurationError
+from onceflow.windows import Hopping, Tumbling, to_millis
 
 MINUTE = 60_000
 TIMESTAMPS = st.integers(min_value=0, max_value=2**53)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import StateError
-from state._restore_child import Applier
-from state.partition import OFFLOAD_MIN_RECORDS, SqliteStorePartition
-from state.restore_writer import RestoreWriter
-from state.sqlite_file import _CHILD_LAYOUT, DB_FILE, META_CHECKPOINT
+from onceflow.errors import StateError
+from onceflow.state.sqlite._restore_child import Applier
+from onceflow.state.sqlite.file import _CHILD_LAYOUT, DB_FILE, META_CHECKPOINT
+from onceflow.state.sqlite.partition import OFFLOAD_MIN_RECORDS, SqliteStorePartition
+from onceflow.state.sqlite.restore_writer import RestoreWriter
 
 
 def rows(path: Path) -> dict[bytes, bytes]:

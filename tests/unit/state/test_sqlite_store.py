@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import state.sqlite_file
-from app.errors import StateError, StoreCorruptError, StoreLockedError
-from state.partition import SqliteStorePartition, open_store
-from state.sqlite_file import DB_FILE
+from onceflow.errors import StateError, StoreCorruptError, StoreLockedError
+from onceflow.state.sqlite import file as sqlite_file
+from onceflow.state.sqlite.file import DB_FILE
+from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -56,7 +56,7 @@ def test_crash_with_pending_buffer_loses_neither_data_nor_checkpoint_order(
         """
         import os, sys
         from pathlib import Path
-        from state.partition import SqliteStorePartition
+        from onceflow.state.sqlite.partition import SqliteStorePartition
         store = SqliteStorePartition(Path(sys.argv[1]))
         store.put(b"a", b"1")
         store.flush(5)
@@ -80,7 +80,7 @@ def test_crash_inside_flush_before_commit_applies_nothing(tmp_path: Path) -> Non
         """
         import os, sys
         from pathlib import Path
-        from state.partition import SqliteStorePartition
+        from onceflow.state.sqlite.partition import SqliteStorePartition
         store = SqliteStorePartition(Path(sys.argv[1]))
         store.put(b"a", b"1")
         store.flush(5)
@@ -112,14 +112,14 @@ def test_failed_flush_rolls_back_and_keeps_the_batch(
     store = SqliteStorePartition(tmp_path)
     store.put(b"a", b"1")
     store.flush(1)
-    real = state.sqlite_file._upsert_sql
+    real = sqlite_file._upsert_sql
     calls = []
 
     def fail_second_chunk(rows: int) -> str:
         calls.append(rows)
         return "INSERT INTO no_such_table VALUES (1)" if len(calls) == 2 else real(rows)
 
-    monkeypatch.setattr(state.sqlite_file, "_upsert_sql", fail_second_chunk)
+    monkeypatch.setattr(sqlite_file, "_upsert_sql", fail_second_chunk)
     for i in range(700):  # two chunks of rows
         store.put(b"k%04d" % i, b"v")
     with pytest.raises(StateError, match="no_such_table"):
@@ -127,7 +127,7 @@ def test_failed_flush_rolls_back_and_keeps_the_batch(
     assert store.checkpoint == 1
     assert raw_rows(tmp_path).keys() == {b"ka", b"mcheckpoint", b"mformat"}
     assert store.committed_get(b"k0000") == b"v"  # still sealed: committed in Kafka
-    monkeypatch.setattr(state.sqlite_file, "_upsert_sql", real)
+    monkeypatch.setattr(sqlite_file, "_upsert_sql", real)
     store.flush(2)  # the retry writes the kept batch
     store.close()
     with SqliteStorePartition(tmp_path) as reopened:
@@ -172,7 +172,7 @@ def test_a_wal_left_without_its_database_is_not_replayed(tmp_path: Path) -> None
         """
         import os, sys
         from pathlib import Path
-        from state.partition import SqliteStorePartition
+        from onceflow.state.sqlite.partition import SqliteStorePartition
         store = SqliteStorePartition(Path(sys.argv[1]))
         store.put(b"a", b"1")
         store.flush(5)
@@ -198,8 +198,9 @@ def test_unknown_layout_version_is_treated_as_corrupt(tmp_path: Path) -> None:
 
 def test_store_locked_by_another_process(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from state.lock import "
-         "TaskLock; lock = TaskLock(Path(sys.argv[1])); lock.acquire(); print('locked', "
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from onceflow.state.sqlite.lock import TaskLock; "
+         "lock = TaskLock(Path(sys.argv[1])); lock.acquire(); print('locked', "
          "flush=True); sys.stdin.read()", str(tmp_path)],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdin=subprocess.PIPE,
@@ -373,7 +374,7 @@ def test_wipe_keeps_the_lock_and_removes_the_files(tmp_path: Path) -> None:
 
 
 def test_lock_passed_by_the_caller_is_kept_on_failure(tmp_path: Path) -> None:
-    from state.lock import TaskLock
+    from onceflow.state.sqlite.lock import TaskLock
 
     lock = TaskLock(tmp_path)
     lock.acquire()

@@ -1,6 +1,6 @@
 """The state package exports exactly its public names."""
 
-import state
+from onceflow import state
 
 
 def test_public_names() -> None:

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from app.errors import StateError
-from state.memory import InMemoryStorePartition
-from state.partition import SqliteStorePartition
-from state.typing import StorePartition
+from onceflow.errors import StateError
+from onceflow.state.memory import InMemoryStorePartition
+from onceflow.state.sqlite.partition import SqliteStorePartition
+from onceflow.state.typing import StorePartition
 
 Factory = Callable[[], StorePartition]
 BACKENDS = ["sqlite", "memory"]

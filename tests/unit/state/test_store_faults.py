@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ChangelogMissingError
-from state.partition import SqliteStorePartition
-from state.restore import RestoreProgress, _start_offset
+from onceflow.errors import ChangelogMissingError
+from onceflow.runtime.restore import RestoreProgress, _start_offset
+from onceflow.state.sqlite.partition import SqliteStorePartition
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[3]
 FILL = """
     import resource, signal, sys
     from pathlib import Path
-    from app.errors import StateError
-    from state.partition import SqliteStorePartition
+    from onceflow.errors import StateError
+    from onceflow.state.sqlite.partition import SqliteStorePartition
 
     path = Path(sys.argv[1])
     with SqliteStorePartition(path) as store:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from state.cache import ENTRY_OVERHEAD, MISS, LruCache
-from state.partition import SqliteStorePartition
-from state.sqlite_file import _KEYS, _ROWS, DB_FILE, _ladder, _padded
+from onceflow.state.cache import ENTRY_OVERHEAD, MISS, LruCache
+from onceflow.state.sqlite.file import _KEYS, _ROWS, DB_FILE, _ladder, _padded
+from onceflow.state.sqlite.partition import SqliteStorePartition
 
 
 def test_cache_evicts_by_bytes_least_recently_used_first() -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import StoreLockedError
-from state.lock import LOCK_FILE_NAME, TaskLock
+from onceflow.errors import StoreLockedError
+from onceflow.state.sqlite.lock import LOCK_FILE_NAME, TaskLock
 
 ROOT = Path(__file__).resolve().parents[3]
 HOLD = (
-    "import sys, time; from pathlib import Path; from state.lock import TaskLock; "
+    "import sys, time; from pathlib import Path; from onceflow.state.sqlite.lock import TaskLock; "
     "lock = TaskLock(Path(sys.argv[1])); lock.acquire(); print('locked', flush=True); "
     "time.sleep(float(sys.argv[2]))"
 )

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.errors import StateError
-from state.memory import InMemoryStorePartition
-from state.partition import SqliteStorePartition
-from state.typing import StorePartition
-from state.windowed import WindowedStorePartition, changelog_key, parse_changelog_key
+from onceflow.errors import StateError
+from onceflow.state.memory import InMemoryStorePartition
+from onceflow.state.sqlite.partition import SqliteStorePartition
+from onceflow.state.typing import StorePartition
+from onceflow.state.windowed import WindowedStorePartition, changelog_key, parse_changelog_key
 
 INTERVAL = 100
 starts = st.integers(-(2**63), 2**63 - 1)

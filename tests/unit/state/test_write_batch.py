@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from state.buffer import RangeSet, WriteBatch, merge_range, merge_range_paged
+from onceflow.state.buffer import RangeSet, WriteBatch, merge_range, merge_range_paged
 
 small = st.binary(max_size=2)
 

@@ -21,24 +21,24 @@ import orjson
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from app.context import Context, OutgoingRecord
-from app.errors import HandlerFailedError, SerdeError, TaskFencedError
-from app.metrics import BatchedHistogram
-from app.producers import Sink, TaskCorruptedError
-from app.tables import Table, WindowedTable
-from state.partition import open_store
-from state.restore import RestoreCancelledError, RestoreProgress, restore_partition
-from state.windowed import WindowedStorePartition
+from onceflow.context import Context, OutgoingRecord
+from onceflow.errors import HandlerFailedError, SerdeError, TaskFencedError
+from onceflow.runtime.metrics import BatchedHistogram
+from onceflow.runtime.restore import RestoreCancelledError, RestoreProgress, restore_partition
+from onceflow.runtime.sinks import Sink, TaskCorruptedError
+from onceflow.state.sqlite.partition import open_store
+from onceflow.state.windowed import WindowedStorePartition
+from onceflow.tables import Table, WindowedTable
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import ConsumerRecord
 
-    from app.app import App, Handler
-    from app.metrics import Metrics
-    from app.settings import Settings
-    from state.restore import ConsumerFactory
-    from state.typing import StorePartition
+    from onceflow.runtime.metrics import Metrics
+    from onceflow.runtime.restore import ConsumerFactory
+    from onceflow.settings import Settings
+    from onceflow.state.typing import StorePartition
+    from onceflow.topology import App, Handler
 
 __all__ = ["Task", "TaskState"]
 

@@ -18,8 +18,8 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
-from app.errors import ConfigurationError
-from app.settings import Settings
+from onceflow.errors import ConfigurationError
+from onceflow.settings import Settings
 
 __all__ = ["Clients"]
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from aiokafka.structs import TopicPartition
 
-from app.context import Header, OutgoingRecord
+from onceflow.context import Header, OutgoingRecord
 
 if TYPE_CHECKING:
-    from app.testing import TestDriver
+    from onceflow.testing._driver import TestDriver
 
 __all__ = ["DeadLetter", "InMemorySink", "Output", "RecordOptions"]
 

@@ -29,10 +29,10 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Req
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.errors import ConfigurationError, OnceflowError
-from app.http_health import health_routes
-from app.http_queries import KEEP_ALIVE_S, OWNER, KeyQueries
-from app.http_types import (
+from onceflow.errors import ConfigurationError, OnceflowError
+from onceflow.http._health import health_routes
+from onceflow.http._queries import KEEP_ALIVE_S, OWNER, KeyQueries
+from onceflow.http._types import (
     Error,
     KeyValue,
     TableInfo,
@@ -40,7 +40,7 @@ from app.http_types import (
     WindowedKeyValue,
     WorkerView,
 )
-from app.tables import WindowedTable
+from onceflow.tables import WindowedTable
 
 __all__ = ["create_api", "serve"]
 

@@ -30,9 +30,9 @@ from aiokafka.errors import (
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from app.context import Header, OutgoingRecord
-from app.errors import OnceflowError, TaskFencedError
-from app.partitioner import cached_partition_for_key
+from onceflow.context import Header, OutgoingRecord
+from onceflow.errors import OnceflowError, TaskFencedError
+from onceflow.partitioner import cached_partition_for_key
 
 __all__ = [
     "AtLeastOnceSink",

@@ -5,7 +5,7 @@ serdes, retries, dead letters, windows, late records, stream time, error policy 
 in-memory sink for the transactional producer and in-memory stores for SQLite. Only committed
 output and committed table state are visible, as to a ``read_committed`` reader::
 
-    from processors.windowed_count import app, counts, sink, source
+    from onceflow.examples.windowed_count import app, counts, sink, source
 
     async with TestDriver(app, partitions=3) as driver:
         await driver.send(source, "alice", "click", timestamp=1_000)
@@ -30,20 +30,20 @@ from typing import Any, NoReturn, Self, Unpack
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from app.app import App
-from app.context import Header, OutgoingRecord
-from app.errors import ConfigurationError, CopartitioningError, OnceflowError
-from app.metrics import Metrics
-from app.partitioner import partition_for_key
-from app.serdes import Serde
-from app.settings import Settings
-from app.tables import Table, WindowedTable, WindowValue
-from app.task import Task, TaskState, _stream_time_of
-from app.testing_sink import DeadLetter, InMemorySink, Output, RecordOptions
-from app.topics import Topic
-from state.memory import InMemoryStorePartition
+from onceflow.context import Header, OutgoingRecord
+from onceflow.errors import ConfigurationError, CopartitioningError, OnceflowError
+from onceflow.partitioner import partition_for_key
+from onceflow.runtime.metrics import Metrics
+from onceflow.runtime.task import Task, TaskState, _stream_time_of
+from onceflow.serdes import Serde
+from onceflow.settings import Settings
+from onceflow.state.memory import InMemoryStorePartition
+from onceflow.tables import Table, WindowedTable, WindowValue
+from onceflow.testing._sink import DeadLetter, InMemorySink, Output, RecordOptions
+from onceflow.topics import Topic
+from onceflow.topology import App
 
-__all__ = ["DeadLetter", "InMemorySink", "Output", "RecordOptions", "TableView", "TestDriver"]
+__all__ = ["TableView", "TestDriver"]
 
 AnyTable = Table[Any, Any] | WindowedTable[Any, Any]
 TopicRef = Topic[Any, Any] | str

@@ -17,12 +17,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from app.errors import StateError, StoreCorruptError
-from state.base import BufferedStorePartition
-from state.buffer import WriteBatch
-from state.cache import MISS, LruCache
-from state.lock import TaskLock
-from state.sqlite_file import DB_FILE, SqliteFile, check_file, db_files
+from onceflow.errors import StateError, StoreCorruptError
+from onceflow.state.base import BufferedStorePartition
+from onceflow.state.buffer import WriteBatch
+from onceflow.state.cache import MISS, LruCache
+from onceflow.state.sqlite.file import DB_FILE, SqliteFile, check_file, db_files
+from onceflow.state.sqlite.lock import TaskLock
 
 __all__ = [
     "CACHE_BYTES",

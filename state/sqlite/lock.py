@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from app.errors import StoreLockedError
+from onceflow.errors import StoreLockedError
 
 __all__ = ["LOCK_FILE_NAME", "TaskLock"]
 

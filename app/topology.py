@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar, cast
 
-from app.context import Context
-from app.errors import ConfigurationError
-from app.serdes import Serde, resolve_serde
-from app.tables import Table, WindowedTable
-from app.topics import Topic
-from app.windows import Hopping, Tumbling
+from onceflow.context import Context
+from onceflow.errors import ConfigurationError
+from onceflow.serdes import Serde, resolve_serde
+from onceflow.tables import Table, WindowedTable
+from onceflow.topics import Topic
+from onceflow.windows import Hopping, Tumbling
 
 __all__ = ["App", "Handler", "HandlerFn"]
 

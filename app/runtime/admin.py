@@ -13,13 +13,13 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 from aiokafka.protocol.metadata import MetadataRequest
 
-from app.app import App
-from app.errors import (
+from onceflow.errors import (
     ChangelogMissingError,
     ConfigurationError,
     CopartitioningError,
     TopicNotFoundError,
 )
+from onceflow.topology import App
 
 __all__ = ["InternalTopic", "TopicAdmin", "internal_topics"]
 

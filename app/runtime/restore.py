@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from app.errors import ChangelogMissingError
+from onceflow.errors import ChangelogMissingError
 
 __all__ = ["Restorable", "RestoreCancelledError", "RestoreProgress", "restore_partition"]
 

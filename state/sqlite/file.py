@@ -35,8 +35,8 @@ from typing import Any, TypeVar
 
 from sqlitedict import SqliteDict, identity
 
-from app.errors import StateError, StoreCorruptError
-from state.restore_writer import restore_writer
+from onceflow.errors import StateError, StoreCorruptError
+from onceflow.state.sqlite.restore_writer import restore_writer
 
 __all__ = ["DB_FILE", "SqliteFile", "check_file", "db_files", "disk_diagnosis"]
 

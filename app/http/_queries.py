@@ -21,10 +21,10 @@ from urllib.parse import quote
 import httpx
 from fastapi import HTTPException, Request, Response
 
-from app.http_types import KeyValue, TaskView, Window, WindowedKeyValue, WorkerView
-from app.partitioner import partition_for_key
-from app.serdes import parse_text_key, render_value
-from app.tables import Table, WindowedTable
+from onceflow.http._types import KeyValue, TaskView, Window, WindowedKeyValue, WorkerView
+from onceflow.partitioner import partition_for_key
+from onceflow.serdes import parse_text_key, render_value
+from onceflow.tables import Table, WindowedTable
 
 __all__ = ["FORWARDED", "OWNER", "KeyQueries"]
 

@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-from state import _restore_child as child
+from onceflow.state.sqlite import _restore_child as child
 
 __all__ = ["RestoreWriter", "restore_writer"]
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.http_types import NotOk, Status, WorkerView
+from onceflow.http._types import NotOk, Status, WorkerView
 
 __all__ = ["health_routes", "liveness", "readiness"]
 

@@ -13,9 +13,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from app.app import App
-from app.metrics import Metrics
-from app.settings import Settings
+from onceflow.runtime.metrics import Metrics
+from onceflow.settings import Settings
+from onceflow.topology import App
 
 __all__ = [
     "AssignorView",

@@ -23,11 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from app.admin import TopicAdmin, internal_topics
-from app.app import App
-from app.assignor import TaskAssignor, TaskKey
-from app.clients import Clients
-from app.errors import (
+from onceflow.errors import (
     ChangelogMissingError,
     ConfigurationError,
     HandlerFailedError,
@@ -35,10 +31,14 @@ from app.errors import (
     StateError,
     TaskFencedError,
 )
-from app.metrics import Metrics
-from app.producers import AtLeastOnceSink, Sink, TaskCorruptedError, TransactionalSink
-from app.settings import Settings, load_settings
-from app.task import Task, TaskState
+from onceflow.runtime.admin import TopicAdmin, internal_topics
+from onceflow.runtime.assignor import TaskAssignor, TaskKey
+from onceflow.runtime.clients import Clients
+from onceflow.runtime.metrics import Metrics
+from onceflow.runtime.sinks import AtLeastOnceSink, Sink, TaskCorruptedError, TransactionalSink
+from onceflow.runtime.task import Task, TaskState
+from onceflow.settings import Settings, load_settings
+from onceflow.topology import App
 
 __all__ = ["Worker"]
 
