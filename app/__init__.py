@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         TopicNotFoundError,
         WrongPartitionError,
     )
+    from onceflow.scope import TaskScope
     from onceflow.serdes import Serde, resolve_serde
     from onceflow.settings import Settings, load_settings
     from onceflow.tables import Table, WindowedTable, WindowValue
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from onceflow.windows import Hopping, Tumbling
 
 # Where each public name lives. Imported on first use (PEP 562), so that ``onceflow``'s entry
-# point (``app.cli``) can install its SIGTERM handler before the heavy imports (aiokafka,
+# point (``onceflow.cli``) can install its SIGTERM handler before the heavy imports (aiokafka,
 # FastAPI, pydantic) run: a pod stopped in its first seconds then exits 0, not -15.
 _WHERE = {
     "App": "onceflow.topology",
@@ -63,6 +64,7 @@ _WHERE = {
     "TaskFencedError": "onceflow.errors",
     "TopicNotFoundError": "onceflow.errors",
     "WrongPartitionError": "onceflow.errors",
+    "TaskScope": "onceflow.scope",
     "Serde": "onceflow.serdes",
     "resolve_serde": "onceflow.serdes",
     "Settings": "onceflow.settings",
@@ -103,6 +105,7 @@ __all__ = [
     "StoreLockedError",
     "Table",
     "TaskFencedError",
+    "TaskScope",
     "Topic",
     "TopicNotFoundError",
     "Tumbling",

@@ -50,7 +50,7 @@ def load_app(spec: str) -> App:
 
 async def _run_worker(app: App, settings: Settings) -> None:
     from onceflow.http import serve
-    from onceflow.runtime.worker import Worker
+    from onceflow.runtime import Worker
 
     worker = Worker(app, settings)
     loop = asyncio.get_running_loop()
@@ -62,8 +62,7 @@ async def _run_worker(app: App, settings: Settings) -> None:
 async def _create_topics(app: App, settings: Settings, partitions: int, rf: int) -> None:
     from aiokafka.admin import NewTopic
 
-    from onceflow.runtime.admin import TopicAdmin
-    from onceflow.runtime.clients import Clients
+    from onceflow.runtime import Clients, TopicAdmin
 
     client = Clients(settings, client_id="onceflow-cli").admin()
     await client.start()
@@ -86,7 +85,7 @@ async def _create_topics(app: App, settings: Settings, partitions: int, rf: int)
 
 
 async def _send(settings: Settings, topic: str, value: str, key: str | None) -> None:
-    from onceflow.runtime.clients import Clients
+    from onceflow.runtime import Clients
 
     producer = Clients(settings, client_id="onceflow-cli").producer()
     await producer.start()

@@ -1,36 +1,26 @@
 """The per-record context handed to every handler.
 
 A ``Context`` carries the record's metadata and stages the record's effects — sends and table
-writes — so that a handler attempt that raises leaves nothing behind: its effects are applied to
-the task's open transaction only when the handler returns.
+writes — so that a handler attempt that raises leaves nothing behind: the runtime applies the
+staged effects to the task's open transaction only when the handler returns
+(docs/architecture.md, *The life of a record*).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+from onceflow.records import ABSENT, Absent, Header, OutgoingRecord
 from onceflow.topics import Topic
 
 if TYPE_CHECKING:
-    from onceflow.runtime.task import Task
+    from onceflow.scope import TaskScope
 
-__all__ = ["Context", "Header", "OutgoingRecord"]
+__all__ = ["Context"]
 
 K = TypeVar("K")
 V = TypeVar("V")
-
-Header = tuple[str, bytes]
-_ABSENT = object()
-
-
-class OutgoingRecord(NamedTuple):
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[Header]
-    partition: int | None = None
-    timestamp_ms: int | None = None
 
 
 class Context:
@@ -43,24 +33,27 @@ class Context:
             if ctx.timestamp < cutoff:
                 return
             await ctx.send(enriched, key, {**order, "partition": ctx.partition})
+
+    ``staged_sends``, ``staged_writes`` and ``late_tables`` are what this handler attempt staged
+    so far (None until the first one): the runtime reads them when the handler returns.
     """
 
     __slots__ = (
-        "_late",
-        "_sends",
-        "_staged",
-        "_task",
         "headers",
         "key_bytes",
+        "late_tables",
         "offset",
         "partition",
+        "scope",
+        "staged_sends",
+        "staged_writes",
         "timestamp",
         "topic",
     )
 
     def __init__(
         self,
-        task: Task,
+        scope: TaskScope,
         topic: str,
         partition: int,
         offset: int,
@@ -68,7 +61,7 @@ class Context:
         headers: Sequence[Header],
         key_bytes: bytes | None,
     ) -> None:
-        self._task = task
+        self.scope = scope
         self.topic = topic
         self.partition = partition
         self.offset = offset
@@ -76,20 +69,20 @@ class Context:
         self.headers = headers
         self.key_bytes = key_bytes
         # Allocated on first use: most records send one record and stage one write, or none.
-        self._sends: list[OutgoingRecord] | None = None
+        self.staged_sends: list[OutgoingRecord] | None = None
         # (store name, store key) -> serialized value, or None for a delete
-        self._staged: dict[tuple[str, bytes], bytes | None] | None = None
-        self._late: set[str] | None = None  # windowed tables this record was late for
+        self.staged_writes: dict[tuple[str, bytes], bytes | None] | None = None
+        self.late_tables: set[str] | None = None  # windowed tables this record was late for
 
     @property
     def task_id(self) -> str:
         """The task handling this record, e.g. ``"0_3"`` (group 0, partition 3)."""
-        return self._task.task_id
+        return self.scope.task_id
 
     @property
     def stream_time(self) -> int:
         """The largest record timestamp this task has seen (event time, ms)."""
-        return self._task.stream_time
+        return self.scope.stream_time
 
     async def send(
         self,
@@ -118,30 +111,34 @@ class Context:
             partition,
             self.timestamp if timestamp_ms is None else timestamp_ms,
         )
-        if self._sends is None:
-            self._sends = [record]
+        if self.staged_sends is None:
+            self.staged_sends = [record]
         else:
-            self._sends.append(record)
+            self.staged_sends.append(record)
 
-    # -- used by tables ---------------------------------------------------------------------
+    # -- what tables stage -------------------------------------------------------------------
 
-    def _staged_get(self, store: str, key: bytes) -> Any:
-        """The value staged by this record for ``key``, or ``_ABSENT``."""
-        staged = self._staged
-        return _ABSENT if staged is None else staged.get((store, key), _ABSENT)
+    def staged(self, store: str, key: bytes) -> bytes | Absent | None:
+        """The value this attempt staged for ``key`` of ``store`` (None: a delete), or
+        ``onceflow.records.ABSENT`` when it staged nothing for it."""
+        writes = self.staged_writes
+        return ABSENT if writes is None else writes.get((store, key), ABSENT)
 
-    def _stage(self, store: str, key: bytes, value: bytes | None) -> None:
-        if self._staged is None:
-            self._staged = {(store, key): value}
+    def stage(self, store: str, key: bytes, value: bytes | None) -> None:
+        """Stage a write (None: a delete) of ``key`` in ``store``, applied if the attempt
+        succeeds."""
+        if self.staged_writes is None:
+            self.staged_writes = {(store, key): value}
         else:
-            self._staged[(store, key)] = value
+            self.staged_writes[(store, key)] = value
 
-    def _count_late(self, store: str) -> None:
-        """Counted once per record and table, and only if the handler attempt succeeds."""
-        if self._late is None:
-            self._late = {store}
+    def mark_late(self, store: str) -> None:
+        """Note that the record was late for a window of ``store``: counted once per record and
+        table, and only if the handler attempt succeeds."""
+        if self.late_tables is None:
+            self.late_tables = {store}
         else:
-            self._late.add(store)
+            self.late_tables.add(store)
 
-
-ABSENT = _ABSENT
+    def __repr__(self) -> str:
+        return f"Context({self.topic}[{self.partition}]@{self.offset}, task {self.task_id})"

@@ -1,48 +1,74 @@
-"""The exceptions onceflow raises.
+"""The exceptions onceflow raises, and what the runtime does with each.
 
 Every error derives from ``OnceflowError`` so that a caller can catch the framework's failures in
-one place::
+one place. Each class says how a task that raised it is handled (``disposition``, see
+docs/architecture.md, *Failures*)::
 
-    OnceflowError
-    ├── ConfigurationError        a setting or an App definition is wrong: fix it and restart
-    │   ├── TopicNotFoundError    a source topic does not exist on the cluster
-    │   └── CopartitioningError   co-partitioned source topics have different partition counts
-    ├── SerdeError                a key or value could not be (de)serialized
-    ├── StateError                a state store could not be used
-    │   ├── StoreLockedError      another worker on this host holds the task's store
-    │   ├── StoreCorruptError     the SQLite file is unreadable (the store is wiped and restored)
-    │   └── WrongPartitionError   a handler wrote a key that belongs to another partition
-    ├── TaskFencedError           another instance took over the task (not a failure of this one)
-    ├── ChangelogMissingError     a changelog topic was deleted, recreated or truncated
-    └── HandlerFailedError        a handler kept failing and the error policy is ``fail``
+    OnceflowError                          retriable  (the default)
+    ├── ConfigurationError                 fatal      a setting or the App is wrong: fix, restart
+    │   ├── TopicNotFoundError             fatal      a source topic does not exist
+    │   └── CopartitioningError            fatal      co-partitioned sources differ in partitions
+    ├── SerdeError                         retriable  a key or value did not (de)serialize
+    ├── StateError                         retriable  a state store could not be used
+    │   ├── StoreLockedError               retriable  another worker on this host holds the store
+    │   ├── StoreCorruptError              retriable  unreadable SQLite file (wiped and restored)
+    │   ├── WrongPartitionError            retriable  a handler wrote another partition's key
+    │   └── RestoreChildGoneError          retriable  the restore writer's child process died
+    ├── TaskFencedError                    fenced     another instance took over the task
+    ├── TaskCorruptedError                 retriable  the open transaction cannot be committed
+    ├── RestoreCancelledError              cancelled  the task was revoked while it restored
+    ├── ChangelogMissingError              fatal      a changelog was deleted, recreated, truncated
+    └── HandlerFailedError                 fatal      a handler kept failing under policy ``fail``
 
-Messages quote the topic, partition, offset, store or setting involved and say what to do.
+* **fatal**: the operator must act; the worker stops and ``onceflow worker`` exits non-zero.
+* **fenced**: not a failure of this instance; the task is closed without committing and waits
+  for the rebalance that gives it to its new owner.
+* **retriable**: the task aborts its transaction and is rebuilt from the committed state, with
+  a growing backoff while it keeps failing.
+* **cancelled**: the task's owner is closing it already; nothing else to do.
+
+Exceptions from outside onceflow (``KafkaError``, ``TimeoutError``, a handler's bug escaping
+the retries) count as retriable. Messages quote the topic, partition, offset, store or setting
+involved and say what to do.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar, Literal
 
 __all__ = [
     "ChangelogMissingError",
     "ConfigurationError",
     "CopartitioningError",
+    "Disposition",
     "HandlerFailedError",
     "OnceflowError",
+    "RestoreCancelledError",
+    "RestoreChildGoneError",
     "SerdeError",
     "StateError",
     "StoreCorruptError",
     "StoreLockedError",
+    "TaskCorruptedError",
     "TaskFencedError",
     "TopicNotFoundError",
     "WrongPartitionError",
+    "disposition_of",
 ]
+
+Disposition = Literal["fatal", "fenced", "retriable", "cancelled"]
 
 
 class OnceflowError(Exception):
     """Root of every error onceflow raises."""
 
+    disposition: ClassVar[Disposition] = "retriable"
+
 
 class ConfigurationError(OnceflowError):
     """A setting or the App definition is invalid; the message names it and the accepted values."""
+
+    disposition = "fatal"
 
 
 class TopicNotFoundError(ConfigurationError):
@@ -73,8 +99,24 @@ class WrongPartitionError(StateError):
     """A handler wrote a table key that the current task does not own."""
 
 
+class RestoreChildGoneError(StateError):
+    """The restore writer's child process exited (idle, or killed) before it answered."""
+
+
 class TaskFencedError(OnceflowError):
     """The task's transactional producer was fenced: a newer instance owns the task now."""
+
+    disposition = "fenced"
+
+
+class TaskCorruptedError(OnceflowError):
+    """The task's open transaction cannot be committed; recover from the committed state."""
+
+
+class RestoreCancelledError(OnceflowError):
+    """A restore was stopped because its task was revoked while starting."""
+
+    disposition = "cancelled"
 
 
 class ChangelogMissingError(OnceflowError):
@@ -82,6 +124,17 @@ class ChangelogMissingError(OnceflowError):
     recreated or truncated since (a store's checkpoint is beyond its end). Fatal: restoring
     from it would silently diverge; the message says how to restore or accept the loss."""
 
+    disposition = "fatal"
+
 
 class HandlerFailedError(OnceflowError):
     """A handler failed for a record after its retries and the error policy is ``fail``."""
+
+    disposition = "fatal"
+
+
+def disposition_of(exc: BaseException) -> Disposition:
+    """How the runtime handles a task that raised ``exc`` (see the table above)."""
+    if isinstance(exc, OnceflowError):
+        return exc.disposition
+    return "retriable"

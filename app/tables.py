@@ -8,15 +8,17 @@ scoped to the partition the current record came from.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from onceflow.context import ABSENT, Context
+from onceflow.context import Context
 from onceflow.errors import ConfigurationError, WrongPartitionError
+from onceflow.naming import changelog_topic
 from onceflow.partitioner import cached_partition_for_key
+from onceflow.records import ABSENT
 from onceflow.serdes import Serde
+from onceflow.state.windowed import changelog_key
 from onceflow.windows import Hopping, Tumbling
 
 if TYPE_CHECKING:
@@ -27,7 +29,6 @@ __all__ = ["Table", "WindowValue", "WindowedTable"]
 
 K = TypeVar("K")
 V = TypeVar("V")
-_START = struct.Struct(">q")
 
 
 def _default_of(default: Any) -> Callable[[], Any]:
@@ -48,7 +49,7 @@ class _TableBase(Generic[K, V]):
         group: str,
     ) -> None:
         self.name = name
-        self.changelog_topic = f"{app_id}-{name}-changelog"
+        self.changelog_topic = changelog_topic(app_id, name)
         self.key_serde = key_serde
         self.value_serde = value_serde
         self.group = group
@@ -56,7 +57,7 @@ class _TableBase(Generic[K, V]):
 
     def _key_bytes(self, ctx: Context, key: K) -> bytes:
         data = self.key_serde.serialize(key)
-        partitions = ctx._task.num_partitions
+        partitions = ctx.scope.num_partitions
         owner = cached_partition_for_key(data, partitions)
         if owner != ctx.partition:
             raise WrongPartitionError(
@@ -66,6 +67,10 @@ class _TableBase(Generic[K, V]):
                 "(repartition upstream) before writing."
             )
         return data
+
+    def _value(self, raw: bytes | None) -> V:
+        """A stored or staged value, deserialized (the default for a missing key)."""
+        return self._default() if raw is None else self.value_serde.deserialize(raw)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -86,23 +91,23 @@ class Table(_TableBase[K, V]):
     kind = "table"
 
     def _store(self, ctx: Context) -> StorePartition:
-        return ctx._task.store(self.name)
+        return ctx.scope.store(self.name)
 
     def get(self, ctx: Context, key: K) -> V:
         """The key's value (the table's default when it has none)."""
         data = self._key_bytes(ctx, key)
-        raw = ctx._staged_get(self.name, data)
+        raw = ctx.staged(self.name, data)
         if raw is ABSENT:
             raw = self._store(ctx).get(data)
-        return self._default() if raw is None else self.value_serde.deserialize(raw)
+        return self._value(raw)
 
     def set(self, ctx: Context, key: K, value: V) -> None:
         """Replace the key's value."""
-        ctx._stage(self.name, self._key_bytes(ctx, key), self.value_serde.serialize(value))
+        ctx.stage(self.name, self._key_bytes(ctx, key), self.value_serde.serialize(value))
 
     def delete(self, ctx: Context, key: K) -> None:
         """Remove the key (a tombstone in the changelog)."""
-        ctx._stage(self.name, self._key_bytes(ctx, key), None)
+        ctx.stage(self.name, self._key_bytes(ctx, key), None)
 
     def update(self, ctx: Context, key: K, fn: Callable[[V], V]) -> V:
         """Read-modify-write: store ``fn(current)`` and return it."""
@@ -170,23 +175,23 @@ class WindowedTable(_TableBase[K, V]):
         self.segment_interval_ms = max(self.retention_ms // 2, window.size_ms, 60_000)
 
     def _store(self, ctx: Context) -> WindowedStorePartition:
-        return ctx._task.windowed_store(self.name)
+        return ctx.scope.windowed_store(self.name)
 
     def _open_windows(self, ctx: Context, timestamp: int) -> list[tuple[int, int]]:
-        stream_time = ctx._task.stream_time
+        stream_time = ctx.scope.stream_time
         windows = []
         for start, end in self.window.windows_for(timestamp):
             if stream_time >= end + self.grace_ms:
-                ctx._count_late(self.name)
+                ctx.mark_late(self.name)
             else:
                 windows.append((start, end))
         return windows
 
     def _get_window(self, ctx: Context, data: bytes, start: int) -> V:
-        raw = ctx._staged_get(self.name, data + _START.pack(start))
+        raw = ctx.staged(self.name, changelog_key(data, start))
         if raw is ABSENT:
             raw = self._store(ctx).get(data, start)
-        return self._default() if raw is None else self.value_serde.deserialize(raw)
+        return self._value(raw)
 
     def update_windows(
         self, ctx: Context, key: K, fn: Callable[[V], V], *, timestamp: int | None = None
@@ -201,7 +206,7 @@ class WindowedTable(_TableBase[K, V]):
             ctx, ctx.timestamp if timestamp is None else timestamp
         ):
             value = fn(self._get_window(ctx, data, start))
-            ctx._stage(self.name, data + _START.pack(start), self.value_serde.serialize(value))
+            ctx.stage(self.name, changelog_key(data, start), self.value_serde.serialize(value))
             results.append(WindowValue(start, end, value))
         return results
 

@@ -1,6 +1,6 @@
 """``App``: the declaration of a onceflow service — topics, handlers and tables.
 
-The App holds no connections; ``onceflow worker`` (``app.worker.Worker``) runs it.
+The App holds no connections; ``onceflow worker`` (``onceflow.runtime.Worker``) runs it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar, cast
 
+from onceflow import naming
 from onceflow.context import Context
 from onceflow.errors import ConfigurationError
 from onceflow.serdes import Serde, resolve_serde
@@ -177,11 +178,11 @@ class App:
         """Rename the app (``ONCEFLOW_APP_ID``) before it runs; tables follow the new id."""
         self.app_id = app_id
         for table in self.tables.values():
-            table.changelog_topic = f"{app_id}-{table.name}-changelog"
+            table.changelog_topic = naming.changelog_topic(app_id, table.name)
 
     @property
     def dlq_topic(self) -> str:
-        return f"{self.app_id}-dlq"
+        return naming.dlq_topic(self.app_id)
 
     def groups(self) -> dict[str, list[str]]:
         """Task group -> its source topic names, in declaration order."""

@@ -1,8 +1,10 @@
 """Protocols for the pluggable pieces of the state layer.
 
 ``StorePartition`` is the contract every key-value store for one (store, partition) fulfils; the
-SQLite store (``state.partition``) and the in-memory one (``state.memory``) both pass the same
-contract test suite (``tests/unit/state/test_store_contract.py``).
+SQLite store (``onceflow.state.sqlite.partition``) and the in-memory one (``onceflow.state.memory``)
+both pass the same contract test suite (``tests/unit/state/test_store_contract.py``).
+``Restorable`` is the part of a store that a changelog restore drives: a key-value store
+partition, or the windowed layout over one.
 """
 
 from __future__ import annotations
@@ -12,10 +14,30 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
-__all__ = ["StorePartition", "StorePartitionOpener"]
+__all__ = ["Restorable", "StorePartition", "StorePartitionOpener"]
 
 
-class StorePartition(Protocol):
+class Restorable(Protocol):
+    """What restoring from a changelog needs of a store partition."""
+
+    @property
+    def checkpoint(self) -> int | None:
+        """Changelog offset of the last record applied to durable state, or None."""
+        ...
+
+    def restore_batch(
+        self, records: Sequence[tuple[bytes, bytes | None]], last_offset: int
+    ) -> None:
+        """Apply changelog ``(key, value)`` records (None: a tombstone) and checkpoint
+        ``last_offset``, in one durable transaction."""
+        ...
+
+    def wipe(self) -> None:
+        """Drop every value and the checkpoint."""
+        ...
+
+
+class StorePartition(Restorable, Protocol):
     """A transactional key-value store for one (store, partition); keys and values are bytes.
 
     Writes go to the open transaction's buffer; ``flush`` makes them durable together with the
@@ -31,11 +53,6 @@ class StorePartition(Protocol):
     loop thread: only ``flush``, ``restore_batch`` and ``wipe`` may run in a worker thread, one at
     a time, while the loop keeps reading.
     """
-
-    @property
-    def checkpoint(self) -> int | None:
-        """Changelog offset of the last record applied to durable state, or None."""
-        ...
 
     @property
     def has_pending(self) -> bool:
@@ -97,16 +114,6 @@ class StorePartition(Protocol):
     def flush(self, checkpoint: int | None, *, seal: bool = True) -> None:
         """Durably apply the sealed writes and ``checkpoint`` (None = unchanged) atomically;
         seals the open buffer first unless ``seal=False``."""
-        ...
-
-    def restore_batch(
-        self, records: Sequence[tuple[bytes, bytes | None]], last_offset: int
-    ) -> None:
-        """Apply changelog records (``None`` = delete) and ``last_offset`` atomically."""
-        ...
-
-    def wipe(self) -> None:
-        """Delete all data and the checkpoint."""
         ...
 
     def approximate_size(self) -> int:

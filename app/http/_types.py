@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from onceflow.runtime.metrics import Metrics
+from onceflow.runtime import Metrics
 from onceflow.settings import Settings
 from onceflow.topology import App
 

@@ -19,6 +19,7 @@ from onceflow.errors import (
     CopartitioningError,
     TopicNotFoundError,
 )
+from onceflow.runtime.compat import send_admin_request
 from onceflow.topology import App
 
 __all__ = ["InternalTopic", "TopicAdmin", "internal_topics"]
@@ -72,7 +73,7 @@ class TopicAdmin:
         # cluster with auto.create.topics.enable a check would create a missing topic, with
         # the broker's defaults (a changelog that is not compacted).
         request = MetadataRequest(names, allow_auto_topic_creation=False)
-        response = await self._client._send_request(request)
+        response = await send_admin_request(self._client, request)
         for meta in response.to_object()["topics"]:
             if meta["error_code"] == 0:
                 counts[meta["topic"]] = len(meta["partitions"])

@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from onceflow.errors import ChangelogMissingError
+from onceflow.errors import ChangelogMissingError, RestoreCancelledError
+from onceflow.runtime.compat import cluster_metadata
+from onceflow.state.typing import Restorable
 
-__all__ = ["Restorable", "RestoreCancelledError", "RestoreProgress", "restore_partition"]
+__all__ = ["ConsumerFactory", "RestoreProgress", "restore_partition"]
 
 log = logging.getLogger("onceflow.restore")
 ConsumerFactory = Callable[..., AIOKafkaConsumer]
@@ -35,15 +37,6 @@ a thread hand-off) is amortized; more only grows the decoded batch held in memor
 FETCH_BYTES = 2 * 2**20
 """Bytes per fetch of a restore consumer (it reads one partition): ~70k records of a 12-byte key
 and an 8-byte value. The broker still returns a first record batch larger than this whole."""
-
-
-class Restorable(Protocol):
-    @property
-    def checkpoint(self) -> int | None: ...
-    def restore_batch(
-        self, records: Sequence[tuple[bytes, bytes | None]], last_offset: int
-    ) -> None: ...
-    def wipe(self) -> None: ...
 
 
 @dataclass
@@ -105,7 +98,7 @@ async def restore_partition(
     )
     await consumer.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()
+        cluster = await cluster_metadata(consumer)
         if partition not in (cluster.partitions_for_topic(topic) or set()):
             raise ChangelogMissingError(
                 f"changelog topic {topic!r} partition {partition} does not exist: it was deleted "
@@ -173,7 +166,3 @@ async def _copy(
         if on_batch is not None:
             on_batch(progress, len(batch))
     raise RestoreCancelledError(f"restore of {progress.store} partition {progress.partition}")
-
-
-class RestoreCancelledError(Exception):
-    """The restore was stopped because its task was revoked."""

@@ -1,43 +1,50 @@
 """A task: partition ``p`` of one task group — its source partitions, its tables' store
-partitions and its own transactional producer.
+partitions (``TaskStores``), its commit unit (``Checkpoint``) and its own producer (``Sink``).
 
-Lifecycle: ``start()`` (fence the previous owner, seek to the committed offsets, restore the
-stores, resume) → ``process()`` / ``commit()`` → ``close()``. A task never outlives a failure:
-the worker closes it and builds a fresh one from the committed state (see ``app.worker``).
+Lifecycle: ``start()`` (the hand-over: fence the previous owner, seek to the committed offsets,
+restore the stores, resume) → ``process()`` / ``commit()`` → ``close()``. A task never outlives a
+failure: the worker closes it and builds a fresh one from the committed state
+(docs/architecture.md, *Tasks* and *Failures*). ``Task`` is the ``TaskScope`` that tables and
+handler contexts see.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiokafka.errors import KafkaError
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
-from onceflow.context import Context, OutgoingRecord
-from onceflow.errors import HandlerFailedError, SerdeError, TaskFencedError
+from onceflow import naming
+from onceflow.context import Context
+from onceflow.errors import (
+    HandlerFailedError,
+    RestoreCancelledError,
+    SerdeError,
+    TaskCorruptedError,
+    TaskFencedError,
+)
+from onceflow.records import OutgoingRecord
+from onceflow.runtime.checkpoint import Checkpoint, CommitMetrics, stream_time_of
+from onceflow.runtime.compat import committed_offsets
 from onceflow.runtime.metrics import BatchedHistogram
-from onceflow.runtime.restore import RestoreCancelledError, RestoreProgress, restore_partition
-from onceflow.runtime.sinks import Sink, TaskCorruptedError
-from onceflow.state.sqlite.partition import open_store
-from onceflow.state.windowed import WindowedStorePartition
-from onceflow.tables import Table, WindowedTable
+from onceflow.runtime.stores import AnyTable, TaskStores
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import ConsumerRecord
 
     from onceflow.runtime.metrics import Metrics
-    from onceflow.runtime.restore import ConsumerFactory
+    from onceflow.runtime.restore import ConsumerFactory, RestoreProgress
+    from onceflow.runtime.sinks import Sink
     from onceflow.settings import Settings
     from onceflow.state.typing import StorePartition
+    from onceflow.state.windowed import WindowedStorePartition
     from onceflow.topology import App, Handler
 
 __all__ = ["Task", "TaskState"]
@@ -63,7 +70,7 @@ class Task:
         partition: int,
         num_partitions: int,
         sink: Sink,
-        consumer: AIOKafkaConsumer,
+        consumer: AIOKafkaConsumer | None,
         consumer_factory: ConsumerFactory,
         settings: Settings,
         metrics: Metrics,
@@ -72,29 +79,32 @@ class Task:
         self.group = group
         self.partition = partition
         self.num_partitions = num_partitions
-        self.task_id = f"{group}_{partition}"
+        self.task_id = naming.task_id(group, partition)
         self.tps = [TopicPartition(t, partition) for t in app.groups()[group]]
         self.sink = sink
         self.state = TaskState.CREATED
         self.stream_time = -1
-        self.restores: dict[str, RestoreProgress] = {}
         self.closing = False  # set when the task is revoked while it starts
         self._consumer = consumer
         self._consumer_factory = consumer_factory
         self._settings = settings
         self._metrics = metrics
         self._tables = app.tables_of(group)
-        self._stores: dict[str, StorePartition] = {}
-        self._windowed: dict[str, WindowedStorePartition] = {}
-        self._positions: dict[TopicPartition, int] = {}
-        self._dirty = False
-        self._uncommitted = 0
-        self._sent: dict[str, int] = {}  # records sent per topic in the current batch
-        self._flushing: asyncio.Future[None] | None = None  # the last commit's SQLite writes
-        # Per source topic: the tables keyed like it, whose keys a fetched batch names.
-        self._prefetch: dict[str, list[Table[Any, Any] | WindowedTable[Any, Any]]] = {}
-        self._error_policy = app.error_policy or settings.error_policy
+        self._stores = TaskStores(self._tables, partition)
         labels = (app.app_id,)
+        self._checkpoint = Checkpoint(
+            sink,
+            self._stores,
+            CommitMetrics(
+                committed=metrics.transactions.labels(*labels, "committed"),
+                latency=metrics.commit_latency.labels(*labels),
+                producer_errors=metrics.producer_errors.labels(*labels),
+            ),
+        )
+        self._sent: dict[str, int] = {}  # records sent per topic in the current batch
+        # Per source topic: the tables keyed like it, whose keys a fetched batch names.
+        self._prefetch: dict[str, list[AnyTable]] = {}
+        self._error_policy = app.error_policy or settings.error_policy
         self._late = {
             t.name: metrics.late_records_dropped.labels(*labels, t.name) for t in self._tables
         }
@@ -105,30 +115,38 @@ class Task:
             for tp in self.tps
         }
 
-    # -- accessors used by tables ------------------------------------------------------------
+    # -- the TaskScope of tables and contexts --------------------------------------------------
 
     def store(self, name: str) -> StorePartition:
-        return self._stores[name]
+        return self._stores.store(name)
 
     def windowed_store(self, name: str) -> WindowedStorePartition:
-        return self._windowed[name]
+        return self._stores.windowed_store(name)
 
-    def count_late(self, table: str) -> None:
-        self._late[table].inc()
+    # -- what the worker reads -------------------------------------------------------------------
+
+    @property
+    def restores(self) -> Mapping[str, RestoreProgress]:
+        """Restore progress per table (while and after the task starts)."""
+        return self._stores.restores
 
     @property
     def uncommitted(self) -> int:
-        return self._uncommitted
+        return self._checkpoint.uncommitted
 
     @property
     def positions(self) -> Mapping[TopicPartition, int]:
         """The next offset to process per source partition, as far as this task processed."""
-        return self._positions
+        return self._checkpoint.positions
+
+    @property
+    def has_work(self) -> bool:
+        return not self._checkpoint.empty()
 
     # -- start ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Take the task over, in the order DESIGN §3 fixes.
+        """Take the task over, in the hand-over order (docs/architecture.md, *Hand-over*).
 
         1. Start the producer: InitProducerId fences the previous owner and ends its transaction.
         2. Read the committed offsets (stable only after step 1) and seek to them explicitly.
@@ -144,99 +162,52 @@ class Task:
         # Step 3
         for table in self._tables:
             self._check_closing()
-            await self._open_and_restore(table)
+            await self._stores.open_and_restore(
+                table,
+                app_id=self.app.app_id,
+                settings=self._settings,
+                metrics=self._metrics,
+                consumer_factory=self._consumer_factory,
+            )
         self._check_closing()
         # Step 4
         self.state = TaskState.RUNNING
         log.info("task %s running (stream time %d)", self.task_id, self.stream_time)
 
-    def attach_store(
-        self, table: Table[Any, Any] | WindowedTable[Any, Any], store: StorePartition
-    ) -> StorePartition | WindowedStorePartition:
-        """Give the task its partition of ``table`` (the in-memory test driver calls this too)."""
-        self._stores[table.name] = store
-        if isinstance(table, WindowedTable):
-            windowed = WindowedStorePartition(store, segment_interval_ms=table.segment_interval_ms)
-            self._windowed[table.name] = windowed
-            return windowed
-        return store
+    def adopt(
+        self,
+        stores: Mapping[str, StorePartition],
+        committed: Mapping[TopicPartition, Any] | None = None,
+    ) -> None:
+        """Run with ``stores`` (one per table of the group, by name) as they are, resuming the
+        stream time of ``committed`` offsets: ``start()`` without fencing, seeking or restoring,
+        for an owner that keeps everything in memory (``onceflow.testing``)."""
+        for table in self._tables:
+            self._stores.attach(table, stores[table.name])
+        metas = (committed or {}).values()
+        self.stream_time = max((stream_time_of(m.metadata) for m in metas), default=-1)
+        self.state = TaskState.RUNNING
+
+    def cancel_start(self) -> None:
+        """The task was revoked while starting: stop its restores at the next batch."""
+        self.closing = True
+        self._stores.cancel_restores()
 
     def _check_closing(self) -> None:
         if self.closing:
             raise RestoreCancelledError(f"task {self.task_id} was revoked while starting")
 
     async def _seek_committed(self) -> None:
-        # aiokafka has no batch `committed()` returning metadata; the coordinator call does both.
-        committed = await self._consumer._coordinator.fetch_committed_offsets(self.tps)
+        consumer = self._consumer
+        assert consumer is not None, "start() needs the group consumer"
+        committed = await committed_offsets(consumer, self.tps)
         for tp in self.tps:
             meta = committed.get(tp)
             if meta is not None and meta.offset >= 0:
-                self._consumer.seek(tp, meta.offset)
-                self.stream_time = max(self.stream_time, _stream_time_of(meta.metadata))
+                consumer.seek(tp, meta.offset)
+                self.stream_time = max(self.stream_time, stream_time_of(meta.metadata))
             else:
-                await self._consumer.seek_to_beginning(tp)
-
-    async def _open_and_restore(self, table: Table[Any, Any] | WindowedTable[Any, Any]) -> None:
-        path = Path(self._settings.state_dir) / self.app.app_id / table.name / str(self.partition)
-        s = self._settings
-        store, reason = await asyncio.to_thread(
-            functools.partial(
-                open_store,
-                path,
-                lock_timeout_s=30.0,
-                cache_bytes=int(s.state_read_cache_mib * 2**20),
-                page_cache_mib=s.state_page_cache_mib,
-            )
-        )
-        if reason:
-            log.warning("store %s partition %d wiped: %s", table.name, self.partition, reason)
-        target = self.attach_store(table, store)
-        progress = RestoreProgress(table.name, self.partition, wiped_because=reason)
-        self.restores[table.name] = progress
-        gauge = self._metrics.restore_remaining.labels(
-            self.app.app_id, table.name, str(self.partition)
-        )
-        counter = self._metrics.restored_records.labels(
-            self.app.app_id, table.name, str(self.partition)
-        )
-
-        logged_at = 0.0
-
-        def on_batch(p: RestoreProgress, n: int) -> None:
-            nonlocal logged_at
-            gauge.set(p.remaining)
-            counter.inc(n)
-            now = time.monotonic()
-            if p.remaining and now - logged_at < 5.0:
-                return  # a progress line every 5 s is enough: batches come many per second
-            logged_at = now
-            log.info(
-                "restoring %s partition %d: %d done, %d remaining, %.0f records/s",
-                p.store,
-                p.partition,
-                p.restored,
-                p.remaining,
-                p.rate,
-            )
-
-        await restore_partition(
-            self._consumer_factory,
-            table.changelog_topic,
-            self.partition,
-            target,
-            progress,
-            on_batch=on_batch,
-        )
-        gauge.set(0)
-        if progress.restored:
-            log.info(
-                "restored %s partition %d: %d records from offset %d in %.2fs",
-                table.name,
-                self.partition,
-                progress.restored,
-                progress.start_offset,
-                time.monotonic() - progress.started_at,
-            )
+                await consumer.seek_to_beginning(tp)
 
     # -- processing ----------------------------------------------------------------------------
 
@@ -251,7 +222,7 @@ class Task:
         await self.sink.begin()
         tables = self._tables_keyed_like(tp.topic)
         if tables:
-            await asyncio.to_thread(self._load, tables, records)
+            await asyncio.to_thread(self._stores.load, tables, records)
         # The per-record loop, with everything it touches in locals: it is the hot path.
         topic = self.app.topics[tp.topic]
         key_of, value_of = topic.key_serde.deserialize, topic.value_serde.deserialize
@@ -282,11 +253,9 @@ class Task:
             else:
                 observe(clock() - started)
             self._take_effects(ctx)
-        self._positions[tp] = records[-1].offset + 1
+        self._checkpoint.processed(tp, records[-1].offset + 1, len(records))
         self._latency.publish()
         self._processed[tp].inc(len(records))
-        self._uncommitted += len(records)
-        self._dirty = True
         for name, count in self._sent.items():
             produced = self._produced.get(name)
             if produced is None:
@@ -296,7 +265,7 @@ class Task:
         self._sent.clear()
         await self.sink.flush()
 
-    def _tables_keyed_like(self, topic: str) -> list[Table[Any, Any] | WindowedTable[Any, Any]]:
+    def _tables_keyed_like(self, topic: str) -> list[AnyTable]:
         """Tables whose keys are serialized like ``topic``'s: a record's key bytes are then
         likely the key the handler reads, worth loading before the batch is handled."""
         tables = self._prefetch.get(topic)
@@ -306,51 +275,23 @@ class Task:
             self._prefetch[topic] = tables
         return tables
 
-    def _load(
-        self,
-        tables: list[Table[Any, Any] | WindowedTable[Any, Any]],
-        records: Sequence[ConsumerRecord[Any, Any]],
-    ) -> None:
-        """Load the committed values of the batch's keys, one SQLite round trip per store instead
-        of one per record (runs in a worker thread; a wrong guess only costs the lookup)."""
-        for table in tables:
-            if isinstance(table, WindowedTable):
-                windows = table.window.windows_for
-                self._windowed[table.name].prefetch(
-                    (r.key, start)
-                    for r in records
-                    if r.key is not None
-                    for start, _ in windows(r.timestamp)
-                )
-            else:
-                self._stores[table.name].prefetch(r.key for r in records if r.key is not None)
-
     def _take_effects(self, ctx: Context) -> None:
         """Apply what a successful handler attempt staged: sends, table writes, late counts."""
-        if ctx._sends is not None:
+        sends = ctx.staged_sends
+        if sends is not None:
             sent, send = self._sent, self.sink.send
-            for out in ctx._sends:
+            for out in sends:
                 send(out)
                 sent[out.topic] = sent.get(out.topic, 0) + 1
-        if ctx._staged is not None:
-            for (name, key_bytes), raw in ctx._staged.items():
-                self._apply(name, key_bytes, raw)
-        if ctx._late is not None:
-            for name in ctx._late:
-                self.count_late(name)
-
-    def _apply(self, name: str, key: bytes, raw: bytes | None) -> None:
-        windowed = self._windowed.get(name)
-        if windowed is not None:
-            start = int.from_bytes(key[-8:], "big", signed=True)
-            if raw is None:
-                windowed.delete(key[:-8], start)
-            else:
-                windowed.put(key[:-8], start, raw)
-        elif raw is None:
-            self._stores[name].delete(key)
-        else:
-            self._stores[name].put(key, raw)
+        writes = ctx.staged_writes
+        if writes is not None:
+            apply = self._stores.apply
+            for (name, key_bytes), raw in writes.items():
+                apply(name, key_bytes, raw)
+        late = ctx.late_tables
+        if late is not None:
+            for name in late:
+                self._late[name].inc()
 
     async def _retry(
         self,
@@ -395,14 +336,14 @@ class Task:
             ) from exc
         log.warning("record %s -> %s (%s failed: %r)", where, self.app.dlq_topic, stage, exc)
         headers = [
-            ("onceflow.source.topic", record.topic.encode()),
-            ("onceflow.source.partition", str(record.partition).encode()),
-            ("onceflow.source.offset", str(record.offset).encode()),
-            ("onceflow.source.timestamp", str(record.timestamp).encode()),
-            ("onceflow.error.stage", stage.encode()),
-            ("onceflow.error.type", type(exc).__name__.encode()),
-            ("onceflow.error.message", str(exc)[:4000].encode("utf-8", "replace")),
-            *[(f"onceflow.original.{k}", v) for k, v in (record.headers or ())],
+            (naming.DLQ_SOURCE_TOPIC, record.topic.encode()),
+            (naming.DLQ_SOURCE_PARTITION, str(record.partition).encode()),
+            (naming.DLQ_SOURCE_OFFSET, str(record.offset).encode()),
+            (naming.DLQ_SOURCE_TIMESTAMP, str(record.timestamp).encode()),
+            (naming.DLQ_ERROR_STAGE, stage.encode()),
+            (naming.DLQ_ERROR_TYPE, type(exc).__name__.encode()),
+            (naming.DLQ_ERROR_MESSAGE, str(exc)[:4000].encode("utf-8", "replace")),
+            *[(naming.DLQ_ORIGINAL_PREFIX + k, v) for k, v in (record.headers or ())],
         ]
         out = OutgoingRecord(
             self.app.dlq_topic, record.key, record.value, headers, None, record.timestamp
@@ -412,79 +353,10 @@ class Task:
 
     # -- commit --------------------------------------------------------------------------------
 
-    @property
-    def has_work(self) -> bool:
-        return self._dirty
-
     async def commit(self) -> bool:
-        """Commit what the task processed since its last commit; False when there was nothing.
-
-        1. Expire old windows; hand each store's changelog records (last value per key) to the
-           producer.
-        2. Wait for the broker to acknowledge every send of the transaction (aiokafka would
-           commit a transaction whose sends failed) and note the last changelog offset per store.
-        3. Send the consumed offsets to the transaction — once — and commit it.
-        4. Persist each store's buffer with its changelog checkpoint to SQLite (Invariant 1:
-           only after the commit returned; Invariant 2: data and checkpoint in one SQLite
-           transaction). The buffers are sealed on the loop and written in a worker thread while
-           the task goes on processing; the next commit (or close) waits for that write first,
-           so writes land in commit order and a failed one fails the task.
-        """
-        if not self._dirty:
-            return False
-        started = time.perf_counter()
-        await self._flushed()
-        # Step 1
-        self._send_changelogs()
-        # Step 2
-        try:
-            delivered = await self.sink.delivered()
-        except (TaskFencedError, TaskCorruptedError):
-            self._metrics.producer_errors.labels(self.app.app_id).inc()
-            raise
-        checkpoints = {
-            table.name: delivered[tp]
-            for table in self._tables
-            if (tp := TopicPartition(table.changelog_topic, self.partition)) in delivered
-        }
-        # Step 3
-        meta = orjson.dumps({"stream_time": self.stream_time}).decode()
-        offsets = {tp: OffsetAndMetadata(pos, meta) for tp, pos in self._positions.items()}
-        await self.sink.commit(offsets)
-        self._metrics.transactions.labels(self.app.app_id, "committed").inc()
-        # Step 4
-        if self._stores:
-            for store in self._stores.values():
-                store.seal()  # on the loop: later writes go to a fresh buffer while this lands
-            self._flushing = asyncio.ensure_future(asyncio.to_thread(self._flush, checkpoints))
-        self._dirty = False
-        self._uncommitted = 0
-        self._metrics.commit_latency.labels(self.app.app_id).observe(time.perf_counter() - started)
-        return True
-
-    def _flush(self, checkpoints: dict[str, int]) -> None:
-        for name, store in self._stores.items():
-            store.flush(checkpoints.get(name), seal=False)
-
-    async def _flushed(self) -> None:
-        """Wait for the last commit's SQLite writes; raises what they raised."""
-        flushing, self._flushing = self._flushing, None
-        if flushing is not None:
-            await flushing
-
-    def _send_changelogs(self) -> None:
-        for table in self._tables:
-            windowed = self._windowed.get(table.name)
-            if windowed is not None and isinstance(table, WindowedTable) and self.stream_time >= 0:
-                windowed.expire_before(self.stream_time - table.retention_ms)
-        for table in self._tables:
-            windowed = self._windowed.get(table.name)
-            records = (
-                windowed.pending_changelog()
-                if windowed is not None
-                else list(self._stores[table.name].pending().items())
-            )
-            self.sink.send_pairs(table.changelog_topic, self.partition, records)
+        """Commit what the task processed since its last commit (``Checkpoint.commit``: its
+        docstring lists the steps); False when there was nothing."""
+        return await self._checkpoint.commit(self.stream_time)
 
     # -- close ---------------------------------------------------------------------------------
 
@@ -493,7 +365,7 @@ class Task:
         if self.state is TaskState.CLOSED:
             return
         try:
-            await self._flushed()
+            await self._stores.flushed()
         except Exception as exc:  # the changelog has it all: the restore replays it
             log.warning(
                 "task %s: writing state to SQLite failed (%s); the next owner restores it from "
@@ -513,17 +385,5 @@ class Task:
             await self.sink.abort()
         finally:
             self.state = TaskState.CLOSED
-            for store in self._stores.values():
-                store.discard()
-                await asyncio.to_thread(store.close)
+            await self._stores.close()
             await self.sink.close()
-
-
-def _stream_time_of(metadata: str | None) -> int:
-    if not metadata:
-        return -1
-    try:
-        value = orjson.loads(metadata).get("stream_time", -1)
-    except (orjson.JSONDecodeError, AttributeError):
-        return -1
-    return int(value) if isinstance(value, int) else -1

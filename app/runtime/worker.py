@@ -23,19 +23,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from onceflow.errors import (
-    ChangelogMissingError,
-    ConfigurationError,
-    HandlerFailedError,
-    OnceflowError,
-    StateError,
-    TaskFencedError,
-)
+from onceflow import naming
+from onceflow.errors import ChangelogMissingError, OnceflowError
 from onceflow.runtime.admin import TopicAdmin, internal_topics
 from onceflow.runtime.assignor import TaskAssignor, TaskKey
 from onceflow.runtime.clients import Clients
+from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
 from onceflow.runtime.metrics import Metrics
-from onceflow.runtime.sinks import AtLeastOnceSink, Sink, TaskCorruptedError, TransactionalSink
+from onceflow.runtime.sinks import AtLeastOnceSink, Sink, TransactionalSink
 from onceflow.runtime.task import Task, TaskState
 from onceflow.settings import Settings, load_settings
 from onceflow.topology import App
@@ -43,13 +38,6 @@ from onceflow.topology import App
 __all__ = ["Worker"]
 
 log = logging.getLogger("onceflow.worker")
-# A task failing with one of these cannot succeed by retrying: the operator must act.
-FATAL = (HandlerFailedError, ConfigurationError, ChangelogMissingError)
-# After a fatal error, tasks abort (nothing more is committed) within this bound: a transaction
-# stuck on a deleted topic never aborts, and the next owner's InitProducerId ends it anyway.
-FATAL_GRACE_S = 5.0
-# A task that failed this long ago and fails again starts its backoff over.
-FAILURE_MEMORY_S = 300.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -104,7 +92,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._last_commit = time.monotonic()
         self._rebalances = 0
-        self._failure_streak: dict[TaskKey, tuple[int, float]] = {}  # (failures, last at)
+        self._backoff = Backoff(self.settings.retry_backoff_ms / 1000, time.monotonic)
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- public --------------------------------------------------------------------------------
@@ -250,7 +238,7 @@ class Worker:
         }
         failed = await self._each(work, lambda task, _: task.commit())
         for key in work.keys() - failed:
-            self._failure_streak.pop(key, None)  # a whole commit went through: healthy again
+            self._backoff.healthy(key)  # a whole commit went through
         self._last_commit = time.monotonic()
         self._update_lag()
 
@@ -289,24 +277,26 @@ class Worker:
         task = self.tasks.pop(key, None)
         if task is None:
             return
-        if isinstance(exc, TaskFencedError):
+        verdict = judge(exc)
+        delay: float | None
+        if verdict.disposition == "cancelled":
+            reason, delay = "cancelled", None  # its owner is closing it already
+        elif verdict.disposition == "fenced":
             reason, delay = "fenced", self.settings.heartbeat_interval_ms * 2 / 1000
             log.warning("task %s fenced: %s; waiting for the rebalance", task.task_id, exc)
-        elif isinstance(exc, FATAL):
+        elif verdict.disposition == "fatal":
             self._fatal(exc, f"task {task.task_id}")
             reason, delay = "fatal", None
         else:
-            delay = self._backoff(key)
+            delay = self._backoff.failed(key)
             reason = "corrupted"
-            expected = isinstance(exc, (TaskCorruptedError, StateError, KafkaError, TimeoutError))
-            # A state error (full disk, I/O error) needs the operator; the others mostly pass.
             log.log(
-                logging.ERROR if isinstance(exc, StateError) else logging.WARNING,
+                verdict.log_level,
                 "task %s failed: %s; rebuilding it from the committed state in %.1fs",
                 task.task_id,
                 exc,
                 delay,
-                exc_info=None if expected else exc,
+                exc_info=exc if verdict.traceback else None,
             )
             self.metrics.transactions.labels(self.app.app_id, "aborted").inc()
         self.metrics.task_failures.labels(self.app.app_id, reason).inc()
@@ -314,20 +304,6 @@ class Worker:
         self.metrics.assigned_tasks.labels(self.app.app_id).set(len(self.tasks))
         if delay is not None:
             self._spawn(self._revive(key, delay, self._rebalances))
-
-    def _backoff(self, key: TaskKey) -> float:
-        """Delay before rebuilding a failed task: exponential while the same task keeps failing
-        (a broker outage, a full disk) — rebuilding it in a tight loop would only add load.
-
-        The streak ends with the task's next successful commit, not its next start: a task on a
-        full disk restores, runs and fails at its first flush, over and over.
-        """
-        now = time.monotonic()
-        streak, last = self._failure_streak.get(key, (0, now))
-        if now - last > FAILURE_MEMORY_S:
-            streak = 0
-        self._failure_streak[key] = (streak + 1, now)
-        return min(30.0, self.settings.retry_backoff_ms / 1000 * 2.0**streak)
 
     def _fatal(self, exc: BaseException, where: str) -> None:
         """Stop the worker for an error the operator must fix; ``run()`` re-raises it."""
@@ -371,7 +347,13 @@ class Worker:
         """
         await asyncio.sleep(delay)
         async with self._lock:
-            if self._rebalances == rebalances and key in self._assigned and key not in self.tasks:
+            if should_revive(
+                key,
+                rebalances_then=rebalances,
+                rebalances_now=self._rebalances,
+                assigned=self._assigned,
+                running=self.tasks,
+            ):
                 self._create_task(key)
 
     # -- rebalances ------------------------------------------------------------------------------
@@ -402,7 +384,7 @@ class Worker:
         if s.eos:
             sink = TransactionalSink(
                 self.clients.producer,
-                transactional_id=f"{self.app.app_id}-{group}_{partition}",
+                transactional_id=naming.transactional_id(self.app.app_id, group, partition),
                 group_id=self.app.app_id,
                 request_timeout_ms=s.request_timeout_ms,
             )
@@ -453,9 +435,7 @@ class Worker:
         starting = self._starting.pop(key, None)
         if starting is None or starting.done():
             return
-        for progress in task.restores.values():
-            progress.cancelled = True
-        task.closing = True
+        task.cancel_start()
         done, _ = await asyncio.wait({starting}, timeout=5)
         if not done:
             starting.cancel()

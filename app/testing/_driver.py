@@ -30,11 +30,10 @@ from typing import Any, NoReturn, Self, Unpack
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from onceflow.context import Header, OutgoingRecord
 from onceflow.errors import ConfigurationError, CopartitioningError, OnceflowError
 from onceflow.partitioner import partition_for_key
-from onceflow.runtime.metrics import Metrics
-from onceflow.runtime.task import Task, TaskState, _stream_time_of
+from onceflow.records import Header, OutgoingRecord
+from onceflow.runtime import Metrics, Task
 from onceflow.serdes import Serde
 from onceflow.settings import Settings
 from onceflow.state.memory import InMemoryStorePartition
@@ -126,7 +125,7 @@ class TestDriver:
             self._stores[key] = {
                 t.name: InMemoryStorePartition(t.name) for t in app.tables_of(key[0])
             }
-            self._tasks[key] = self._new_task(*key, InMemorySink(self))
+            self._tasks[key] = self._new_task(*key, InMemorySink(self._place, self._publish))
         self._closed = False
 
     def _count(self, topic: str) -> int:
@@ -151,11 +150,8 @@ class TestDriver:
             settings=self.settings,
             metrics=self.metrics,
         )
-        for table in self.app.tables_of(group):
-            task.attach_store(table, self._stores[(group, partition)][table.name])
-        metas = sink.committed_offsets.values()
-        task.stream_time = max((_stream_time_of(m.metadata) for m in metas), default=-1)
-        task.state = TaskState.RUNNING  # start() would fence, seek and restore: nothing to do
+        # start() would fence, seek and restore: here everything is in memory already
+        task.adopt(self._stores[(group, partition)], sink.committed_offsets)
         return task
 
     def _partition_of(self, topic: str, key: bytes | None) -> int:
@@ -167,6 +163,9 @@ class TestDriver:
         p = self._partition_of(r.topic, r.key) if r.partition is None else r.partition
         ts = self.clock() if r.timestamp_ms is None else r.timestamp_ms
         return Output(r.topic, r.key, r.value, r.headers, ts, p, next(self._offsets[(r.topic, p)]))
+
+    def _publish(self, out: Output) -> None:
+        self._committed[out.topic].append(out)
 
     # -- input ---------------------------------------------------------------------------------
 

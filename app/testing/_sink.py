@@ -1,18 +1,15 @@
-"""The test driver's records and its in-memory ``Sink`` (see ``app.testing``)."""
+"""The test driver's records and its in-memory ``Sink`` (see ``onceflow.testing``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 from aiokafka.structs import TopicPartition
 
-from onceflow.context import Header, OutgoingRecord
-
-if TYPE_CHECKING:
-    from onceflow.testing._driver import TestDriver
+from onceflow.records import Header, OutgoingRecord
 
 __all__ = ["DeadLetter", "InMemorySink", "Output", "RecordOptions"]
 
@@ -52,11 +49,15 @@ class DeadLetter:
 
 
 class InMemorySink:
-    """A task's ``Sink`` (``app.producers``) into the driver's log: a send is acknowledged at
-    once and becomes visible when the task commits; ``abort`` drops it."""
+    """A task's ``Sink`` (``onceflow.runtime.sinks``) into an in-memory log: a send is
+    acknowledged at once (``place`` gives it its partition, offset and timestamp) and is handed to
+    ``publish`` when the task commits; ``abort`` drops it."""
 
-    def __init__(self, driver: TestDriver) -> None:
-        self._driver = driver
+    def __init__(
+        self, place: Callable[[OutgoingRecord], Output], publish: Callable[[Output], None]
+    ) -> None:
+        self._place = place
+        self._publish = publish
         self._pending: list[Output] = []
         self.committed_offsets: dict[TopicPartition, Any] = {}
 
@@ -65,7 +66,7 @@ class InMemorySink:
     async def begin(self) -> None: ...
 
     def send(self, record: OutgoingRecord) -> None:
-        self._pending.append(self._driver._place(record))
+        self._pending.append(self._place(record))
 
     def send_pairs(
         self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
@@ -85,7 +86,7 @@ class InMemorySink:
     async def commit(self, offsets: Mapping[TopicPartition, Any]) -> None:
         self.committed_offsets.update(offsets)
         for out in self._pending:
-            self._driver._committed[out.topic].append(out)
+            self._publish(out)
         self._pending = []
 
     async def abort(self) -> None:

@@ -26,16 +26,13 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from onceflow.errors import RestoreChildGoneError
 from onceflow.state.sqlite import _restore_child as child
 
 __all__ = ["RestoreWriter", "restore_writer"]
 
 log = logging.getLogger("onceflow.state")
 _SCRIPT = Path(child.__file__)
-
-
-class ChildGoneError(Exception):
-    """The child exited (idle, or killed) before it answered."""
 
 
 class RestoreWriter:
@@ -61,7 +58,7 @@ class RestoreWriter:
         with self._lock:
             try:
                 reply = self._call(request)
-            except ChildGoneError:
+            except RestoreChildGoneError:
                 reply = self._call(request)  # a new child; the batch is idempotent
         if reply is not None:
             code, name, message = reply
@@ -80,7 +77,9 @@ class RestoreWriter:
             return child.read_frame(stdout)
         except (EOFError, BrokenPipeError) as exc:
             self._reap()
-            raise ChildGoneError from exc
+            raise RestoreChildGoneError(
+                f"the restore writer child (pid {proc.pid}) exited before it answered"
+            ) from exc
 
     def _start(self) -> subprocess.Popen[bytes]:
         self._reap()

@@ -8,25 +8,6 @@ import onceflow as onceflow
 from onceflow import App, ConfigurationError, Context, Tumbling
 
 
-def test_public_api_is_what_we_mean_to_export() -> None:
-    assert set(onceflow.__all__) == {
-        "App", "ChangelogMissingError", "ConfigurationError", "Context", "CopartitioningError",
-        "Handler", "HandlerFailedError", "Hopping", "OnceflowError", "Serde", "SerdeError",
-        "Settings", "StateError", "StoreCorruptError", "StoreLockedError", "Table",
-        "TaskFencedError", "Topic", "TopicNotFoundError", "Tumbling", "WindowValue",
-        "WindowedTable", "WrongPartitionError", "load_settings", "resolve_serde",
-    }  # fmt: skip
-    for name in onceflow.__all__:
-        assert getattr(onceflow, name) is not None
-
-
-def test_errors_share_one_root() -> None:
-    for name in onceflow.__all__:
-        obj = getattr(onceflow, name)
-        if isinstance(obj, type) and name.endswith("Error"):
-            assert issubclass(obj, onceflow.OnceflowError)
-
-
 def test_handler_must_be_a_coroutine() -> None:
     app = App("a")
     src = app.topic("in")

@@ -1,0 +1,60 @@
+"""Every name onceflow derives from the app id, in one place: internal topics, transactional ids,
+task ids and the dead-letter headers. A name written here is read back by other processes (the
+next owner of a task, an operator's tooling, the DLQ's consumers): change it only with a
+migration.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DLQ_ERROR_MESSAGE",
+    "DLQ_ERROR_STAGE",
+    "DLQ_ERROR_TYPE",
+    "DLQ_ORIGINAL_PREFIX",
+    "DLQ_SOURCE_OFFSET",
+    "DLQ_SOURCE_PARTITION",
+    "DLQ_SOURCE_TIMESTAMP",
+    "DLQ_SOURCE_TOPIC",
+    "changelog_topic",
+    "dlq_topic",
+    "repartition_topic",
+    "task_id",
+    "transactional_id",
+]
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """The changelog of ``table``: compacted, one partition per task of the table's group."""
+    return f"{app_id}-{table}-changelog"
+
+
+def repartition_topic(app_id: str, name: str) -> str:
+    """An internal topic that re-keys a stream between two task groups."""
+    return f"{app_id}-{name}-repartition"
+
+
+def dlq_topic(app_id: str) -> str:
+    """The dead-letter topic: records that could not be processed, with the headers below."""
+    return f"{app_id}-dlq"
+
+
+def task_id(group: str, partition: int) -> str:
+    """A task's id, e.g. ``"0_3"``: partition 3 of task group ``"0"`` (Kafka Streams' form)."""
+    return f"{group}_{partition}"
+
+
+def transactional_id(app_id: str, group: str, partition: int) -> str:
+    """The task's transactional id: stable across owners, so the next owner's InitProducerId
+    fences the previous one (docs/architecture.md, *Fencing*)."""
+    return f"{app_id}-{task_id(group, partition)}"
+
+
+# Headers of a dead-letter record: where it came from and why it failed.
+DLQ_SOURCE_TOPIC = "onceflow.source.topic"
+DLQ_SOURCE_PARTITION = "onceflow.source.partition"
+DLQ_SOURCE_OFFSET = "onceflow.source.offset"
+DLQ_SOURCE_TIMESTAMP = "onceflow.source.timestamp"
+DLQ_ERROR_STAGE = "onceflow.error.stage"  # "deserialize" or "handler"
+DLQ_ERROR_TYPE = "onceflow.error.type"
+DLQ_ERROR_MESSAGE = "onceflow.error.message"
+DLQ_ORIGINAL_PREFIX = "onceflow.original."  # the source record's own headers, renamed

@@ -1,0 +1,124 @@
+"""The commit protocol of one task: what it consumed since its last commit, and how that becomes
+one Kafka transaction and then one SQLite write (docs/architecture.md, *The commit*).
+
+A task processes into its ``Checkpoint`` (``processed``) and the worker calls ``commit`` on
+schedule. Stream time travels in the metadata of the committed offsets, so a task that moves
+resumes with the stream time its outputs were computed with.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+from onceflow.errors import TaskCorruptedError, TaskFencedError
+
+if TYPE_CHECKING:
+    from onceflow.runtime.sinks import Sink
+    from onceflow.runtime.stores import TaskStores
+
+__all__ = ["Checkpoint", "CommitMetrics", "offset_metadata", "stream_time_of"]
+
+
+def offset_metadata(stream_time: int) -> str:
+    """The metadata committed with a task's offsets."""
+    return orjson.dumps({"stream_time": stream_time}).decode()
+
+
+def stream_time_of(metadata: str | None) -> int:
+    """The stream time in committed offset metadata; -1 when there is none (or it is not ours)."""
+    if not metadata:
+        return -1
+    try:
+        value = orjson.loads(metadata).get("stream_time", -1)
+    except (orjson.JSONDecodeError, AttributeError):
+        return -1
+    return int(value) if isinstance(value, int) else -1
+
+
+class CommitMetrics:
+    """The metric children a task's commits update (``onceflow.runtime.metrics.Metrics``)."""
+
+    __slots__ = ("committed", "latency", "producer_errors")
+
+    def __init__(self, committed: Any, latency: Any, producer_errors: Any) -> None:
+        self.committed = committed
+        self.latency = latency
+        self.producer_errors = producer_errors
+
+
+class Checkpoint:
+    """Positions and dirty counters of one task between two commits, and the commit itself."""
+
+    def __init__(self, sink: Sink, stores: TaskStores, metrics: CommitMetrics) -> None:
+        self._sink = sink
+        self._stores = stores
+        self._metrics = metrics
+        self._positions: dict[TopicPartition, int] = {}
+        self._uncommitted = 0
+
+    @property
+    def positions(self) -> Mapping[TopicPartition, int]:
+        """The next offset to process per source partition, as far as the task processed."""
+        return self._positions
+
+    @property
+    def uncommitted(self) -> int:
+        """Records processed since the last commit."""
+        return self._uncommitted
+
+    def empty(self) -> bool:
+        """Whether there is nothing to commit."""
+        return self._uncommitted == 0
+
+    def processed(self, tp: TopicPartition, next_offset: int, count: int) -> None:
+        """Note that ``count`` records of ``tp`` were handled, up to ``next_offset`` exclusive."""
+        self._positions[tp] = next_offset
+        self._uncommitted += count
+
+    async def commit(self, stream_time: int) -> bool:
+        """Commit what the task processed since its last commit; False when there was nothing.
+
+        0. Wait for the previous commit's SQLite write (writes land in commit order; a failed
+           one fails the task here).
+        1. Expire old windows; hand each store's changelog records (last value per key) to the
+           producer.
+        2. Wait for the broker to acknowledge every send of the transaction (aiokafka would
+           commit a transaction whose sends failed) and note the last changelog offset per store.
+        3. Send the consumed offsets, with the stream time as metadata, to the transaction —
+           once — and commit it.
+        4. Persist each store's buffer with its changelog checkpoint to SQLite (Invariant 1:
+           only after the commit returned; Invariant 2: data and checkpoint in one SQLite
+           transaction). The buffers are sealed on the loop and written in a worker thread while
+           the task goes on processing.
+        """
+        if self.empty():
+            return False
+        started = time.perf_counter()
+        # Step 0
+        await self._stores.flushed()
+        # Step 1
+        partition = self._stores.partition
+        for table, records in self._stores.changelog_records(stream_time):
+            self._sink.send_pairs(table.changelog_topic, partition, records)
+        # Step 2
+        try:
+            delivered = await self._sink.delivered()
+        except (TaskFencedError, TaskCorruptedError):
+            self._metrics.producer_errors.inc()
+            raise
+        checkpoints = self._stores.checkpoints(delivered)
+        # Step 3
+        meta = offset_metadata(stream_time)
+        offsets = {tp: OffsetAndMetadata(pos, meta) for tp, pos in self._positions.items()}
+        await self._sink.commit(offsets)
+        self._metrics.committed.inc()
+        # Step 4
+        self._stores.persist(checkpoints)
+        self._uncommitted = 0
+        self._metrics.latency.observe(time.perf_counter() - started)
+        return True
