@@ -1,10 +1,10 @@
 """A throwaway CA and one broker certificate for 127.0.0.1 and localhost, made with ``openssl``.
 
-``DATA_DIR/tls`` holds ``ca.pem`` and ``ca.key`` (the CA clients verify the brokers against),
-``broker.key``, ``broker.csr``, ``broker.pem`` and ``broker.ext`` (the broker's certificate and
-how it was made), and ``broker-keystore.pem``: the broker's unencrypted PKCS#8 key then its
-chain up to the CA, Kafka's PEM key store. There is no client authentication. The files are made
-once per data dir and reused; nothing here is a real secret.
+``DATA_DIR/tls`` holds ``ca.pem``, ``ca.key`` and ``ca.srl`` (the CA clients verify the brokers
+against), ``broker.key``, ``broker.csr``, ``broker.pem`` and ``broker.ext`` (the broker's
+certificate and how it was made), and ``broker-keystore.pem``: the broker's unencrypted PKCS#8
+key then its chain up to the CA, Kafka's PEM key store. There is no client authentication. The
+files are made once per data dir and reused; nothing here is a real secret.
 """
 
 from __future__ import annotations
