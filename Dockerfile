@@ -91,4 +91,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('ONCEFLOW_HTTP_PORT', '8080'), timeout=4)"]
 
 ENTRYPOINT ["onceflow"]
-CMD ["worker", "processors.windowed_count"]
+CMD ["worker", "onceflow.examples.windowed_count"]

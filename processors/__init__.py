@@ -1,1 +1,2 @@
-"""Stream processors that onceflow runs; ``windowed_count`` is the reference app."""
+"""Example stream processors, installed as ``onceflow.examples``; ``windowed_count`` is the
+reference app: ``onceflow worker onceflow.examples.windowed_count``."""

@@ -1,9 +1,9 @@
 """`make run`: the reference app end to end on a local broker, with a demo producer.
 
 Creates `input-topic` / `output-topic` (6 partitions) if missing, starts
-`onceflow worker processors.windowed_count`, produces clicks for a handful of users, and prints the
-counts as they come out of `output-topic` (read_committed) and as the HTTP API serves them.
-Ctrl-C stops everything (the worker gets SIGTERM and commits). `--seconds N` stops by itself.
+`onceflow worker onceflow.examples.windowed_count`, produces clicks for a handful of users, and
+prints the counts as they come out of `output-topic` (read_committed) and as the HTTP API serves
+them. Ctrl-C stops everything (the worker gets SIGTERM and commits). `--seconds N` stops by itself.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ FORWARDED = "X-Onceflow-Forwarded"  # set on proxied requests: an owner never pr
 OWNER = "X-Onceflow-Owner"  # the URL of the instance whose state answered
 MAX_PROXIED_BYTES = 16 * 1024 * 1024
 READER_THREADS = 4
-KEEP_ALIVE_S = 5  # uvicorn's keep-alive timeout, set by app.http.serve
+KEEP_ALIVE_S = 5  # uvicorn's keep-alive timeout, set by onceflow.http.serve
 _PASSED_BACK = ("content-type", "retry-after", "www-authenticate")
 
 AnyTable = Table[Any, Any] | WindowedTable[Any, Any]

@@ -1,4 +1,4 @@
-"""The HTTP API of a worker (DESIGN §5): health, Prometheus metrics, interactive queries.
+"""The HTTP API of a worker (README, *HTTP API*): health, Prometheus metrics, interactive queries.
 
 ``create_api(worker)`` builds the FastAPI app; ``serve(worker)`` binds the port, advertises the
 URL to the group, and runs uvicorn next to ``worker.run()`` in the same event loop::
@@ -8,7 +8,7 @@ URL to the group, and runs uvicorn next to ``worker.run()`` in the same event lo
     await serve(worker)                                     # returns when the worker stops
 
 Routes: ``/health/live``, ``/health/ready``, ``/metrics``, ``/tables``,
-``/tables/{table}/keys/{key}`` (see ``app.http_queries``) and ``/openapi.json``. With
+``/tables/{table}/keys/{key}`` (see ``_queries``) and ``/openapi.json``. With
 ``ONCEFLOW_HTTP_TOKEN`` set, ``/tables*`` require ``Authorization: Bearer <token>``; health and
 metrics stay open for probes and scrapers.
 """

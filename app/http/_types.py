@@ -1,6 +1,6 @@
 """What the HTTP API needs from a worker (protocols), and what it answers (response models).
 
-The API reads a running worker but never imports ``app.worker`` or ``app.task``: it works
+The API reads a running worker but never imports ``onceflow.runtime``'s modules: it works
 against these protocols, which ``Worker`` and ``Task`` fulfil, so the routes can be tested
 against a plain object that has the same attributes. The pydantic models document the answers
 in ``/openapi.json``.
@@ -34,7 +34,7 @@ __all__ = [
     "WorkerView",
 ]
 
-TaskKey = tuple[str, int]  # (task group, partition), as in app.assignor
+TaskKey = tuple[str, int]  # (task group, partition), as in onceflow.runtime.assignor
 
 
 # -- what the API reads ------------------------------------------------------------------------
@@ -59,7 +59,7 @@ class WindowReader(Protocol):
 
 
 class RestoreView(Protocol):
-    """Progress of one store partition's restore (``state.restore.RestoreProgress``)."""
+    """Progress of one store partition's restore (``onceflow.runtime.restore.RestoreProgress``)."""
 
     @property
     def store(self) -> str: ...
@@ -74,7 +74,7 @@ class RestoreView(Protocol):
 
 
 class TaskView(Protocol):
-    """A task (``app.task.Task``); ``state`` is a ``TaskState``, which is a ``str``."""
+    """A task (``onceflow.runtime.Task``); ``state`` is a ``TaskState``, which is a ``str``."""
 
     @property
     def state(self) -> str: ...
@@ -87,7 +87,8 @@ class TaskView(Protocol):
 
 
 class AssignorView(Protocol):
-    """The group assignor (``app.assignor.TaskAssignor``): who owns which task, at which URL."""
+    """The group assignor (``onceflow.runtime.assignor.TaskAssignor``): who owns which task, at
+    which URL."""
 
     advertised_url: str
 
@@ -98,7 +99,7 @@ class AssignorView(Protocol):
 
 
 class WorkerView(Protocol):
-    """The worker (``app.worker.Worker``) as the HTTP API sees it."""
+    """The worker (``onceflow.runtime.Worker``) as the HTTP API sees it."""
 
     http_port: int | None
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one worker process (DESIGN §5), in a registry of their own.
+"""Prometheus metrics of one worker process, in a registry of their own. Their names are a
+public contract (README, *Metrics*).
 
 Every metric carries the ``app`` label; per-partition ones add ``topic`` and ``partition``,
 per-store ones ``store``. ``commit_latency_seconds`` is a histogram: commit-latency-avg is its

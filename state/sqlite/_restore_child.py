@@ -1,4 +1,4 @@
-"""The restore writer's child process (see ``state.restore_writer``): applies restore batches to
+"""The restore writer's child process (see ``restore_writer``): applies restore batches to
 store databases in one SQLite transaction each. Run as a script, standard library only, so that
 it starts in ~20 ms without importing onceflow.
 

@@ -324,7 +324,7 @@ class SqliteFile:
     ) -> None:
         """Like ``write`` (deletes, then puts in key order, then the checkpoint, in one
         transaction) for ``latest`` (keys get ``prefix``; None deletes), applied by the restore
-        writer's child process (``state.restore_writer``). Raises OSError if it cannot start."""
+        writer's child process (``restore_writer``). Raises OSError if it cannot start."""
         if self._writer is None:
             raise StateError(f"store database {str(self.file)!r} is closed")
         meta = [(META_CHECKPOINT, _OFFSET.pack(checkpoint))]
@@ -363,7 +363,7 @@ class SqliteFile:
 # index too.
 _UPSERT_HEAD = f'INSERT INTO "{_TABLE}" (key, value) VALUES '
 _UPSERT_TAIL = " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-# What the restore writer's child needs to write like SqliteFile.write (state._restore_child).
+# What the restore writer's child needs to write like SqliteFile.write (``_restore_child``).
 _CHILD_LAYOUT = (
     _UPSERT_HEAD,
     "(?,?)",

@@ -2,8 +2,8 @@
 
 Directory layout (``state_dir/<app_id>/<store>/<partition>/``)::
 
-    onceflow.lock       flock held while the store is open (state.lock)
-    data.sqlite         the database, WAL mode (state.sqlite_file describes the layout)
+    onceflow.lock       flock held while the store is open (lock.py)
+    data.sqlite         the database, WAL mode (file.py describes the layout)
     data.sqlite-wal     present only while open, or after an unclean shutdown
 
 Reads go buffer -> sealed/flushing batches -> LRU cache of committed values -> SQLite.
@@ -44,9 +44,9 @@ PAGE_CACHE_MIB = 4
 """Default SQLite page cache of a store partition, both connections together."""
 OFFLOAD_MIN_RECORDS = 1_000
 """Restore batches of at least this many keys are written by a child process (see
-``state.restore_writer``), so that SQLite and the changelog's decoding use two cores."""
+``restore_writer``), so that SQLite and the changelog's decoding use two cores."""
 
-# User keys live under b"k"; metadata under b"m" (see state.sqlite_file).
+# User keys live under b"k"; metadata under b"m" (see file.py).
 _DATA = b"k"
 _DATA_END = b"l"
 
@@ -71,10 +71,10 @@ class SqliteStorePartition(BufferedStorePartition):
     Point reads that miss the cache cost a sqlitedict round trip (~0.1 ms).
 
     Memory, per store partition and mostly while it is open: the read cache, at most
-    ``cache_size`` entries and ``cache_bytes`` (see ``state.cache``), and SQLite's page caches,
-    ``page_cache_mib`` split over the writer and reader connections. A worker holds one store
-    partition per (table, task): 2 tables x 6 partitions at the defaults is 12 x (2 + 4) MiB at
-    most. SQLite misses are served from the OS page cache, which costs RSS nothing.
+    ``cache_size`` entries and ``cache_bytes`` (see ``onceflow.state.cache``), and SQLite's page
+    caches, ``page_cache_mib`` split over the writer and reader connections. A worker holds one
+    store partition per (table, task): 2 tables x 6 partitions at the defaults is 12 x (2 + 4) MiB
+    at most. SQLite misses are served from the OS page cache, which costs RSS nothing.
     """
 
     def __init__(
