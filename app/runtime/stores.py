@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from onceflow.settings import Settings
     from onceflow.state.typing import StorePartition
 
-__all__ = ["AnyTable", "TaskStores"]
+__all__ = ["AnyTable", "TaskStores", "open_store_cancellable"]
 
 log = logging.getLogger("onceflow.task")
 AnyTable = Table[Any, Any] | WindowedTable[Any, Any]
@@ -86,14 +86,10 @@ class TaskStores:
         """Open the table's SQLite store (wiped if corrupt) and bring it up to the end of its
         changelog partition."""
         path = Path(settings.state_dir) / app_id / table.name / str(self.partition)
-        store, reason = await asyncio.to_thread(
-            functools.partial(
-                open_store,
-                path,
-                lock_timeout_s=30.0,
-                cache_bytes=int(settings.state_read_cache_mib * 2**20),
-                page_cache_mib=settings.state_page_cache_mib,
-            )
+        store, reason = await open_store_cancellable(
+            path,
+            cache_bytes=int(settings.state_read_cache_mib * 2**20),
+            page_cache_mib=settings.state_page_cache_mib,
         )
         if reason:
             log.warning("store %s partition %d wiped: %s", table.name, self.partition, reason)
@@ -207,10 +203,53 @@ class TaskStores:
     # -- close -------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Drop uncommitted writes and close every store (safe to call twice)."""
+        """Wait for the SQLite write this object started (a store closed under it would fail it,
+        and its checkpoint would be lost: the next owner would replay the tail for nothing),
+        then drop uncommitted writes and close every store. Safe to call twice."""
+        try:
+            await self.flushed()
+        except Exception as exc:  # the changelog has it all: the next restore replays it
+            log.warning(
+                "store partition %d: writing state to SQLite failed (%s); the next owner "
+                "restores it from the changelog",
+                self.partition,
+                exc,
+            )
         for store in self._stores.values():
             store.discard()
             await asyncio.to_thread(store.close)
+
+
+async def open_store_cancellable(
+    path: Path, *, cache_bytes: int, page_cache_mib: int, lock_timeout_s: float = 30.0
+) -> tuple[StorePartition, str | None]:
+    """``open_store`` in a worker thread. If the caller is cancelled meanwhile (a task revoked
+    while it starts), the thread still runs to its end: the store it opens then is closed, so
+    its lock is released instead of leaking for the life of the process."""
+    opening = asyncio.ensure_future(
+        asyncio.to_thread(
+            functools.partial(
+                open_store,
+                path,
+                lock_timeout_s=lock_timeout_s,
+                cache_bytes=cache_bytes,
+                page_cache_mib=page_cache_mib,
+            )
+        )
+    )
+    try:
+        store, reason = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+    return store, reason
+
+
+def _close_opened(opening: asyncio.Future[Any]) -> None:
+    if opening.cancelled() or opening.exception() is not None:
+        return  # nothing was opened (a failed open releases its lock itself)
+    store, _ = opening.result()
+    store.close()  # no transaction is open yet: a quick close on the loop
 
 
 def _progress_reporter(gauge: Any, counter: Any) -> Callable[[RestoreProgress, int], None]:
