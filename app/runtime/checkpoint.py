@@ -37,7 +37,7 @@ def stream_time_of(metadata: str | None) -> int:
         value = orjson.loads(metadata).get("stream_time", -1)
     except (orjson.JSONDecodeError, AttributeError):
         return -1
-    return int(value) if isinstance(value, int) else -1
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 class CommitMetrics:

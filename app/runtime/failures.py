@@ -74,7 +74,8 @@ class Backoff:
         if now - last > FAILURE_MEMORY_S:
             streak = 0
         self._streaks[key] = (streak + 1, now)
-        return min(MAX_BACKOFF_S, self._base_s * 2.0**streak)
+        # The exponent is capped first: 2.0**1024 overflows (a day-long outage, ~3k failures).
+        return min(MAX_BACKOFF_S, self._base_s * 2.0 ** min(streak, 60))
 
     def healthy(self, key: Hashable) -> None:
         """``key`` committed: its next failure starts a new streak."""

@@ -264,12 +264,6 @@ def test_the_memory_counts_from_the_last_failure_not_the_first() -> None:
     assert delays == [1.0, 2.0, 4.0, 8.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="Backoff.failed computes base_s * 2.0**streak before capping: the 1025th failure "
-    "in one streak raises OverflowError (2.0**1024), which escapes Worker._task_failed",
-)
 def test_a_long_streak_stays_capped() -> None:
     clock = FakeClock()
     backoff = Backoff(0.1, clock)
