@@ -132,7 +132,8 @@ class WindowValue(Generic[V]):
 class WindowedTable(_TableBase[K, V]):
     """A table with one value per key and event-time window (tumbling or hopping).
 
-    Event time is the record timestamp (or ``timestamp_extractor(key, value, ctx)``); stream time
+    Event time is the record timestamp (or the ``timestamp=`` given to ``add``,
+    ``add_windows`` or ``update_windows``); stream time
     is the largest event time the task has seen. A record is late for a window once
     ``stream_time >= window end + grace``: it is dropped for that window and counted in
     ``onceflow_late_records_dropped_total``. Windows older than ``retention`` are deleted segment

@@ -279,9 +279,11 @@ class Worker:
             return
         verdict = judge(exc)
         delay: float | None
-        if verdict.disposition == "cancelled":
-            reason, delay = "cancelled", None  # its owner is closing it already
-        elif verdict.disposition == "fenced":
+        if verdict.disposition == "cancelled":  # revoked while starting: not a failure
+            await task.close(commit=False)
+            self.metrics.assigned_tasks.labels(self.app.app_id).set(len(self.tasks))
+            return
+        if verdict.disposition == "fenced":
             reason, delay = "fenced", self.settings.heartbeat_interval_ms * 2 / 1000
             log.warning("task %s fenced: %s; waiting for the rebalance", task.task_id, exc)
         elif verdict.disposition == "fatal":

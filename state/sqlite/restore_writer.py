@@ -4,7 +4,7 @@ A restore is CPU-bound: aiokafka decodes each changelog record (~2.5 us) and SQL
 (~3 us). In one interpreter the two do not overlap: SQLite releases the GIL while it runs, but
 two threads inserting into two databases were measured no faster than one (~340k rows/s either
 way; its allocator serializes them), so a worker restoring six partitions used one core. One
-child process per worker (``state/_restore_child.py``, standard library only) applies the
+child process per worker (``_restore_child.py``, standard library only) applies the
 batches instead; the worker's threads wait for it with the GIL released.
 
 Exactly-once is unchanged: each batch and its checkpoint commit in one SQLite transaction, as
@@ -12,7 +12,9 @@ in-process. The child never holds the store's lock, so it writes only for a live
 checks its parent just before COMMIT and exits when its stdin closes — when the worker exits or
 is killed. It also exits after 10 s idle; the next batch starts another (~20 ms). If the child
 dies mid-batch the batch is retried once in a new child (re-applying a batch is idempotent:
-whole values and the same checkpoint), then in-process.
+whole values and the same checkpoint); a second death is a ``RestoreChildGoneError`` (the task
+is rebuilt). Only a child that cannot be started at all (``OSError``) falls back to writing
+in-process.
 """
 
 from __future__ import annotations
