@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-from onceflow.records import ABSENT, Absent, Header, OutgoingRecord
+from onceflow.errors import RecordTooLargeError
+from onceflow.records import ABSENT, Absent, Header, OutgoingRecord, record_size
 from onceflow.topics import Topic
 
 if TYPE_CHECKING:
@@ -103,11 +104,19 @@ class Context:
         """
         key_bytes = None if key is None else topic.key_serde.serialize(key)
         value_bytes = None if value is None else topic.value_serde.serialize(value)
+        header_list = list(headers) if headers else []
+        size = record_size(key_bytes, value_bytes, header_list)
+        if size > self.scope.max_record_bytes:
+            raise RecordTooLargeError(
+                f"a record of about {size} bytes for topic {topic.name!r} is larger than the "
+                f"producer allows ({self.scope.max_record_bytes} bytes, "
+                "ONCEFLOW_MAX_REQUEST_SIZE): the input record goes to the dead-letter topic"
+            )
         record = OutgoingRecord(
             topic.name,
             key_bytes,
             value_bytes,
-            list(headers) if headers else [],
+            header_list,
             partition,
             self.timestamp if timestamp_ms is None else timestamp_ms,
         )
@@ -126,7 +135,13 @@ class Context:
 
     def stage(self, store: str, key: bytes, value: bytes | None) -> None:
         """Stage a write (None: a delete) of ``key`` in ``store``, applied if the attempt
-        succeeds."""
+        succeeds. Its changelog record must fit a produce request (``RecordTooLargeError``)."""
+        if value is not None and record_size(key, value) > self.scope.max_record_bytes:
+            raise RecordTooLargeError(
+                f"table {store!r}: a value of {len(value)} bytes (key {len(key)} bytes) does not "
+                f"fit the changelog record limit ({self.scope.max_record_bytes} bytes, "
+                "ONCEFLOW_MAX_REQUEST_SIZE): the input record goes to the dead-letter topic"
+            )
         if self.staged_writes is None:
             self.staged_writes = {(store, key): value}
         else:

@@ -9,6 +9,9 @@ docs/architecture.md, *Failures*)::
     │   ├── TopicNotFoundError             fatal      a source topic does not exist
     │   └── CopartitioningError            fatal      co-partitioned sources differ in partitions
     ├── SerdeError                         retriable  a key or value did not (de)serialize
+    ├── RecordRejectedError                retriable  a handler's output cannot be produced
+    │   ├── RecordTooLargeError            retriable  over ONCEFLOW_MAX_REQUEST_SIZE
+    │   └── UnknownPartitionError          retriable  sent to a partition the topic lacks
     ├── StateError                         retriable  a state store could not be used
     │   ├── StoreLockedError               retriable  another worker on this host holds the store
     │   ├── StoreCorruptError              retriable  unreadable SQLite file (wiped and restored)
@@ -27,6 +30,9 @@ docs/architecture.md, *Failures*)::
   a growing backoff while it keeps failing.
 * **cancelled**: the task's owner is closing it already; nothing else to do.
 
+A ``RecordRejectedError`` never reaches the worker: the task sends the input record that caused
+it to the dead-letter topic at once, without retries (it would fail the same way again).
+
 Exceptions from outside onceflow (``KafkaError``, ``TimeoutError``, a handler's bug escaping
 the retries) count as retriable. Messages quote the topic, partition, offset, store or setting
 involved and say what to do.
@@ -43,6 +49,8 @@ __all__ = [
     "Disposition",
     "HandlerFailedError",
     "OnceflowError",
+    "RecordRejectedError",
+    "RecordTooLargeError",
     "RestoreCancelledError",
     "RestoreChildGoneError",
     "SerdeError",
@@ -52,6 +60,7 @@ __all__ = [
     "TaskCorruptedError",
     "TaskFencedError",
     "TopicNotFoundError",
+    "UnknownPartitionError",
     "WrongPartitionError",
     "disposition_of",
 ]
@@ -81,6 +90,20 @@ class CopartitioningError(ConfigurationError):
 
 class SerdeError(OnceflowError):
     """A key or value could not be serialized or deserialized by its serde."""
+
+
+class RecordRejectedError(OnceflowError):
+    """A record a handler sent or wrote cannot be produced: its input record goes to the
+    dead-letter topic without retries (under error policy ``fail`` the task stops)."""
+
+
+class RecordTooLargeError(RecordRejectedError):
+    """A record (an output, or a table write's changelog record) is larger than the producer's
+    ``ONCEFLOW_MAX_REQUEST_SIZE``."""
+
+
+class UnknownPartitionError(RecordRejectedError):
+    """A handler sent a record to a partition its topic does not have."""
 
 
 class StateError(OnceflowError):

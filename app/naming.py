@@ -15,6 +15,7 @@ __all__ = [
     "DLQ_SOURCE_PARTITION",
     "DLQ_SOURCE_TIMESTAMP",
     "DLQ_SOURCE_TOPIC",
+    "DLQ_TRUNCATED",
     "changelog_topic",
     "dlq_topic",
     "repartition_topic",
@@ -49,12 +50,16 @@ def transactional_id(app_id: str, group: str, partition: int) -> str:
     return f"{app_id}-{task_id(group, partition)}"
 
 
-# Headers of a dead-letter record: where it came from and why it failed.
+# Headers of a dead-letter record: where it came from and why it failed. The stage is
+# "deserialize" (the input's serdes), "handler" (the handler raised) or "output" (a record the
+# handler sent or wrote cannot be produced: too large, or to a partition that does not exist).
 DLQ_SOURCE_TOPIC = "onceflow.source.topic"
 DLQ_SOURCE_PARTITION = "onceflow.source.partition"
 DLQ_SOURCE_OFFSET = "onceflow.source.offset"
 DLQ_SOURCE_TIMESTAMP = "onceflow.source.timestamp"
-DLQ_ERROR_STAGE = "onceflow.error.stage"  # "deserialize" or "handler"
+DLQ_ERROR_STAGE = "onceflow.error.stage"
 DLQ_ERROR_TYPE = "onceflow.error.type"
 DLQ_ERROR_MESSAGE = "onceflow.error.message"
 DLQ_ORIGINAL_PREFIX = "onceflow.original."  # the source record's own headers, renamed
+# Set when the dead letter had to be cut to fit: "key=<bytes>,value=<bytes>", the original sizes.
+DLQ_TRUNCATED = "onceflow.truncated"

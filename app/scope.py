@@ -38,6 +38,11 @@ class TaskScope(Protocol):
         """The largest record timestamp the task has seen (ms; -1 before the first record)."""
         ...
 
+    @property
+    def max_record_bytes(self) -> int:
+        """The largest record the task's producer may send (``ONCEFLOW_MAX_REQUEST_SIZE``)."""
+        ...
+
     def store(self, name: str) -> StorePartition:
         """The task's partition of key-value table ``name``."""
         ...

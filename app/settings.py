@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     transaction_timeout_ms: int = Field(default=60_000, ge=1000)
     request_timeout_ms: int = Field(default=30_000, ge=1000)
+    # The largest produce request, hence the largest record a handler may send or a table may
+    # changelog (aiokafka's and Kafka's default; keep it <= the topics' max.message.bytes).
+    max_request_size: int = Field(default=1_048_576, ge=1024)
     shutdown_grace_ms: int = Field(default=30_000, ge=0)
     max_poll_records: int = Field(default=2_000, ge=1)
     stuck_after_ms: int = Field(default=120_000, ge=1000)

@@ -43,9 +43,14 @@ async def new_topic(bootstrap_servers: str) -> AsyncIterator[NewTopicFactory]:
     await admin.start()
     created: list[str] = []
 
-    async def create(prefix: str = "topic", partitions: int = 1, replication: int = 1) -> str:
+    async def create(
+        prefix: str = "topic",
+        partitions: int = 1,
+        replication: int = 1,
+        config: dict[str, str] | None = None,
+    ) -> str:
         name = unique_name(prefix)
-        await create_topics(admin, [name], partitions, replication)
+        await create_topics(admin, [name], partitions, replication, config)
         created.append(name)
         return name
 

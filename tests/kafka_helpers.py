@@ -49,10 +49,14 @@ def load_kafka_local() -> ModuleType:
 
 
 async def create_topics(
-    admin: AIOKafkaAdminClient, names: list[str], partitions: int, replication: int = 1
+    admin: AIOKafkaAdminClient,
+    names: list[str],
+    partitions: int,
+    replication: int = 1,
+    config: dict[str, str] | None = None,
 ) -> None:
     """Create topics and fail loudly: aiokafka returns per-topic errors instead of raising."""
-    topics = [NewTopic(name, partitions, replication) for name in names]
+    topics = [NewTopic(name, partitions, replication, topic_configs=config or {}) for name in names]
     response = await admin.create_topics(topics)
     errors = [(t[0], t[1]) for t in response.topic_errors if t[1] != 0]
     assert not errors, f"create_topics failed (topic, error code): {errors}"

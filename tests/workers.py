@@ -103,11 +103,16 @@ async def produce(
     records: Iterable[tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, int]],
     *,
     rate: float | None = None,
+    max_request_size: int = 1_048_576,
 ) -> int:
     """Produce (key, value[, timestamp_ms]) records with an idempotent producer (default
     partitioner: murmur2 of the key, as Kafka's Java clients); ``rate`` limits records/s."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=True, linger_ms=5, acks="all"
+        bootstrap_servers=bootstrap,
+        enable_idempotence=True,
+        linger_ms=5,
+        acks="all",
+        max_request_size=max_request_size,
     )
     await producer.start()
     count = 0

@@ -70,6 +70,7 @@ class Clients:
             "acks": "all",
             "linger_ms": 5,
             "max_batch_size": 256 * 1024,
+            "max_request_size": s.max_request_size,
             "transaction_timeout_ms": s.transaction_timeout_ms,
             **self._common(),
         }

@@ -36,6 +36,11 @@ class Outbox:
         self._direct: list[tuple[TopicPartition, Iterable[tuple[bytes, bytes | None]]]] = []
         self._shipped: list[tuple[TopicPartition, int, asyncio.Future[Any]]] = []
 
+    async def partition_count(self, topic: str) -> int:
+        """Partitions of ``topic`` (the producer's metadata; it waits for a topic it does not know
+        yet, up to the request timeout)."""
+        return len(await self._producer.partitions_for(topic))
+
     def add(self, record: OutgoingRecord) -> None:
         self._pending.append(record)
 

@@ -51,6 +51,7 @@ class Sink(Protocol):
 
     async def start(self) -> None: ...
     async def begin(self) -> None: ...
+    async def partition_count(self, topic: str) -> int: ...
     def send(self, record: OutgoingRecord) -> None: ...
     def send_pairs(
         self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
@@ -66,6 +67,9 @@ class _Buffered:
     """``send``/``send_pairs`` of both sinks: they only queue records in the task's outbox."""
 
     _outbox: Outbox
+
+    async def partition_count(self, topic: str) -> int:
+        return await self._outbox.partition_count(topic)
 
     def send(self, record: OutgoingRecord) -> None:
         self._outbox.add(record)

@@ -24,14 +24,17 @@ from onceflow import naming
 from onceflow.context import Context
 from onceflow.errors import (
     HandlerFailedError,
+    RecordRejectedError,
     RestoreCancelledError,
     SerdeError,
     TaskCorruptedError,
     TaskFencedError,
+    UnknownPartitionError,
 )
 from onceflow.records import OutgoingRecord
 from onceflow.runtime.checkpoint import Checkpoint, CommitMetrics, stream_time_of
 from onceflow.runtime.compat import committed_offsets
+from onceflow.runtime.dead_letters import dead_letter
 from onceflow.runtime.metrics import BatchedHistogram
 from onceflow.runtime.stores import AnyTable, TaskStores
 
@@ -85,6 +88,7 @@ class Task:
         self.state = TaskState.CREATED
         self.stream_time = -1
         self.closing = False  # set when the task is revoked while it starts
+        self.max_record_bytes = settings.max_request_size
         self._consumer = consumer
         self._consumer_factory = consumer_factory
         self._settings = settings
@@ -102,6 +106,7 @@ class Task:
             ),
         )
         self._sent: dict[str, int] = {}  # records sent per topic in the current batch
+        self._partition_counts: dict[str, int] = {}  # of topics sent to an explicit partition
         # Per source topic: the tables keyed like it, whose keys a fetched batch names.
         self._prefetch: dict[str, list[AnyTable]] = {}
         self._error_policy = app.error_policy or settings.error_policy
@@ -252,6 +257,10 @@ class Task:
                 ctx = retried
             else:
                 observe(clock() - started)
+            sends = ctx.staged_sends
+            if sends is not None and (misdirected := await self._misdirected(sends)):
+                self._fail_record(record, misdirected, "output")
+                continue
             self._take_effects(ctx)
         self._checkpoint.processed(tp, records[-1].offset + 1, len(records))
         self._latency.publish()
@@ -274,6 +283,25 @@ class Task:
             tables = [t for t in self._tables if type(t.key_serde) is serde]
             self._prefetch[topic] = tables
         return tables
+
+    async def _misdirected(self, sends: list[OutgoingRecord]) -> UnknownPartitionError | None:
+        """The error for a record sent to a partition its topic does not have, if any (a record
+        without an explicit partition goes where the partitioner puts it)."""
+        for out in sends:
+            if out.partition is None:
+                continue
+            count = self._partition_counts.get(out.topic)
+            if count is None:
+                count = self._partition_counts[out.topic] = await self.sink.partition_count(
+                    out.topic
+                )
+            if out.partition >= count:
+                return UnknownPartitionError(
+                    f"a handler sent a record to partition {out.partition} of {out.topic!r}, "
+                    f"which has partitions 0-{count - 1}: the input record goes to the "
+                    "dead-letter topic"
+                )
+        return None
 
     def _take_effects(self, ctx: Context) -> None:
         """Apply what a successful handler attempt staged: sends, table writes, late counts."""
@@ -304,6 +332,9 @@ class Task:
         """After a failed first attempt: retry with backoff, each attempt on a fresh Context (a
         failed attempt's effects are dropped with it); the last failure goes to ``_fail_record``.
         """
+        if isinstance(error, RecordRejectedError):  # it would fail the same way again
+            self._fail_record(record, error, "output")
+            return None
         retries = self._settings.max_retries if handler.max_retries is None else handler.max_retries
         for attempt in range(retries):
             await asyncio.sleep(self._settings.retry_backoff_ms / 1000 * 2**attempt)
@@ -319,6 +350,9 @@ class Task:
             started = time.perf_counter()
             try:
                 await handler.fn(ctx, key, value)
+            except RecordRejectedError as exc:
+                self._fail_record(record, exc, "output")
+                return None
             except Exception as exc:
                 error = exc
                 continue
@@ -335,18 +369,8 @@ class Task:
                 "'fail': fix the handler or the input, or set ONCEFLOW_ERROR_POLICY=dlq"
             ) from exc
         log.warning("record %s -> %s (%s failed: %r)", where, self.app.dlq_topic, stage, exc)
-        headers = [
-            (naming.DLQ_SOURCE_TOPIC, record.topic.encode()),
-            (naming.DLQ_SOURCE_PARTITION, str(record.partition).encode()),
-            (naming.DLQ_SOURCE_OFFSET, str(record.offset).encode()),
-            (naming.DLQ_SOURCE_TIMESTAMP, str(record.timestamp).encode()),
-            (naming.DLQ_ERROR_STAGE, stage.encode()),
-            (naming.DLQ_ERROR_TYPE, type(exc).__name__.encode()),
-            (naming.DLQ_ERROR_MESSAGE, str(exc)[:4000].encode("utf-8", "replace")),
-            *[(naming.DLQ_ORIGINAL_PREFIX + k, v) for k, v in (record.headers or ())],
-        ]
-        out = OutgoingRecord(
-            self.app.dlq_topic, record.key, record.value, headers, None, record.timestamp
+        out = dead_letter(
+            record, exc, stage, topic=self.app.dlq_topic, max_bytes=self.max_record_bytes
         )
         self.sink.send(out)
         self._metrics.dead_letter_records.labels(self.app.app_id, record.topic, stage).inc()

@@ -125,7 +125,8 @@ class TestDriver:
             self._stores[key] = {
                 t.name: InMemoryStorePartition(t.name) for t in app.tables_of(key[0])
             }
-            self._tasks[key] = self._new_task(*key, InMemorySink(self._place, self._publish))
+            sink = InMemorySink(self._place, self._publish, self._count)
+            self._tasks[key] = self._new_task(*key, sink)
         self._closed = False
 
     def _count(self, topic: str) -> int:

@@ -51,19 +51,26 @@ class DeadLetter:
 class InMemorySink:
     """A task's ``Sink`` (``onceflow.runtime.sinks``) into an in-memory log: a send is
     acknowledged at once (``place`` gives it its partition, offset and timestamp) and is handed to
-    ``publish`` when the task commits; ``abort`` drops it."""
+    ``publish`` when the task commits; ``abort`` drops it. ``count`` gives a topic's partitions."""
 
     def __init__(
-        self, place: Callable[[OutgoingRecord], Output], publish: Callable[[Output], None]
+        self,
+        place: Callable[[OutgoingRecord], Output],
+        publish: Callable[[Output], None],
+        count: Callable[[str], int],
     ) -> None:
         self._place = place
         self._publish = publish
+        self._count = count
         self._pending: list[Output] = []
         self.committed_offsets: dict[TopicPartition, Any] = {}
 
     async def start(self) -> None: ...  # nothing to fence: the driver owns every task
 
     async def begin(self) -> None: ...
+
+    async def partition_count(self, topic: str) -> int:
+        return self._count(topic)
 
     def send(self, record: OutgoingRecord) -> None:
         self._pending.append(self._place(record))

@@ -45,7 +45,7 @@ class RecordingSink:
         self._offsets: dict[tuple[str, int], itertools.count[int]] = defaultdict(
             lambda: itertools.count(FIRST_CHANGELOG_OFFSET)
         )
-        self.inner = InMemorySink(self._place, self.published.append)
+        self.inner = InMemorySink(self._place, self.published.append, lambda topic: 1)
 
     def _place(self, r: OutgoingRecord) -> Output:
         p = 0 if r.partition is None else r.partition
@@ -61,6 +61,9 @@ class RecordingSink:
 
     async def begin(self) -> None:
         self.events.append(("begin", None))
+
+    async def partition_count(self, topic: str) -> int:
+        return 1
 
     def send(self, record: OutgoingRecord) -> None:
         self.events.append(("send", record))

@@ -17,6 +17,8 @@ from onceflow.errors import (
     Disposition,
     HandlerFailedError,
     OnceflowError,
+    RecordRejectedError,
+    RecordTooLargeError,
     RestoreCancelledError,
     RestoreChildGoneError,
     SerdeError,
@@ -26,6 +28,7 @@ from onceflow.errors import (
     TaskCorruptedError,
     TaskFencedError,
     TopicNotFoundError,
+    UnknownPartitionError,
     WrongPartitionError,
     disposition_of,
 )
@@ -54,6 +57,10 @@ DISPOSITIONS: dict[type[OnceflowError], Disposition] = {
     StoreCorruptError: "retriable",
     WrongPartitionError: "retriable",
     RestoreChildGoneError: "retriable",
+    # never reach the worker: the task dead-letters the input at once (errors.py)
+    RecordRejectedError: "retriable",
+    RecordTooLargeError: "retriable",
+    UnknownPartitionError: "retriable",
 }
 
 
