@@ -29,6 +29,7 @@ from onceflow.runtime.outbox import FENCING_ERRORS, Outbox
 
 __all__ = [
     "AtLeastOnceSink",
+    "FencedAtLeastOnceSink",
     "Outbox",
     "ProducerFactory",
     "Sink",
@@ -243,15 +244,57 @@ class AtLeastOnceSink(_Buffered):
             raise TaskCorruptedError(f"send failed: {exc!r}") from exc
 
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(dict(offsets))
-        except KafkaError as exc:
-            raise TaskCorruptedError(f"offset commit failed: {exc!r}") from exc
+        await _commit_consumer_offsets(self._consumer, offsets)
 
     async def abort(self) -> None:
         self._outbox.discard()
 
     async def close(self) -> None:
         self._outbox.discard()
+
+
+class FencedAtLeastOnceSink(TransactionalSink):
+    """At-least-once for a task with tables: its own transactional producer, so that a zombie
+    cannot write to a changelog after the task's next owner started.
+
+    The shared idempotent producer is not fenced: a worker paused past its session timeout
+    would, on waking, send its stale changelog records after the new owner's (and only then
+    fail its offset commit), and a later restore would lose the new owner's updates. Here the
+    next owner's InitProducerId fences the zombie, whose commit then fails. Outputs and
+    changelog records commit in one transaction; the consumed offsets are committed by the
+    consumer afterwards, outside it (a crash between the two re-processes: at least once).
+    """
+
+    def __init__(
+        self,
+        factory: ProducerFactory,
+        *,
+        transactional_id: str,
+        group_id: str,
+        request_timeout_ms: int,
+        consumer: AIOKafkaConsumer,
+    ) -> None:
+        super().__init__(
+            factory,
+            transactional_id=transactional_id,
+            group_id=group_id,
+            request_timeout_ms=request_timeout_ms,
+        )
+        self._consumer = consumer
+
+    async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        await super().commit({})  # the transaction, without the offsets
+        await _commit_consumer_offsets(self._consumer, offsets)
+
+
+async def _commit_consumer_offsets(
+    consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, OffsetAndMetadata]
+) -> None:
+    """Commit ``offsets`` with the group consumer; it fails when this member's generation is
+    no longer current (the task moved)."""
+    if not offsets:
+        return
+    try:
+        await consumer.commit(dict(offsets))
+    except KafkaError as exc:
+        raise TaskCorruptedError(f"offset commit failed: {exc!r}") from exc

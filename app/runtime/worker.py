@@ -30,7 +30,12 @@ from onceflow.runtime.assignor import TaskAssignor, TaskKey
 from onceflow.runtime.clients import Clients
 from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
 from onceflow.runtime.metrics import Metrics
-from onceflow.runtime.sinks import AtLeastOnceSink, Sink, TransactionalSink
+from onceflow.runtime.sinks import (
+    AtLeastOnceSink,
+    FencedAtLeastOnceSink,
+    Sink,
+    TransactionalSink,
+)
 from onceflow.runtime.task import Task, TaskState
 from onceflow.settings import Settings, load_settings
 from onceflow.topology import App
@@ -382,23 +387,12 @@ class Worker:
     def _create_task(self, key: TaskKey) -> None:
         group, partition = key
         s = self.settings
-        sink: Sink
-        if s.eos:
-            sink = TransactionalSink(
-                self.clients.producer,
-                transactional_id=naming.transactional_id(self.app.app_id, group, partition),
-                group_id=self.app.app_id,
-                request_timeout_ms=s.request_timeout_ms,
-            )
-        else:
-            assert self._shared_producer is not None
-            sink = AtLeastOnceSink(self._shared_producer, self.consumer)
         task = Task(
             app=self.app,
             group=group,
             partition=partition,
             num_partitions=self.partitions[group],
-            sink=sink,
+            sink=self._sink_for(group, partition),
             consumer=self.consumer,
             consumer_factory=self.clients.consumer,
             settings=s,
@@ -408,6 +402,30 @@ class Worker:
         self.consumer.pause(*task.tps)
         self._starting[key] = self._spawn(self._start_task(key, task))
         self.metrics.assigned_tasks.labels(self.app.app_id).set(len(self.tasks))
+
+    def _sink_for(self, group: str, partition: int) -> Sink:
+        """Exactly-once: the task's own transactional producer. At-least-once: the shared
+        producer, unless the task has tables — then a fencing producer of its own, so that a
+        zombie cannot overwrite its changelog (``FencedAtLeastOnceSink``)."""
+        txn_id = naming.transactional_id(self.app.app_id, group, partition)
+        timeout_ms = self.settings.request_timeout_ms
+        if self.settings.eos:
+            return TransactionalSink(
+                self.clients.producer,
+                transactional_id=txn_id,
+                group_id=self.app.app_id,
+                request_timeout_ms=timeout_ms,
+            )
+        if self.app.tables_of(group):
+            return FencedAtLeastOnceSink(
+                self.clients.producer,
+                transactional_id=txn_id,
+                group_id=self.app.app_id,
+                request_timeout_ms=timeout_ms,
+                consumer=self.consumer,
+            )
+        assert self._shared_producer is not None
+        return AtLeastOnceSink(self._shared_producer, self.consumer)
 
     async def _start_task(self, key: TaskKey, task: Task) -> None:
         try:
