@@ -19,6 +19,7 @@ from onceflow.errors import (
     CopartitioningError,
     TopicNotFoundError,
 )
+from onceflow.runtime.checkpoint import tables_of
 from onceflow.runtime.compat import send_admin_request
 from onceflow.topology import App
 
@@ -121,6 +122,31 @@ class TopicAdmin:
                     "held. Restore the topic; or, to start its table from empty, stop every "
                     "worker, delete the state directory and restart"
                 )
+
+    async def check_known_changelogs(self, app: App) -> None:
+        """Raise ``ChangelogMissingError`` if the changelog of a table that had state is missing
+        at start-up: ``ensure`` would create it empty, and a host without local state would then
+        restore an empty table without a word. "Had state": the app's committed offsets name the
+        table (``checkpoint.tables_of``); a table they do not name is new, and created."""
+        wanted = {t.changelog_topic: t.name for t in app.tables.values()}
+        if not wanted:
+            return
+        missing = set(wanted) - (await self.partition_counts(wanted)).keys()
+        if not missing:
+            return
+        offsets = await self._client.list_consumer_group_offsets(app.app_id)
+        known = set().union(*(tables_of(meta.metadata) for meta in offsets.values()))
+        for topic in sorted(missing):
+            if wanted[topic] in known:
+                raise ChangelogMissingError(
+                    f"changelog topic {topic!r} of table {wanted[topic]!r} does not exist, but "
+                    f"the committed offsets of group {app.app_id!r} show the table had state: the "
+                    "topic was deleted while the app was stopped. Restore the topic; or, to start "
+                    "the table from empty, stop every worker, delete the group's committed "
+                    "offsets (kafka-consumer-groups --delete-offsets) and the state directory, "
+                    "and restart"
+                )
+            log.info("table %r is new: creating its changelog topic %s", wanted[topic], topic)
 
     async def ensure(self, topics: list[InternalTopic]) -> None:
         """Create the missing internal topics; check the partitions of the existing ones."""

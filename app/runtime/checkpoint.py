@@ -9,7 +9,7 @@ resumes with the stream time its outputs were computed with.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,23 +21,35 @@ if TYPE_CHECKING:
     from onceflow.runtime.sinks import Sink
     from onceflow.runtime.stores import TaskStores
 
-__all__ = ["Checkpoint", "CommitMetrics", "offset_metadata", "stream_time_of"]
+__all__ = ["Checkpoint", "CommitMetrics", "offset_metadata", "stream_time_of", "tables_of"]
 
 
-def offset_metadata(stream_time: int) -> str:
-    """The metadata committed with a task's offsets."""
-    return orjson.dumps({"stream_time": stream_time}).decode()
+def offset_metadata(stream_time: int, tables: Sequence[str] = ()) -> str:
+    """The metadata committed with a task's offsets: its stream time, and the names of its
+    tables — so that a start-up can tell a table's deleted changelog from a new table's."""
+    return orjson.dumps({"stream_time": stream_time, "tables": list(tables)}).decode()
+
+
+def _parsed(metadata: str | None) -> dict[str, Any]:
+    if not metadata:
+        return {}
+    try:
+        value = orjson.loads(metadata)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def stream_time_of(metadata: str | None) -> int:
     """The stream time in committed offset metadata; -1 when there is none (or it is not ours)."""
-    if not metadata:
-        return -1
-    try:
-        value = orjson.loads(metadata).get("stream_time", -1)
-    except (orjson.JSONDecodeError, AttributeError):
-        return -1
+    value = _parsed(metadata).get("stream_time", -1)
     return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
+
+def tables_of(metadata: str | None) -> set[str]:
+    """The table names in committed offset metadata (none in metadata written before 0.2)."""
+    value = _parsed(metadata).get("tables", [])
+    return {t for t in value if isinstance(t, str)} if isinstance(value, list) else set()
 
 
 class CommitMetrics:
@@ -60,6 +72,7 @@ class Checkpoint:
         self._metrics = metrics
         self._positions: dict[TopicPartition, int] = {}
         self._uncommitted = 0
+        self._table_names = sorted(table.name for table in stores.tables)
 
     @property
     def positions(self) -> Mapping[TopicPartition, int]:
@@ -89,8 +102,8 @@ class Checkpoint:
            producer.
         2. Wait for the broker to acknowledge every send of the transaction (aiokafka would
            commit a transaction whose sends failed) and note the last changelog offset per store.
-        3. Send the consumed offsets, with the stream time as metadata, to the transaction —
-           once — and commit it.
+        3. Send the consumed offsets, with the stream time and the table names as metadata, to
+           the transaction — once — and commit it.
         4. Persist each store's buffer with its changelog checkpoint to SQLite (Invariant 1:
            only after the commit returned; Invariant 2: data and checkpoint in one SQLite
            transaction). The buffers are sealed on the loop and written in a worker thread while
@@ -113,7 +126,7 @@ class Checkpoint:
             raise
         checkpoints = self._stores.checkpoints(delivered)
         # Step 3
-        meta = offset_metadata(stream_time)
+        meta = offset_metadata(stream_time, self._table_names)
         offsets = {tp: OffsetAndMetadata(pos, meta) for tp, pos in self._positions.items()}
         await self._sink.commit(offsets)
         self._metrics.committed.inc()

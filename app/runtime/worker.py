@@ -139,6 +139,7 @@ class Worker:
             await self.clients.start(admin_client)
             admin = TopicAdmin(admin_client, replication_factor=self.settings.replication_factor)
             self.partitions = await admin.check_sources(self.app)
+            await admin.check_known_changelogs(self.app)
             await admin.ensure(internal_topics(self.app, self.partitions))
         finally:
             await admin_client.close()

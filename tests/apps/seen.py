@@ -13,6 +13,8 @@ app = App(os.environ.get("ONCEFLOW_TEST_APP_ID", "seen"))
 source = app.topic(os.environ["ONCEFLOW_TEST_INPUT"], key_serde="str", value_serde="str")
 sink = app.topic(os.environ["ONCEFLOW_TEST_OUTPUT"], key_serde="str", value_serde="str")
 seen = app.table("seen", default=list, value_serde="json")
+if os.environ.get("ONCEFLOW_TEST_EXTRA_TABLE"):  # a table added in a later version of the app
+    app.table(os.environ["ONCEFLOW_TEST_EXTRA_TABLE"], default=0, value_serde="int64")
 
 
 @app.handler(source)
