@@ -18,7 +18,13 @@ from onceflow import App
 from onceflow.errors import StateError, TaskCorruptedError, TaskFencedError
 from onceflow.records import OutgoingRecord
 from onceflow.runtime import Metrics
-from onceflow.runtime.checkpoint import Checkpoint, CommitMetrics, offset_metadata, stream_time_of
+from onceflow.runtime.checkpoint import (
+    Checkpoint,
+    CommitMetrics,
+    offset_metadata,
+    stream_time_of,
+    tables_of,
+)
 from onceflow.runtime.stores import TaskStores
 from onceflow.state.buffer import WriteBatch
 from onceflow.state.memory import InMemoryStorePartition
@@ -195,7 +201,7 @@ async def test_commit_sends_changelog_then_waits_then_commits_then_persists() ->
     assert topic == f"{APP_ID}-counts-changelog"
     assert sorted(pairs, key=lambda p: p[0]) == [(b"gone", None), (b"k", b"v2")]
     offsets = s.sink.events[2][1]
-    assert offsets == {SOURCE: OffsetAndMetadata(11, offset_metadata(1_234))}
+    assert offsets == {SOURCE: OffsetAndMetadata(11, offset_metadata(1_234, ["counts"]))}
     assert stream_time_of(offsets[SOURCE].metadata) == 1_234
 
     # Invariant 1: while the sink committed, the store still had only the old committed state
@@ -322,7 +328,7 @@ async def test_positions_and_uncommitted() -> None:
     assert cp.uncommitted == 0
     assert cp.empty()
     assert dict(cp.positions) == {SOURCE: 7, other: 9}  # positions outlive the commit
-    meta = offset_metadata(100)
+    meta = offset_metadata(100, ["counts"])
     assert s.sink.events[-1] == (
         "commit",
         {SOURCE: OffsetAndMetadata(7, meta), other: OffsetAndMetadata(9, meta)},
@@ -334,7 +340,7 @@ async def test_positions_and_uncommitted() -> None:
 
     cp.processed(other, 10, 1)
     assert await cp.commit(300) is True
-    meta = offset_metadata(300)
+    meta = offset_metadata(300, ["counts"])
     assert s.sink.events[-1] == (
         "commit",
         {SOURCE: OffsetAndMetadata(7, meta), other: OffsetAndMetadata(10, meta)},
@@ -347,9 +353,17 @@ async def test_positions_and_uncommitted() -> None:
 
 @pytest.mark.parametrize("stream_time", [-1, 0, 1, 1_700_000_000_000, 2**62])
 def test_offset_metadata_round_trips(stream_time: int) -> None:
-    meta = offset_metadata(stream_time)
+    meta = offset_metadata(stream_time, ["b", "a"])
     assert isinstance(meta, str)
     assert stream_time_of(meta) == stream_time
+    assert tables_of(meta) == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    "metadata", [None, "", "garbage", "[]", '{"stream_time": 5}', '{"tables": "counts"}']
+)
+def test_metadata_without_a_table_list_names_no_table(metadata: str | None) -> None:
+    assert tables_of(metadata) == set()
 
 
 @pytest.mark.parametrize(
