@@ -7,10 +7,16 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import for_code
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    NotCoordinatorError,
+    for_code,
+)
 from aiokafka.protocol.metadata import MetadataRequest
 
 from onceflow.errors import (
@@ -28,6 +34,12 @@ __all__ = ["InternalTopic", "TopicAdmin", "internal_topics"]
 log = logging.getLogger("onceflow.admin")
 _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
+# The group coordinator is starting or moving: ask again.
+_COORDINATOR_LOADING = (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    NotCoordinatorError,
+)
 
 
 @dataclass(frozen=True)
@@ -134,7 +146,7 @@ class TopicAdmin:
         missing = set(wanted) - (await self.partition_counts(wanted)).keys()
         if not missing:
             return
-        offsets = await self._client.list_consumer_group_offsets(app.app_id)
+        offsets = await self._group_offsets(app.app_id)
         known = set().union(*(tables_of(meta.metadata) for meta in offsets.values()))
         for topic in sorted(missing):
             if wanted[topic] in known:
@@ -147,6 +159,20 @@ class TopicAdmin:
                     "and restart"
                 )
             log.info("table %r is new: creating its changelog topic %s", wanted[topic], topic)
+
+    async def _group_offsets(self, group_id: str, timeout_s: float = 30.0) -> dict[Any, Any]:
+        """The group's committed offsets. On a cluster that has just started, the group
+        coordinator (``__consumer_offsets``) may not be ready yet: retry for ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            try:
+                offsets: dict[Any, Any] = await self._client.list_consumer_group_offsets(group_id)
+                return offsets
+            except _COORDINATOR_LOADING:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     async def ensure(self, topics: list[InternalTopic]) -> None:
         """Create the missing internal topics; check the partitions of the existing ones."""
