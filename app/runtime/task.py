@@ -36,6 +36,7 @@ from onceflow.runtime.checkpoint import Checkpoint, CommitMetrics, stream_time_o
 from onceflow.runtime.compat import committed_offsets
 from onceflow.runtime.dead_letters import dead_letter
 from onceflow.runtime.metrics import BatchedHistogram
+from onceflow.runtime.retries import Held
 from onceflow.runtime.stores import AnyTable, TaskStores
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class Task:
         )
         self._sent: dict[str, int] = {}  # records sent per topic in the current batch
         self._partition_counts: dict[str, int] = {}  # of topics sent to an explicit partition
+        self._held: Held | None = None  # a record waiting for its retry, and those behind it
         # Per source topic: the tables keyed like it, whose keys a fetched batch names.
         self._prefetch: dict[str, list[AnyTable]] = {}
         self._error_policy = app.error_policy or settings.error_policy
@@ -216,13 +218,28 @@ class Task:
 
     # -- processing ----------------------------------------------------------------------------
 
+    @property
+    def retry_due(self) -> float | None:
+        """When (``time.monotonic()``) the record whose handler failed is tried again; None when
+        no record waits. While one waits, the task's later records wait behind it, in order, and
+        the worker pauses the task's partitions (docs/architecture.md, *Failures*)."""
+        return None if self._held is None else self._held.due
+
     async def process(
         self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]
     ) -> None:
         """Handle ``records`` of ``tp`` in offset order inside the open transaction, then hand
-        their outputs to the producer, one batch per partition."""
+        their outputs to the producer, one batch per partition. A record whose handler fails
+        is not retried here: it and the records after it wait (``retry_due``) while the worker
+        goes on with its other tasks and its poll loop."""
         if not records:
             return
+        if self._held is not None:
+            self._held.chunks.append((tp, list(records)))
+            return
+        await self._run(tp, records)
+
+    async def _run(self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         handler = self.app.handlers[tp.topic]
         await self.sink.begin()
         tables = self._tables_keyed_like(tp.topic)
@@ -232,7 +249,8 @@ class Task:
         topic = self.app.topics[tp.topic]
         key_of, value_of = topic.key_serde.deserialize, topic.value_serde.deserialize
         fn, observe, clock = handler.fn, self._latency.observe, time.perf_counter
-        for record in records:
+        done = len(records)
+        for index, record in enumerate(records):
             timestamp = record.timestamp
             if timestamp > self.stream_time:
                 self.stream_time = timestamp
@@ -251,26 +269,102 @@ class Task:
             try:
                 await fn(ctx, key, value)
             except Exception as exc:
-                retried = await self._retry(handler, record, key, value, exc)
-                if retried is None:
+                if self._failed_for_good(handler, record, exc):
                     continue
-                ctx = retried
-            else:
-                observe(clock() - started)
-            sends = ctx.staged_sends
-            if sends is not None and (misdirected := await self._misdirected(sends)):
-                self._fail_record(record, misdirected, "output")
-                continue
+                self._held = Held.after(tp, records[index:], exc, self._backoff_s(0))
+                done = index
+                break
+            observe(clock() - started)
+            await self._apply(record, ctx)
+        if done:
+            await self._finish(tp, records[done - 1].offset + 1, done)
+
+    async def retry_held(self) -> None:
+        """Try the waiting record's handler again (on a fresh Context: a failed attempt's effects
+        are dropped with it). On success, or once its retries are spent (then it goes to the
+        dead-letter topic), process the records that waited behind it."""
+        held = self._held
+        if held is None:
+            return
+        tp, records = held.chunks[0]
+        record, handler = records[0], self.app.handlers[tp.topic]
+        topic = self.app.topics[tp.topic]
+        key = None if record.key is None else topic.key_serde.deserialize(record.key)
+        value = None if record.value is None else topic.value_serde.deserialize(record.value)
+        await self.sink.begin()
+        ctx = Context(
+            self, record.topic, record.partition, record.offset, record.timestamp, record.headers,
+            record.key,
+        )  # fmt: skip
+        started = time.perf_counter()
+        try:
+            await handler.fn(ctx, key, value)
+        except RecordRejectedError as exc:
+            self._fail_record(record, exc, "output")
+        except Exception as exc:
+            held.attempt += 1
+            if held.attempt < self._retries(handler):
+                held.error, held.due = exc, time.monotonic() + self._backoff_s(held.attempt)
+                return
+            self._fail_record(record, exc, "handler")
+        else:
+            self._latency.observe(time.perf_counter() - started)
+            await self._apply(record, ctx)
+        self._held = None
+        await self._finish(tp, record.offset + 1, 1)
+        for next_tp, rest in [(tp, records[1:]), *held.chunks[1:]]:
+            if self._held is not None:
+                self._held.chunks.append((next_tp, rest))
+            elif rest:
+                await self._run(next_tp, rest)
+
+    async def settle(self) -> None:
+        """Wait out the backoffs and retry until no record waits (the in-memory test driver
+        processes records one call at a time)."""
+        while (due := self.retry_due) is not None:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await self.retry_held()
+
+    def _failed_for_good(
+        self, handler: Handler, record: ConsumerRecord[Any, Any], exc: Exception
+    ) -> bool:
+        """After a failed first attempt: dead-letter the record now if a retry cannot help (a
+        rejected output, or no retries); False when it is to be retried."""
+        if isinstance(exc, RecordRejectedError):
+            self._fail_record(record, exc, "output")
+            return True
+        if self._retries(handler) == 0:
+            self._fail_record(record, exc, "handler")
+            return True
+        return False
+
+    def _retries(self, handler: Handler) -> int:
+        return self._settings.max_retries if handler.max_retries is None else handler.max_retries
+
+    def _backoff_s(self, attempt: int) -> float:
+        return self._settings.retry_backoff_ms / 1000 * 2.0 ** min(attempt, 30)
+
+    async def _apply(self, record: ConsumerRecord[Any, Any], ctx: Context) -> None:
+        """Apply a successful attempt's effects, unless one of its sends names a partition its
+        topic lacks (then the record goes to the dead-letter topic, without its effects)."""
+        sends = ctx.staged_sends
+        if sends is not None and (misdirected := await self._misdirected(sends)):
+            self._fail_record(record, misdirected, "output")
+        else:
             self._take_effects(ctx)
-        self._checkpoint.processed(tp, records[-1].offset + 1, len(records))
+
+    async def _finish(self, tp: TopicPartition, next_offset: int, count: int) -> None:
+        """Account for ``count`` handled records of ``tp``, up to ``next_offset`` exclusive, and
+        hand their outputs to the producer."""
+        self._checkpoint.processed(tp, next_offset, count)
         self._latency.publish()
-        self._processed[tp].inc(len(records))
-        for name, count in self._sent.items():
+        self._processed[tp].inc(count)
+        for name, sent in self._sent.items():
             produced = self._produced.get(name)
             if produced is None:
                 produced = self._metrics.records_produced.labels(self.app.app_id, name)
                 self._produced[name] = produced
-            produced.inc(count)
+            produced.inc(sent)
         self._sent.clear()
         await self.sink.flush()
 
@@ -321,46 +415,6 @@ class Task:
             for name in late:
                 self._late[name].inc()
 
-    async def _retry(
-        self,
-        handler: Handler,
-        record: ConsumerRecord[Any, Any],
-        key: Any,
-        value: Any,
-        error: Exception,
-    ) -> Context | None:
-        """After a failed first attempt: retry with backoff, each attempt on a fresh Context (a
-        failed attempt's effects are dropped with it); the last failure goes to ``_fail_record``.
-        """
-        if isinstance(error, RecordRejectedError):  # it would fail the same way again
-            self._fail_record(record, error, "output")
-            return None
-        retries = self._settings.max_retries if handler.max_retries is None else handler.max_retries
-        for attempt in range(retries):
-            await asyncio.sleep(self._settings.retry_backoff_ms / 1000 * 2**attempt)
-            ctx = Context(
-                self,
-                record.topic,
-                record.partition,
-                record.offset,
-                record.timestamp,
-                record.headers,
-                record.key,
-            )
-            started = time.perf_counter()
-            try:
-                await handler.fn(ctx, key, value)
-            except RecordRejectedError as exc:
-                self._fail_record(record, exc, "output")
-                return None
-            except Exception as exc:
-                error = exc
-                continue
-            self._latency.observe(time.perf_counter() - started)
-            return ctx
-        self._fail_record(record, error, "handler")
-        return None
-
     def _fail_record(self, record: ConsumerRecord[Any, Any], exc: Exception, stage: str) -> None:
         where = f"{record.topic}[{record.partition}]@{record.offset}"
         if self._error_policy == "fail":
@@ -388,6 +442,7 @@ class Task:
         """Close the task: commit first if asked (and possible), else abort; release stores."""
         if self.state is TaskState.CLOSED:
             return
+        self._held = None  # the next owner re-reads them from the committed offsets
         try:
             await self._stores.flushed()
         except Exception as exc:  # the changelog has it all: the restore replays it

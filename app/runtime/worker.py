@@ -98,6 +98,7 @@ class Worker:
         self._last_commit = time.monotonic()
         self._rebalances = 0
         self._backoff = Backoff(self.settings.retry_backoff_ms / 1000, time.monotonic)
+        self._waiting: set[TaskKey] = set()  # tasks paused while a record waits for its retry
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- public --------------------------------------------------------------------------------
@@ -199,10 +200,11 @@ class Worker:
         interval = self.settings.effective_commit_interval_ms
         consumer = self.consumer
         while not self._stop.is_set():
-            self.last_loop_at = time.monotonic()
-            wait_ms = max(
-                1, min(100, interval - int((time.monotonic() - self._last_commit) * 1000))
-            )
+            self.last_loop_at = now = time.monotonic()
+            wait_ms = max(1, min(100, interval - int((now - self._last_commit) * 1000)))
+            retry_at = min((d for t in self.tasks.values() if (d := t.retry_due)), default=None)
+            if retry_at is not None:
+                wait_ms = max(1, min(wait_ms, int((retry_at - now) * 1000)))
             try:
                 batch = await consumer.getmany(
                     timeout_ms=wait_ms, max_records=self.settings.max_poll_records
@@ -214,8 +216,31 @@ class Worker:
             async with self._lock:
                 if batch:
                     await self._process(batch)
+                await self._retry_due()
                 if self._commit_due(interval):
                     await self._commit_all()
+
+    async def _retry_due(self) -> None:
+        """Retry the records whose backoff is over; pause the partitions of a task while a
+        record of it waits (what was fetched behind it waits in the task), resume them after."""
+        now = time.monotonic()
+        due = {
+            k: None
+            for k, t in self.tasks.items()
+            if t.state is TaskState.RUNNING and (d := t.retry_due) is not None and d <= now
+        }
+        if due:
+            await self._each(due, lambda task, _: task.retry_held())
+        for key, task in self.tasks.items():
+            if task.state is not TaskState.RUNNING:
+                continue
+            waiting = task.retry_due is not None
+            if waiting and key not in self._waiting:
+                self.consumer.pause(*task.tps)
+                self._waiting.add(key)
+            elif not waiting and key in self._waiting:
+                self.consumer.resume(*task.tps)
+                self._waiting.discard(key)
 
     def _commit_due(self, interval_ms: int) -> bool:
         if (time.monotonic() - self._last_commit) * 1000 >= interval_ms:
@@ -281,6 +306,7 @@ class Worker:
 
     async def _task_failed(self, key: TaskKey, exc: BaseException) -> None:
         task = self.tasks.pop(key, None)
+        self._waiting.discard(key)
         if task is None:
             return
         verdict = judge(exc)
@@ -446,6 +472,7 @@ class Worker:
 
     async def _close_tasks(self, keys: list[TaskKey], *, commit: bool) -> None:
         tasks = [self.tasks.pop(k) for k in keys if k in self.tasks]
+        self._waiting.difference_update(keys)
         for task in tasks:
             await self._stop_start(task)
         await asyncio.gather(*(t.close(commit=commit) for t in tasks), return_exceptions=True)

@@ -197,6 +197,7 @@ class TestDriver:
         record = ConsumerRecord(name, p, offset, ts, 0, key, value, None, *sizes, headers)
         self.metrics.records_consumed.labels(self.app.app_id, name, str(p)).inc()
         await self._run(task, task.process(TopicPartition(name, p), [record]))
+        await self._run(task, task.settle())  # retries wait out their backoff here
         if self.auto_commit:
             await self._run(task, task.commit())
 
