@@ -53,9 +53,14 @@ log = logging.getLogger("onceflow.task")
 
 
 class TaskState(enum.StrEnum):
+    """``created → restoring → running → closed``; ``failed`` from the moment a ``process`` or
+    ``commit`` raised until the worker closes the task (it is neither processed, committed nor
+    queried again: its state may already be another owner's)."""
+
     CREATED = "created"
     RESTORING = "restoring"
     RUNNING = "running"
+    FAILED = "failed"
     CLOSED = "closed"
 
 
@@ -215,7 +220,17 @@ class Task:
         self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]
     ) -> None:
         """Handle ``records`` of ``tp`` in offset order inside the open transaction, then hand
-        their outputs to the producer, one batch per partition."""
+        their outputs to the producer, one batch per partition. If it raises, the task has
+        failed."""
+        try:
+            await self._process(tp, records)
+        except BaseException:
+            self._fail()
+            raise
+
+    async def _process(
+        self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
         if not records:
             return
         handler = self.app.handlers[tp.topic]
@@ -355,8 +370,19 @@ class Task:
 
     async def commit(self) -> bool:
         """Commit what the task processed since its last commit (``Checkpoint.commit``: its
-        docstring lists the steps); False when there was nothing."""
-        return await self._checkpoint.commit(self.stream_time)
+        docstring lists the steps); False when there was nothing. If it raises, the task has
+        failed."""
+        try:
+            return await self._checkpoint.commit(self.stream_time)
+        except BaseException:
+            self._fail()
+            raise
+
+    def _fail(self) -> None:
+        """Stop serving and committing at once: the worker closes the task once every task of
+        the batch is done, and a fenced task's state is already another owner's."""
+        if self.state is TaskState.RUNNING:
+            self.state = TaskState.FAILED
 
     # -- close ---------------------------------------------------------------------------------
 
