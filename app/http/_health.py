@@ -1,5 +1,5 @@
-"""Health and metrics routes: liveness (is the loop turning?), readiness (are all my tasks
-restored and running?), and the Prometheus scrape.
+"""Health and metrics routes: liveness (is the loop turning?), readiness (am I a current
+member of the group, with all my tasks restored and running?), and the Prometheus scrape.
 
 Kubernetes restarts a pod that is not live and routes no traffic to one that is not ready; the
 503 bodies name the reason, e.g. ``restoring store counts partition 3: 12345 records left``.
@@ -14,7 +14,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from onceflow.http._types import NotOk, Status, WorkerView
+from onceflow.http._types import NotOk, Status, TaskView, WorkerView
 
 __all__ = ["health_routes", "liveness", "readiness"]
 
@@ -26,21 +26,31 @@ def readiness(worker: WorkerView) -> str | None:
         return "joining group" if phase == "joining" else "starting"
     if phase != "running":
         return phase  # rebalancing, stopping, stopped
+    current, why = worker.membership()
+    if not current:
+        return f"group membership not current: {why}"
     for key in sorted(worker.tasks):
-        task = worker.tasks[key]
-        if task.state == "running":
-            continue
-        for progress in task.restores.values():
-            if not progress.done:
-                where = f"restoring store {progress.store} partition {progress.partition}"
-                if progress.end_offset == 0:  # not started: the end offset is not read yet
-                    return f"{where}: reading the changelog end offset"
-                return f"{where}: {progress.remaining} records left"
-        return f"starting task {task.task_id}"
+        reason = _task_not_ready(worker.tasks[key])
+        if reason is not None:
+            return reason
     for group, partition in worker.assignor.owned:
         if (group, partition) not in worker.tasks:
             return f"rebuilding task {group}_{partition}"  # it failed; see the worker log
     return None
+
+
+def _task_not_ready(task: TaskView) -> str | None:
+    if task.state == "running":
+        return None
+    if task.state == "failed":
+        return f"task {task.task_id} failed; rebuilding it"  # see the worker log
+    for progress in task.restores.values():
+        if not progress.done:
+            where = f"restoring store {progress.store} partition {progress.partition}"
+            if progress.end_offset == 0:  # not started: the end offset is not read yet
+                return f"{where}: reading the changelog end offset"
+            return f"{where}: {progress.remaining} records left"
+    return f"starting task {task.task_id}"
 
 
 def liveness(worker: WorkerView) -> str | None:
@@ -69,7 +79,8 @@ def health_routes(worker: WorkerView) -> APIRouter:
 
     @router.get("/health/ready", response_model=Status, responses=down, tags=["health"])
     async def ready() -> Any:
-        """200 when the worker is in the group and every task it owns is restored and running."""
+        """200 when the worker is a current member of its group and every task it owns is
+        restored and running."""
         reason = readiness(worker)
         if reason is None:
             return Status()

@@ -4,8 +4,10 @@ The key's partition comes from the same murmur2 partitioner as the producer's; t
 assignment says which instance owns that task. This instance answers from committed state when
 it runs the task; otherwise it proxies the request to the owner's advertised URL, which it only
 ever learns from the assignment (no client-chosen hosts). Whenever the answer could come from
-a non-owner — a rebalance under way, a task still restoring, an owner that does not answer — it
-is a 503 with ``Retry-After`` instead: a client retries rather than reads stale state.
+a non-owner — a rebalance under way, a task still restoring or failed, an owner that does not
+answer, or this instance's group membership not current (a process paused past its session
+timeout: its tasks and its view of the owners may be stale) — it is a 503 with ``Retry-After``
+instead: a client retries rather than reads stale state.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class KeyQueries:
         worker = self._worker
         if worker.phase != "running":
             raise unavailable(f"worker is {worker.phase}: owners are not known; retry")
+        self._check_member()
         count = worker.partitions.get(table.group)
         if count is None:
             raise unavailable(f"partition count of task group {table.group!r} not known yet")
@@ -110,6 +113,13 @@ class KeyQueries:
             # The sender thinks this instance owns the task: one of us has a stale assignment.
             raise unavailable(f"task {task_id} is not owned here (assignment changing); retry")
         return await self._proxy(request, owner, task_id, table.name, text, from_ms, to_ms)
+
+    def _check_member(self) -> None:
+        """503 unless this instance's group membership is current: a member the group may have
+        dropped neither answers from its state nor trusts its view of the owners."""
+        current, why = self._worker.membership()
+        if not current:
+            raise unavailable(f"group membership of this instance is not current ({why}); retry")
 
     def _table(self, name: str) -> AnyTable:
         tables = self._worker.app.tables
@@ -170,6 +180,7 @@ class KeyQueries:
             raise unavailable(revoked) from None
         if not self._still_running(task_key, task):
             raise unavailable(revoked)  # its store may be the next owner's by now
+        self._check_member()  # the membership may have lapsed during the read
         return result
 
     def _not_found(self, detail: str) -> HTTPException:

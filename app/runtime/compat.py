@@ -7,10 +7,14 @@ it reaches into and why the public API does not do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.producer.transaction_manager import TransactionState
+from aiokafka.protocol.group import HeartbeatRequest, JoinGroupRequest, SyncGroupRequest
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 if TYPE_CHECKING:
@@ -26,7 +30,9 @@ __all__ = [
     "fatal_transaction_error",
     "histogram_add",
     "histogram_bounds",
+    "membership_current",
     "send_admin_request",
+    "watch_membership",
 ]
 
 # aiokafka allows abort_transaction() only from these states (it asserts otherwise).
@@ -84,6 +90,86 @@ def abortable(producer: AIOKafkaProducer) -> tuple[bool, str]:
     if txn is None or txn.is_fatal_error():
         return False, "fatal" if txn is not None else "none"
     return txn.state in _ABORTABLE, str(txn.state)
+
+
+# -- group membership (aiokafka 0.14.0) ---------------------------------------------------------
+
+
+@dataclass
+class _Liveness:
+    clock: Callable[[], float]
+    alive_at: float | None = None  # when the last request that proved membership was sent
+
+
+# One record per group coordinator (a consumer makes one when it starts).
+_LIVENESS: weakref.WeakKeyDictionary[Any, _Liveness] = weakref.WeakKeyDictionary()
+
+
+def watch_membership(
+    consumer: AIOKafkaConsumer, clock: Callable[[], float] = time.monotonic
+) -> None:
+    """Record when the group coordinator last confirmed this member; once per started consumer.
+
+    Wraps ``consumer._coordinator._send_req``, through which the heartbeat routine
+    (``_heartbeat_routine`` → ``_do_heartbeat``) and the rebalance (``CoordinatorGroupRebalance``,
+    JoinGroup then SyncGroup) send every request, looked up on the instance each time. A
+    Heartbeat or SyncGroup answered without error proves the member (id and generation) current
+    when the broker handled it, and restarts its session timer there: the *send* time of such a
+    request is recorded, a lower bound of that restart. ``_do_heartbeat`` itself is not the place:
+    it also returns True for ``RebalanceInProgress`` (a pending rebalance, not a confirmation),
+    and it starts only one heartbeat interval after the first join, whose SyncGroup is the first
+    proof. Nothing else changes: the response goes back to aiokafka as it came.
+    """
+    coordinator = consumer._coordinator
+    if coordinator is None or coordinator in _LIVENESS:
+        return
+    liveness = _Liveness(clock)
+    _LIVENESS[coordinator] = liveness
+    send = coordinator._send_req
+
+    async def send_req(request: Any) -> Any:
+        sent_at = liveness.clock()
+        response = await send(request)
+        if isinstance(request, HeartbeatRequest | SyncGroupRequest) and response.error_code == 0:
+            liveness.alive_at = sent_at
+        return response
+
+    coordinator._send_req = send_req
+
+
+def membership_current(
+    consumer: AIOKafkaConsumer, session_timeout_s: float, *, now: float | None = None
+) -> tuple[bool, str]:
+    """Whether this consumer is, as far as it can know, a current member of its group, and why
+    not: a member that is not may have lost its partitions to another (a zombie).
+
+    Not current when: ``watch_membership`` was not installed; the member id is unknown
+    (``member_id``: before the first join, or after ``reset_generation`` on UnknownMemberId /
+    IllegalGeneration, or after leaving); a rebalance is pending (``need_rejoin``: the
+    ``_rejoin_needed_fut`` is set by ``request_rejoin``, e.g. on a RebalanceInProgress heartbeat,
+    or the assignment was dropped for a join); or no Heartbeat / SyncGroup sent within the last
+    ``session_timeout_s`` was answered, after which the broker may have expelled the member
+    (a process paused past its session timeout wakes up in this state, before its next heartbeat
+    fails).
+    """
+    coordinator = consumer._coordinator
+    liveness = _LIVENESS.get(coordinator) if coordinator is not None else None
+    if coordinator is None or liveness is None:
+        return False, "group membership is not watched"
+    if coordinator.member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID:
+        return False, "not a member of the group"
+    subscription = coordinator._subscription.subscription
+    if subscription is None or coordinator.need_rejoin(subscription):
+        return False, "a rebalance is pending"
+    if liveness.alive_at is None:
+        return False, "the group coordinator has not confirmed the membership yet"
+    age = (liveness.clock() if now is None else now) - liveness.alive_at
+    if age > session_timeout_s:
+        return False, (
+            f"no heartbeat confirmed for {age:.1f}s, beyond the session timeout "
+            f"({session_timeout_s:g}s): the group may have moved on"
+        )
+    return True, "current"
 
 
 # -- prometheus-client -------------------------------------------------------------------------

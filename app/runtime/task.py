@@ -57,9 +57,14 @@ log = logging.getLogger("onceflow.task")
 
 
 class TaskState(enum.StrEnum):
+    """``created → restoring → running → closed``; ``failed`` from the moment a ``process`` or
+    ``commit`` raised until the worker closes the task (it is neither processed, committed nor
+    queried again: its state may already be another owner's)."""
+
     CREATED = "created"
     RESTORING = "restoring"
     RUNNING = "running"
+    FAILED = "failed"
     CLOSED = "closed"
 
 
@@ -231,7 +236,16 @@ class Task:
         """Handle ``records`` of ``tp`` in offset order inside the open transaction, then hand
         their outputs to the producer, one batch per partition. A record whose handler fails
         is not retried here: it and the records after it wait (``retry_due``) while the worker
-        goes on with its other tasks and its poll loop."""
+        goes on with its other tasks and its poll loop. If it raises, the task has failed."""
+        try:
+            await self._process(tp, records)
+        except BaseException:
+            self._fail()
+            raise
+
+    async def _process(
+        self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
         if not records:
             return
         if self._held is not None:
@@ -282,7 +296,15 @@ class Task:
     async def retry_held(self) -> None:
         """Try the waiting record's handler again (on a fresh Context: a failed attempt's effects
         are dropped with it). On success, or once its retries are spent (then it goes to the
-        dead-letter topic), process the records that waited behind it."""
+        dead-letter topic), process the records that waited behind it. If it raises, the task
+        has failed."""
+        try:
+            await self._retry_held()
+        except BaseException:
+            self._fail()
+            raise
+
+    async def _retry_held(self) -> None:
         held = self._held
         if held is None:
             return
@@ -433,8 +455,19 @@ class Task:
 
     async def commit(self) -> bool:
         """Commit what the task processed since its last commit (``Checkpoint.commit``: its
-        docstring lists the steps); False when there was nothing."""
-        return await self._checkpoint.commit(self.stream_time)
+        docstring lists the steps); False when there was nothing. If it raises, the task has
+        failed."""
+        try:
+            return await self._checkpoint.commit(self.stream_time)
+        except BaseException:
+            self._fail()
+            raise
+
+    def _fail(self) -> None:
+        """Stop serving and committing at once: the worker closes the task once every task of
+        the batch is done, and a fenced task's state is already another owner's."""
+        if self.state is TaskState.RUNNING:
+            self.state = TaskState.FAILED
 
     # -- close ---------------------------------------------------------------------------------
 

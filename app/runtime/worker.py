@@ -28,6 +28,7 @@ from onceflow.errors import ChangelogMissingError, OnceflowError
 from onceflow.runtime.admin import TopicAdmin, internal_topics
 from onceflow.runtime.assignor import TaskAssignor, TaskKey
 from onceflow.runtime.clients import Clients
+from onceflow.runtime.compat import membership_current, watch_membership
 from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
 from onceflow.runtime.metrics import Metrics
 from onceflow.runtime.sinks import (
@@ -107,6 +108,18 @@ class Worker:
         """Ask the worker to finish: stop fetching, commit, leave the group. Safe to call twice."""
         self._stop.set()
 
+    def membership(self) -> tuple[bool, str]:
+        """Whether this instance is a current member of its group, else False and why.
+
+        Not current while it is not in the group, a rebalance is pending, or no heartbeat was
+        confirmed within the session timeout: the group may have given its tasks to another
+        instance (a process paused past its session timeout), so its state must not be served
+        (docs/architecture.md, *Fencing*).
+        """
+        if self._consumer is None:
+            return False, "not in the group yet"
+        return membership_current(self._consumer, self.settings.session_timeout_ms / 1000)
+
     @property
     def consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -159,6 +172,7 @@ class Worker:
             self._shared_producer = self.clients.producer()
             await self._shared_producer.start()
         await self._consumer.start()
+        watch_membership(self._consumer)
         self._consumer.subscribe(sorted(self.app.handlers), listener=_Listener(self))
         self.phase = "joining"
         log.info(

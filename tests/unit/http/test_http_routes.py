@@ -110,6 +110,7 @@ class FakeWorker:
         self.http_port: int | None = None
         self.tasks: dict[tuple[str, int], FakeTask] = {}
         self.assignor = FakeAssignor(url)
+        self.current: tuple[bool, str] = (True, "current")
         for p in range(PARTITIONS):
             owner = url if p in mine else (OTHER if url == SELF else SELF)
             self.assignor.owners[("0", p)] = owner
@@ -120,6 +121,9 @@ class FakeWorker:
                 p,
                 stores={"sum": Store({}), "by_id": Store({}), "counts": WindowStore({})},
             )
+
+    def membership(self) -> tuple[bool, str]:
+        return self.current
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         task = self.tasks[("0", partition_for_key(key, PARTITIONS))]
@@ -222,6 +226,34 @@ async def test_not_ready_while_a_failed_task_is_rebuilt(worker: FakeWorker, clie
     del worker.tasks[("0", 0)]  # the worker drops a failed task and revives it after a delay
     response = await client.get("/health/ready")
     assert (response.status_code, response.json()["reason"]) == (503, "rebuilding task 0_0")
+
+
+async def test_not_ready_while_a_failed_task_waits_to_be_closed(
+    worker: FakeWorker, client: Any
+) -> None:
+    worker.tasks[("0", 1)].state = "failed"  # its commit failed; the worker closes it next
+    response = await client.get("/health/ready")
+    assert (response.status_code, response.json()["reason"]) == (
+        503,
+        "task 0_1 failed; rebuilding it",
+    )
+
+
+async def test_not_ready_while_the_membership_is_not_current(
+    worker: FakeWorker, client: Any
+) -> None:
+    worker.current = (False, "no heartbeat confirmed for 9.0s, beyond the session timeout (6s)")
+    response = await client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "not ready",
+        "reason": "group membership not current: no heartbeat confirmed for 9.0s, beyond the "
+        "session timeout (6s)",
+    }
+    live = await client.get("/health/live")  # the loop turns: not a reason to restart
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+    worker.current = (True, "current")
+    assert (await client.get("/health/ready")).status_code == 200
 
 
 async def test_ready_with_no_tasks(client: Any, worker: FakeWorker) -> None:
@@ -358,6 +390,50 @@ async def test_503_while_the_task_restores(worker: FakeWorker, client: Any) -> N
     response = await client.get(f"/tables/sum/keys/{key_on(0)}")
     assert response.status_code == 503
     assert response.json()["detail"] == "task 0_0 is restoring here; retry"
+
+
+async def test_503_while_a_failed_task_waits_to_be_closed(worker: FakeWorker, client: Any) -> None:
+    key = key_on(0)
+    worker.put("sum", key.encode(), int64(1))
+    worker.tasks[("0", 0)].state = "failed"  # its commit failed: it may be fenced already
+    response = await client.get(f"/tables/sum/keys/{key}")
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+    assert response.json() == {"detail": "task 0_0 is failed here; retry"}
+
+
+NOT_CURRENT = "no heartbeat confirmed for 8.2s, beyond the session timeout (6s)"
+
+
+@pytest.mark.parametrize("partition", [0, 2], ids=["owned here", "owned by the other"])
+async def test_503_while_the_membership_is_not_current(worker: FakeWorker, partition: int) -> None:
+    """A zombie (paused past its session timeout) neither answers from its state nor proxies
+    with its stale view of the owners."""
+    key = key_on(partition)
+    if partition == 0:
+        worker.put("sum", key.encode(), int64(1))
+    worker.current = (False, NOT_CURRENT)
+    never = httpx.MockTransport(lambda r: pytest.fail(f"proxied to {r.url}"))
+    async with client_for(worker, httpx.AsyncClient(transport=never)) as client:
+        response = await client.get(f"/tables/sum/keys/{key}")
+        assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {
+            "detail": f"group membership of this instance is not current ({NOT_CURRENT}); retry"
+        }
+        assert "x-onceflow-owner" not in response.headers
+
+
+async def test_membership_lapsing_during_the_read_is_503(worker: FakeWorker, client: Any) -> None:
+    key = key_on(0)
+    worker.put("sum", key.encode(), int64(1))
+
+    def lapse() -> None:
+        worker.current = (False, NOT_CURRENT)
+
+    worker.tasks[("0", 0)].stores["sum"].on_read = lapse
+    response = await client.get(f"/tables/sum/keys/{key}")
+    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+    assert NOT_CURRENT in response.json()["detail"]
 
 
 async def test_503_when_no_owner_is_known(worker: FakeWorker, client: Any) -> None:
