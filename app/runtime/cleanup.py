@@ -130,6 +130,8 @@ class StateCleaner:
                 await asyncio.to_thread(self.clean, frozenset(keep))
             except OSError as exc:
                 log.warning("cleaning the state directory %s failed: %r", self.root, exc)
+            except Exception:  # a bug here must not end the loop, nor go unnoticed
+                log.exception("cleaning the state directory %s failed", self.root)
 
     def clean(self, owned: Collection[TaskKey]) -> list[Removed]:
         """One round: remove what is unowned and unused for longer than the delay; blocking."""
