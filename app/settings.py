@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # Memory per store partition (a worker holds tables x partitions of them).
     state_read_cache_mib: float = Field(default=2.0, ge=0)
     state_page_cache_mib: int = Field(default=4, ge=1)
+    # Stores of tasks this worker no longer owns are deleted once unused this long.
+    state_cleanup_delay_ms: int = Field(default=600_000, ge=0)
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_enabled: bool = True

@@ -29,7 +29,7 @@ from onceflow.runtime.checkpoint import tables_of
 from onceflow.runtime.compat import send_admin_request
 from onceflow.topology import App
 
-__all__ = ["InternalTopic", "TopicAdmin", "internal_topics"]
+__all__ = ["DEFAULT_DELETE_RETENTION_MS", "InternalTopic", "TopicAdmin", "internal_topics"]
 
 log = logging.getLogger("onceflow.admin")
 _TOPIC_ALREADY_EXISTS = 36
@@ -40,6 +40,9 @@ _COORDINATOR_LOADING = (
     CoordinatorNotAvailableError,
     NotCoordinatorError,
 )
+DEFAULT_DELETE_RETENTION_MS = 86_400_000
+"""Kafka's default ``delete.retention.ms`` (one day), assumed for a topic the broker does not
+describe to us."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,36 @@ class TopicAdmin:
                 return
             await asyncio.sleep(0.2)
         raise ConfigurationError(f"internal topics {names} not visible after {timeout_s}s")
+
+    async def delete_retention_ms(self, topics: Iterable[str]) -> dict[str, int]:
+        """``delete.retention.ms`` of each topic: how long a tombstone outlives the compaction
+        that first saw it (the broker's default where the topic does not override it). A topic
+        the broker does not describe (no DescribeConfigs permission) gets Kafka's default, with
+        a warning."""
+        names = sorted(set(topics))
+        if not names:
+            return {}
+        config = "delete.retention.ms"
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, name, configs={config: None}) for name in names
+        ]
+        found: dict[str, int] = {}
+        for response in await self._client.describe_configs(resources):
+            for code, message, _type, name, entries in response.resources:
+                if code != 0:
+                    log.warning(
+                        "cannot read %s of topic %s (%s %s); assuming Kafka's default, %d ms",
+                        config,
+                        name,
+                        for_code(code).__name__,
+                        message or "",
+                        DEFAULT_DELETE_RETENTION_MS,
+                    )
+                    continue
+                for entry in entries:
+                    if entry[0] == config and entry[1] is not None:
+                        found[name] = int(entry[1])
+        return {name: found.get(name, DEFAULT_DELETE_RETENTION_MS) for name in names}
 
     async def resolve_replication_factor(self) -> int:
         """The replication factor to create topics with: the configured one, or (-1) the broker's

@@ -4,6 +4,12 @@
 writes a handler staged, loads a fetched batch's keys ahead of the handlers, hands the changelog
 records to the commit, and writes each committed buffer to SQLite in the background
 (docs/architecture.md, *State*).
+
+Each store directory's mtime says when the store was last known in sync with its changelog
+(``cleanup.mark_in_sync``): set when its restore reached the end, after every flush and at a
+clean close, and put back where it was whenever SQLite moved it otherwise. A store out of sync
+for longer than its changelog's ``delete.retention.ms`` may have missed deletes whose tombstones
+compaction dropped since: it is wiped and restored from the beginning.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiokafka.structs import TopicPartition
 
+from onceflow.runtime.cleanup import last_in_sync, mark_in_sync
 from onceflow.runtime.restore import RestoreProgress, restore_partition
-from onceflow.state.sqlite.partition import open_store
+from onceflow.state.sqlite.lock import TaskLock
+from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
 from onceflow.state.windowed import WindowedStorePartition, parse_changelog_key
 from onceflow.tables import Table, WindowedTable
 
@@ -31,7 +39,7 @@ if TYPE_CHECKING:
     from onceflow.settings import Settings
     from onceflow.state.typing import StorePartition
 
-__all__ = ["AnyTable", "TaskStores", "open_store_cancellable"]
+__all__ = ["AnyTable", "OpenedStore", "TaskStores", "open_in_sync", "open_store_cancellable"]
 
 log = logging.getLogger("onceflow.task")
 AnyTable = Table[Any, Any] | WindowedTable[Any, Any]
@@ -49,6 +57,11 @@ class TaskStores:
         self._stores: dict[str, StorePartition] = {}
         self._windowed: dict[str, WindowedStorePartition] = {}
         self._flushing: asyncio.Future[None] | None = None  # the last commit's SQLite writes
+        self._dirs: dict[str, Path] = {}  # the directory of each SQLite store, by table
+        self._in_sync_at: dict[str, float | None] = {}  # when each was last in sync (epoch s)
+        # Tables whose store may lack records of its changelog partition: not restored yet, or
+        # changelog records sent that no flush wrote yet.
+        self._behind: set[str] = set()
 
     # -- access ------------------------------------------------------------------------------
 
@@ -82,18 +95,27 @@ class TaskStores:
         settings: Settings,
         metrics: Metrics,
         consumer_factory: ConsumerFactory,
+        delete_retention_ms: int | None = None,
     ) -> None:
-        """Open the table's SQLite store (wiped if corrupt) and bring it up to the end of its
-        changelog partition."""
+        """Open the table's SQLite store (wiped if corrupt, or if it was out of sync with its
+        changelog for longer than the changelog's ``delete_retention_ms``) and bring it up to
+        the end of its changelog partition."""
         path = Path(settings.state_dir) / app_id / table.name / str(self.partition)
-        store, reason = await open_store_cancellable(
+        opened = await open_store_cancellable(
             path,
             cache_bytes=int(settings.state_read_cache_mib * 2**20),
             page_cache_mib=settings.state_page_cache_mib,
+            delete_retention_ms=delete_retention_ms,
         )
-        if reason:
+        reason = opened.wiped_because
+        if opened.stale:
+            log.warning("store %s partition %d: %s", table.name, self.partition, reason)
+        elif reason:
             log.warning("store %s partition %d wiped: %s", table.name, self.partition, reason)
-        target = self.attach(table, store)
+        self._dirs[table.name] = path
+        self._in_sync_at[table.name] = opened.in_sync_at
+        self._behind.add(table.name)
+        target = self.attach(table, opened.store)
         progress = RestoreProgress(table.name, self.partition, wiped_because=reason)
         self.restores[table.name] = progress
         labels = (app_id, table.name, str(self.partition))
@@ -107,6 +129,7 @@ class TaskStores:
             on_batch=_progress_reporter(gauge, metrics.restored_records.labels(*labels)),
         )
         gauge.set(0)
+        self._synced(table.name)
         if progress.restored:
             log.info(
                 "restored %s partition %d: %d records from offset %d in %.2fs",
@@ -168,9 +191,12 @@ class TaskStores:
         for table in self.tables:
             windowed = self._windowed.get(table.name)
             if windowed is not None:
-                yield table, windowed.pending_changelog()
+                records = windowed.pending_changelog()
             else:
-                yield table, list(self._stores[table.name].pending().items())
+                records = list(self._stores[table.name].pending().items())
+            if records:
+                self._behind.add(table.name)  # until the flush of this commit wrote them
+            yield table, records
 
     def checkpoints(self, delivered: Mapping[TopicPartition, int]) -> dict[str, int]:
         """Per table, the offset of the last changelog record the commit wrote."""
@@ -193,6 +219,18 @@ class TaskStores:
     def _flush(self, checkpoints: dict[str, int]) -> None:
         for name, store in self._stores.items():
             store.flush(checkpoints.get(name), seal=False)
+            if name in checkpoints or name not in self._behind:
+                self._synced(name)
+
+    def _synced(self, name: str) -> None:
+        """The table's store holds everything its changelog partition does, as of now."""
+        path = self._dirs.get(name)
+        if path is None:
+            return  # not a store of ours on disk (attached by a test driver)
+        now = time.time()
+        mark_in_sync(path, now)
+        self._in_sync_at[name] = now
+        self._behind.discard(name)
 
     async def flushed(self) -> None:
         """Wait for the last commit's SQLite writes; raises what they raised."""
@@ -215,41 +253,127 @@ class TaskStores:
                 self.partition,
                 exc,
             )
-        for store in self._stores.values():
+        for name, store in self._stores.items():
             store.discard()
-            await asyncio.to_thread(store.close)
+            await asyncio.to_thread(self._close_store, name, store)
+
+    def _close_store(self, name: str, store: StorePartition) -> None:
+        store.close()
+        path = self._dirs.get(name)
+        if path is None:
+            return
+        if name not in self._behind:
+            self._synced(name)
+            return
+        # Closing moved the mtime (SQLite deletes its WAL files) but the store is no fresher
+        # than when it was last in sync: a restore stopped half-way, or a flush that never came.
+        at = self._in_sync_at.get(name)
+        if at is not None:
+            mark_in_sync(path, at)
+
+
+class OpenedStore(NamedTuple):
+    """What ``open_in_sync`` opened."""
+
+    store: SqliteStorePartition
+    wiped_because: str | None
+    """Why it was wiped (corrupt, or stale), None if it was not."""
+    stale: bool
+    """Wiped because it was out of sync longer than its changelog keeps tombstones."""
+    in_sync_at: float | None
+    """When it was last known in sync with its changelog (the directory's mtime at open)."""
+
+
+def stale_reason(age_s: float, delete_retention_ms: int) -> str:
+    return (
+        f"last in sync {age_s:.0f} s ago, longer than the changelog's delete.retention.ms "
+        f"({delete_retention_ms} ms): deletes it missed may have been compacted away; restoring "
+        "from the beginning"
+    )
+
+
+def open_in_sync(
+    path: Path,
+    *,
+    cache_bytes: int,
+    page_cache_mib: int,
+    lock_timeout_s: float = 30.0,
+    delete_retention_ms: int | None = None,
+) -> OpenedStore:
+    """``open_store``, and wipe a store with a checkpoint that was last in sync with its
+    changelog more than ``delete_retention_ms`` ago: compaction may have dropped the tombstones
+    of deletes it never saw, so restoring its tail would bring deleted keys back.
+
+    Blocking: run it in a worker thread. The directory's mtime is read under the store's lock,
+    before SQLite opens (and so moves it), and put back afterwards.
+    """
+    lock = TaskLock(path)
+    lock.acquire(lock_timeout_s)
+    try:
+        in_sync_at = last_in_sync(path)
+        store, reason = open_store(
+            path, lock=lock, cache_bytes=cache_bytes, page_cache_mib=page_cache_mib
+        )
+    except BaseException:
+        lock.close()
+        raise
+    stale = False
+    try:
+        age_s = None if in_sync_at is None else time.time() - in_sync_at
+        if (
+            reason is None
+            and delete_retention_ms is not None
+            and age_s is not None
+            and age_s * 1000 > delete_retention_ms
+            and store.checkpoint is not None
+        ):
+            reason, stale = stale_reason(age_s, delete_retention_ms), True
+            store.wipe()  # as open_store wipes a corrupt store: every file, then a fresh one
+        if in_sync_at is not None:
+            mark_in_sync(path, in_sync_at)
+    except BaseException:
+        store.close()
+        raise
+    return OpenedStore(store, reason, stale, in_sync_at)
 
 
 async def open_store_cancellable(
-    path: Path, *, cache_bytes: int, page_cache_mib: int, lock_timeout_s: float = 30.0
-) -> tuple[StorePartition, str | None]:
-    """``open_store`` in a worker thread. If the caller is cancelled meanwhile (a task revoked
+    path: Path,
+    *,
+    cache_bytes: int,
+    page_cache_mib: int,
+    lock_timeout_s: float = 30.0,
+    delete_retention_ms: int | None = None,
+) -> OpenedStore:
+    """``open_in_sync`` in a worker thread. If the caller is cancelled meanwhile (a task revoked
     while it starts), the thread still runs to its end: the store it opens then is closed, so
     its lock is released instead of leaking for the life of the process."""
     opening = asyncio.ensure_future(
         asyncio.to_thread(
             functools.partial(
-                open_store,
+                open_in_sync,
                 path,
                 lock_timeout_s=lock_timeout_s,
                 cache_bytes=cache_bytes,
                 page_cache_mib=page_cache_mib,
+                delete_retention_ms=delete_retention_ms,
             )
         )
     )
     try:
-        store, reason = await asyncio.shield(opening)
+        return await asyncio.shield(opening)
     except asyncio.CancelledError:
         opening.add_done_callback(_close_opened)
         raise
-    return store, reason
 
 
-def _close_opened(opening: asyncio.Future[Any]) -> None:
+def _close_opened(opening: asyncio.Future[OpenedStore]) -> None:
     if opening.cancelled() or opening.exception() is not None:
         return  # nothing was opened (a failed open releases its lock itself)
-    store, _ = opening.result()
-    store.close()  # no transaction is open yet: a quick close on the loop
+    opened = opening.result()
+    opened.store.close()  # no transaction is open yet: a quick close on the loop
+    if opened.in_sync_at is not None:  # closing moved the mtime; the store is no fresher
+        mark_in_sync(opened.store.path, opened.in_sync_at)
 
 
 def _progress_reporter(gauge: Any, counter: Any) -> Callable[[RestoreProgress, int], None]:

@@ -83,7 +83,10 @@ class Task:
         consumer_factory: ConsumerFactory,
         settings: Settings,
         metrics: Metrics,
+        delete_retention_ms: Mapping[str, int] | None = None,
     ) -> None:
+        """``delete_retention_ms``: per changelog topic, how long it keeps tombstones; a store
+        out of sync with its changelog for longer is restored from the beginning."""
         self.app = app
         self.group = group
         self.partition = partition
@@ -99,6 +102,7 @@ class Task:
         self._consumer_factory = consumer_factory
         self._settings = settings
         self._metrics = metrics
+        self._delete_retention_ms = dict(delete_retention_ms or {})
         self._tables = app.tables_of(group)
         self._stores = TaskStores(self._tables, partition)
         labels = (app.app_id,)
@@ -180,6 +184,7 @@ class Task:
                 settings=self._settings,
                 metrics=self._metrics,
                 consumer_factory=self._consumer_factory,
+                delete_retention_ms=self._delete_retention_ms.get(table.changelog_topic),
             )
         self._check_closing()
         # Step 4

@@ -27,6 +27,7 @@ from onceflow import naming
 from onceflow.errors import ChangelogMissingError, OnceflowError
 from onceflow.runtime.admin import TopicAdmin, internal_topics
 from onceflow.runtime.assignor import TaskAssignor, TaskKey
+from onceflow.runtime.cleanup import StateCleaner
 from onceflow.runtime.clients import Clients
 from onceflow.runtime.compat import membership_current, watch_membership
 from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
@@ -84,6 +85,7 @@ class Worker:
         self.phase = "starting"
         self.tasks: dict[TaskKey, Task] = {}
         self.partitions: dict[str, int] = {}  # task group -> partition count
+        self.delete_retention_ms: dict[str, int] = {}  # changelog topic -> its delete.retention.ms
         self.http_port: int | None = None
         self.assignor = TaskAssignor(app.groups(), self.settings.effective_advertised_url())
         self.fatal_error: BaseException | None = None
@@ -132,6 +134,7 @@ class Worker:
         try:
             await self._setup()
             self._spawn(self._watch_changelogs())
+            self._spawn(StateCleaner.of(self.app, self.settings).run(self._owned, self._stop))
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
             try:
                 await self._loop_task
@@ -155,6 +158,9 @@ class Worker:
             self.partitions = await admin.check_sources(self.app)
             await admin.check_known_changelogs(self.app)
             await admin.ensure(internal_topics(self.app, self.partitions))
+            self.delete_retention_ms = await admin.delete_retention_ms(
+                t.changelog_topic for t in self.app.tables.values()
+            )
         finally:
             await admin_client.close()
         s = self.settings
@@ -387,6 +393,13 @@ class Worker:
         finally:
             await client.close()
 
+    def _owned(self) -> set[TaskKey] | None:
+        """The tasks whose stores stay: owned, starting, or assigned and waiting to be rebuilt.
+        None while the worker is not running (joining, rebalancing: all are revoked then)."""
+        if self.phase != "running":
+            return None
+        return {*self.tasks, *self._starting, *self._assigned}
+
     async def _revive(self, key: TaskKey, delay: float, rebalances: int) -> None:
         """Rebuild a failed task if this worker still owns it after ``delay``.
 
@@ -438,6 +451,7 @@ class Worker:
             consumer_factory=self.clients.consumer,
             settings=s,
             metrics=self.metrics,
+            delete_retention_ms=self.delete_retention_ms,
         )
         self.tasks[key] = task
         self.consumer.pause(*task.tps)

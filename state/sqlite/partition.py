@@ -223,16 +223,22 @@ def open_store(
     lock_timeout_s: float = 0.0,
     integrity: Integrity = "auto",
     page_cache_mib: int = PAGE_CACHE_MIB,
+    lock: TaskLock | None = None,
 ) -> tuple[SqliteStorePartition, str | None]:
     """Open the store in ``path``, wiping it first if it is corrupt.
 
     Returns the store and, when it had to wipe, why (for the restore's log line and progress).
     Blocking (it may wait ``lock_timeout_s`` for the lock and check the file): run it in a
     worker thread. Raises StoreLockedError when another worker on this host holds the store.
+
+    ``lock``: the directory's ``TaskLock``, already acquired (to look at the directory before
+    anything in it changes); the store owns it on success, the caller still does on failure.
     """
     path = Path(path)
-    lock = TaskLock(path)
-    lock.acquire(lock_timeout_s)
+    owned = lock is None
+    if lock is None:
+        lock = TaskLock(path)
+        lock.acquire(lock_timeout_s)
     make = functools.partial(
         SqliteStorePartition,
         path,
@@ -252,5 +258,6 @@ def open_store(
             file.unlink(missing_ok=True)
         return make(), reason
     except BaseException:
-        lock.close()
+        if owned:
+            lock.close()
         raise

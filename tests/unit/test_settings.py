@@ -9,11 +9,16 @@ from onceflow.settings import load_settings
 
 
 def test_defaults_work_locally(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ONCEFLOW_PROCESSING_GUARANTEE", "ONCEFLOW_COMMIT_INTERVAL_MS"):
+    for name in (
+        "ONCEFLOW_PROCESSING_GUARANTEE",
+        "ONCEFLOW_COMMIT_INTERVAL_MS",
+        "ONCEFLOW_STATE_CLEANUP_DELAY_MS",
+    ):
         monkeypatch.delenv(name, raising=False)
     s = load_settings()
     assert s.eos and s.effective_commit_interval_ms == 100
     assert s.http_port == 8080 and s.replication_factor == -1
+    assert s.state_cleanup_delay_ms == 600_000  # Kafka Streams' state.cleanup.delay.ms
 
 
 def test_exactly_once_v2_is_an_alias(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,6 +43,8 @@ def test_at_least_once_commits_less_often(monkeypatch: pytest.MonkeyPatch) -> No
         ("ONCEFLOW_SECURITY_PROTOCOL", "TLS", "'PLAINTEXT'"),
         ("ONCEFLOW_STATE_READ_CACHE_MIB", "-1", "greater than or equal to 0"),
         ("ONCEFLOW_STATE_PAGE_CACHE_MIB", "0", "greater than or equal to 1"),
+        ("ONCEFLOW_STATE_CLEANUP_DELAY_MS", "-1", "greater than or equal to 0"),
+        ("ONCEFLOW_STATE_CLEANUP_DELAY_MS", "10min", "valid integer"),
     ],
 )
 def test_bad_value_names_the_variable(
