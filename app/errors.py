@@ -7,7 +7,8 @@ docs/architecture.md, *Failures*)::
     OnceflowError                          retriable  (the default)
     ├── ConfigurationError                 fatal      a setting or the App is wrong: fix, restart
     │   ├── TopicNotFoundError             fatal      a source topic does not exist
-    │   └── CopartitioningError            fatal      co-partitioned sources differ in partitions
+    │   ├── CopartitioningError            fatal      co-partitioned sources differ in partitions
+    │   └── AuthorizationError             fatal      the broker refused an operation (ACLs)
     ├── SerdeError                         retriable  a key or value did not (de)serialize
     ├── RecordRejectedError                retriable  a handler's output cannot be produced
     │   ├── RecordTooLargeError            retriable  over ONCEFLOW_MAX_REQUEST_SIZE
@@ -43,6 +44,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 __all__ = [
+    "AuthorizationError",
     "ChangelogMissingError",
     "ConfigurationError",
     "CopartitioningError",
@@ -86,6 +88,10 @@ class TopicNotFoundError(ConfigurationError):
 
 class CopartitioningError(ConfigurationError):
     """Source topics handled together must have the same number of partitions."""
+
+
+class AuthorizationError(ConfigurationError):
+    """The broker refused an operation for lack of permission (an ACL): grant it and restart."""
 
 
 class SerdeError(OnceflowError):

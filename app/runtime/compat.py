@@ -31,6 +31,7 @@ __all__ = [
     "histogram_add",
     "histogram_bounds",
     "membership_current",
+    "request_rejoin",
     "send_admin_request",
     "watch_membership",
 ]
@@ -66,6 +67,14 @@ async def send_admin_request(client: AIOKafkaAdminClient, request: Any) -> Any:
     """Send a raw request through the admin client (``_send_request``): a Metadata request with
     ``allow_auto_topic_creation=False``, which ``describe_topics`` does not let us set."""
     return await client._send_request(request)
+
+
+def request_rejoin(consumer: AIOKafkaConsumer) -> None:
+    """Make the consumer rejoin its group at its next poll (``_coordinator.request_rejoin``):
+    aiokafka has no public ``enforceRebalance``. A fenced task is rebuilt only if the rebalance
+    that follows gives it back to this member (Kafka Streams does the same on
+    ``TaskMigratedException``)."""
+    consumer._coordinator.request_rejoin()
 
 
 def fatal_transaction_error(producer: AIOKafkaProducer) -> tuple[bool, BaseException | None]:

@@ -8,16 +8,50 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    InvalidProducerEpoch,
+    KafkaError,
+    ProducerFenced,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 from aiokafka.structs import TopicPartition
 
-from onceflow.errors import TaskCorruptedError, TaskFencedError
+from onceflow.errors import (
+    AuthorizationError,
+    OnceflowError,
+    TaskCorruptedError,
+    TaskFencedError,
+)
 from onceflow.partitioner import cached_partition_for_key
 from onceflow.records import Header, OutgoingRecord
 
-__all__ = ["FENCING_ERRORS", "Outbox"]
+__all__ = ["AUTHORIZATION_ERRORS", "FENCING_ERRORS", "Outbox", "producer_failure"]
 
 FENCING_ERRORS = (ProducerFenced, InvalidProducerEpoch)
+AUTHORIZATION_ERRORS = (
+    TransactionalIdAuthorizationFailed,
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+
+
+def producer_failure(exc: BaseException, what: str) -> OnceflowError:
+    """What a producer error means for the task (``what`` names the call, the producer and its
+    target): fenced — another instance owns the task; not authorized — the operator must grant
+    an ACL (fatal); anything else — the transaction cannot be committed (rebuild the task)."""
+    if isinstance(exc, FENCING_ERRORS):
+        return TaskFencedError(f"{what}: fenced ({exc!r}); another instance owns the task now")
+    if isinstance(exc, AUTHORIZATION_ERRORS):
+        return AuthorizationError(
+            f"{what}: not authorized ({type(exc).__name__}). Grant the app's principal WRITE and "
+            "DESCRIBE on TransactionalId prefix <app id>-, WRITE on its output and internal "
+            "topics (<app id>-*) and READ on group <app id>; then restart"
+        )
+    return TaskCorruptedError(f"{what} failed: {exc!r}")
 
 
 class Outbox:
@@ -141,12 +175,9 @@ class Outbox:
         last: dict[TopicPartition, int] = {}
         for (tp, count, _), result in zip(shipped, results, strict=True):
             if isinstance(result, BaseException):
-                if isinstance(result, FENCING_ERRORS):
-                    raise TaskFencedError(f"send to {tp.topic}[{tp.partition}] fenced") from result
                 if isinstance(result, KafkaError | asyncio.CancelledError | TimeoutError):
-                    raise TaskCorruptedError(
-                        f"send to {tp.topic}[{tp.partition}] failed: {result!r}"
-                    ) from result
+                    what = f"send to {tp.topic}[{tp.partition}]"
+                    raise producer_failure(result, what) from result
                 raise result
             offset = result.offset + count - 1
             if offset > last.get(tp, -1):

@@ -19,13 +19,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import IllegalOperation, KafkaError, TransactionalIdAuthorizationFailed
+from aiokafka.errors import IllegalOperation, KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from onceflow.errors import OnceflowError, TaskCorruptedError, TaskFencedError
 from onceflow.records import OutgoingRecord
 from onceflow.runtime.compat import abortable, fatal_transaction_error
-from onceflow.runtime.outbox import FENCING_ERRORS, Outbox
+from onceflow.runtime.outbox import AUTHORIZATION_ERRORS, FENCING_ERRORS, Outbox, producer_failure
 
 __all__ = [
     "AtLeastOnceSink",
@@ -107,11 +107,8 @@ class TransactionalSink(_Buffered):
     async def start(self) -> None:
         try:
             await asyncio.wait_for(self._producer.start(), self._timeout_s * 2)
-        except TransactionalIdAuthorizationFailed as exc:
-            raise OnceflowError(
-                f"not authorized to use transactional id {self.transactional_id!r}: grant "
-                "WRITE/DESCRIBE on TransactionalId prefix of the app id"
-            ) from exc
+        except AUTHORIZATION_ERRORS as exc:
+            raise producer_failure(exc, f"producer {self.transactional_id!r} start") from exc
         except TimeoutError as exc:
             raise TaskCorruptedError(
                 f"producer {self.transactional_id!r} could not initialize (InitProducerId)"
@@ -178,12 +175,16 @@ class TransactionalSink(_Buffered):
             log.warning("closing producer %s: %r", self.transactional_id, exc)
 
     def _check_fatal(self) -> None:
+        """Raise what put the producer in a fatal state: fenced (also when aiokafka recorded no
+        cause: rebuilding the producer would fence the real owner), not authorized, or another
+        fatal error (out-of-order sequence...: rebuilt with a new producer)."""
         fatal, cause = fatal_transaction_error(self._producer)
-        if fatal:
-            raise TaskFencedError(
-                f"producer {self.transactional_id!r} was fenced ({cause!r}): another instance "
-                "owns the task now"
-            ) from cause
+        if not fatal:
+            return
+        what = f"producer {self.transactional_id!r}"
+        if cause is None:
+            raise TaskFencedError(f"{what} was fenced: another instance owns the task now")
+        raise producer_failure(cause, what) from cause
 
     async def _guard(self, op: Awaitable[Any], what: str, timeout_s: float | None = -1.0) -> Any:
         """Run a producer call (bounded by ``timeout_s``, default the request timeout; None: no
@@ -191,18 +192,15 @@ class TransactionalSink(_Buffered):
         try:
             try:
                 self._check_fatal()
-            except TaskFencedError:
+            except OnceflowError:
                 if isinstance(op, Coroutine):
                     op.close()  # never started: close it so it is not reported as un-awaited
                 raise
             if timeout_s is None:
                 return await op
             return await asyncio.wait_for(op, self._timeout_s if timeout_s < 0 else timeout_s)
-        except FENCING_ERRORS as exc:
-            raise TaskFencedError(
-                f"producer {self.transactional_id!r} fenced during {what}: another instance "
-                "owns the task now"
-            ) from exc
+        except FENCING_ERRORS + AUTHORIZATION_ERRORS as exc:
+            raise producer_failure(exc, f"{what} of {self.transactional_id!r}") from exc
         except TimeoutError as exc:
             raise TaskCorruptedError(
                 f"{what} for {self.transactional_id!r} timed out after {self._timeout_s:.0f}s; "

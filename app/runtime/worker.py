@@ -29,7 +29,7 @@ from onceflow.runtime.admin import TopicAdmin, internal_topics
 from onceflow.runtime.assignor import TaskAssignor, TaskKey
 from onceflow.runtime.cleanup import StateCleaner
 from onceflow.runtime.clients import Clients
-from onceflow.runtime.compat import membership_current, watch_membership
+from onceflow.runtime.compat import membership_current, request_rejoin, watch_membership
 from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
 from onceflow.runtime.metrics import Metrics
 from onceflow.runtime.sinks import (
@@ -336,8 +336,11 @@ class Worker:
             self.metrics.assigned_tasks.labels(self.app.app_id).set(len(self.tasks))
             return
         if verdict.disposition == "fenced":
-            reason, delay = "fenced", self.settings.heartbeat_interval_ms * 2 / 1000
-            log.warning("task %s fenced: %s; waiting for the rebalance", task.task_id, exc)
+            # Never rebuilt on a timer: a member cut off from the group coordinator would fence
+            # the real owner in turn, and so on. It rejoins; the rebalance decides who owns it.
+            reason, delay = "fenced", None
+            log.warning("task %s fenced: %s; rejoining the group", task.task_id, exc)
+            request_rejoin(self.consumer)
         elif verdict.disposition == "fatal":
             self._fatal(exc, f"task {task.task_id}")
             reason, delay = "fatal", None

@@ -11,6 +11,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError,
 
 from onceflow import errors
 from onceflow.errors import (
+    AuthorizationError,
     ChangelogMissingError,
     ConfigurationError,
     CopartitioningError,
@@ -46,6 +47,7 @@ DISPOSITIONS: dict[type[OnceflowError], Disposition] = {
     ConfigurationError: "fatal",
     TopicNotFoundError: "fatal",
     CopartitioningError: "fatal",
+    AuthorizationError: "fatal",
     ChangelogMissingError: "fatal",
     HandlerFailedError: "fatal",
     TaskFencedError: "fenced",

@@ -21,19 +21,23 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import (
+    GroupAuthorizationFailedError,
     IllegalOperation,
     InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
     ProducerFenced,
+    TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
 )
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from onceflow.errors import OnceflowError, TaskCorruptedError, TaskFencedError
+from onceflow.errors import AuthorizationError, TaskCorruptedError, TaskFencedError
 from onceflow.records import OutgoingRecord
+from onceflow.runtime.failures import judge
 from onceflow.runtime.sinks import AtLeastOnceSink, TransactionalSink
 
 TXN_ID = "app-0_3"
@@ -396,6 +400,37 @@ async def test_an_assertion_after_fencing_is_task_fenced() -> None:
     assert producer.calls == ["send_offsets_to_transaction", "commit_transaction"]
 
 
+async def test_a_fatal_state_from_an_authorization_error_is_fatal_not_fenced() -> None:
+    sink, producer = await in_transaction()
+    cause = TransactionalIdAuthorizationFailed()
+    producer.txn.fence(cause)
+    with pytest.raises(AuthorizationError, match="TransactionalId prefix") as excinfo:
+        await sink.commit(OFFSETS)
+    assert excinfo.value.__cause__ is cause
+    assert judge(excinfo.value).disposition == "fatal"
+    assert producer.calls == []
+
+
+async def test_a_fatal_state_from_another_error_is_corrupted_not_fenced() -> None:
+    sink, producer = await in_transaction()
+    cause = OutOfOrderSequenceNumber()
+    producer.txn.fence(cause)
+    with pytest.raises(TaskCorruptedError) as excinfo:
+        await sink.commit(OFFSETS)
+    assert excinfo.value.__cause__ is cause
+    assert producer.calls == []
+
+
+@pytest.mark.parametrize(
+    "error", [GroupAuthorizationFailedError(), TopicAuthorizationFailedError()]
+)
+async def test_an_authorization_error_from_a_call_is_fatal(error: KafkaError) -> None:
+    sink, _ = await in_transaction(send_offsets_error=error)
+    with pytest.raises(AuthorizationError) as excinfo:
+        await sink.commit(OFFSETS)
+    assert judge(excinfo.value).disposition == "fatal"
+
+
 # -- TransactionalSink: corrupted --------------------------------------------------------------
 
 
@@ -480,11 +515,11 @@ async def test_a_record_larger_than_a_batch_is_sent_alone_and_mapped_too() -> No
 async def test_start_not_authorized_names_the_transactional_id() -> None:
     sink, producer = transactional()
     producer.start_error = TransactionalIdAuthorizationFailed()
-    with pytest.raises(OnceflowError) as excinfo:
+    with pytest.raises(AuthorizationError) as excinfo:
         await sink.start()
     assert TXN_ID in str(excinfo.value)
     assert isinstance(excinfo.value.__cause__, TransactionalIdAuthorizationFailed)
-    assert not isinstance(excinfo.value, TaskFencedError)
+    assert judge(excinfo.value).disposition == "fatal"  # not retried for ever
 
 
 async def test_start_timing_out_is_task_corrupted() -> None:
