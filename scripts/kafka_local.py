@@ -20,7 +20,7 @@ Command line::
 
     kafka_local.py fetch [--version V]
     kafka_local.py start --data-dir D [--port 9092] [--controller-port PORT+NODES] [--nodes 1|3]
-                         [--sasl-plain USER:PASS ...] [--tls]
+                         [--sasl-plain USER:PASS ...] [--tls] [--acls]
     kafka_local.py stop --data-dir D
     kafka_local.py kill-node --data-dir D --node N [--signal KILL|TERM]
     kafka_local.py start-node --data-dir D --node N
@@ -39,6 +39,10 @@ traffic and the readiness probe stay on PLAINTEXT; ``start`` prints ``sasl_boots
 its ``bootstrap=...`` line and ``sasl_bootstrap(data_dir)`` returns it. The users are recorded
 in ``cluster.json`` (a throwaway test cluster: the passwords are stored in clear there and in
 ``server.properties``), so ``start`` without ``--sasl-plain`` and ``start-node`` keep them.
+
+ACLs (``--acls``, with ``--sasl-plain``; ``acls=True`` from Python): KRaft's StandardAuthorizer.
+The PLAINTEXT listener's principal stays a super user; SASL users may only do what an ACL allows
+(``add_acls(data_dir, user, "--operation", "All", "--topic", "*")`` runs Kafka's AclCommand).
 
 TLS (``--tls``; ``tls=True`` from Python): ``openssl`` makes a throwaway CA and one broker
 certificate for 127.0.0.1 and localhost in ``DATA_DIR/tls`` (``ca.pem``, and the broker's PEM key

@@ -22,6 +22,7 @@ from __future__ import annotations
 from .cli import build_parser, main, run
 from .cluster import (
     STOP_TIMEOUT_S,
+    add_acls,
     kill_node,
     sasl_bootstrap,
     start_cluster,
@@ -71,6 +72,7 @@ __all__ = [
     "TLS_DAYS",
     "ClusterSpec",
     "KafkaLocalError",
+    "add_acls",
     "build_parser",
     "cache_dir",
     "check_java_version",

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="add an SSL listener (and SASL_SSL with --sasl-plain); certificates in DATA_DIR/tls",
     )
+    start.add_argument(
+        "--acls",
+        action="store_true",
+        default=None,
+        help="turn on the authorizer: SASL users may only do what an ACL allows (see add_acls)",
+    )
     kill = sub.add_parser("kill-node")
     kill.add_argument("--signal", choices=["KILL", "TERM"], default="KILL")
     restart = sub.add_parser("start-node")
@@ -72,7 +78,15 @@ def run(args: argparse.Namespace) -> str:
         return f"libs={fetch(version)}"
     if args.command == "start":
         users = parse_sasl_plain(args.sasl_plain)
-        cluster = (args.nodes, args.port, args.controller_port, args.version, users, args.tls)
+        cluster = (
+            args.nodes,
+            args.port,
+            args.controller_port,
+            args.version,
+            users,
+            args.tls,
+            args.acls,
+        )
         bootstrap = start_cluster(args.data_dir, *cluster)
         extra = {
             "sasl_bootstrap": sasl_bootstrap(args.data_dir),

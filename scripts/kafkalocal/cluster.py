@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def start_cluster(
     version: str | None = None,
     sasl_users: dict[str, str] | None = None,
     tls: bool | None = None,
+    acls: bool | None = None,
 ) -> str:
     """Start (or finish starting) a cluster in ``data_dir``; return its (PLAINTEXT) bootstrap.
 
@@ -60,9 +62,13 @@ def start_cluster(
         sasl_users = existing.sasl_users
     if tls is None:
         tls = existing.tls if existing is not None else False
+    if acls is None:
+        acls = existing.acls if existing is not None else False
+    if acls and not sasl_users:
+        raise KafkaLocalError("ACLs need SASL users (--sasl-plain): they are what ACLs restrict")
     if sasl_users:
         check_sasl_users(sasl_users)
-    wanted = ClusterSpec(version, nodes, port, 0, "", sasl_users or None, tls)
+    wanted = ClusterSpec(version, nodes, port, 0, "", sasl_users or None, tls, acls)
     wanted = replace(wanted, controller_port=_controller_port(wanted, controller_port))
     spec = _spec_for(data_dir, existing, wanted)
     to_start = [n for n in spec.node_ids() if node_pid(data_dir, n) is None]
@@ -98,6 +104,33 @@ def _spec_for(data_dir: Path, existing: ClusterSpec | None, wanted: ClusterSpec)
             "run `stop` and remove that dir, or use another --data-dir"
         )
     return existing
+
+
+def add_acls(data_dir: str | Path, user: str, *resource_and_operations: str) -> None:
+    """Allow SASL ``user`` what ``kafka-acls.sh --add`` would, e.g. ``add_acls(d, "app",
+    "--operation", "All", "--topic", "*")``: Kafka's own ``AclCommand``, over PLAINTEXT (a super
+    user on a cluster started with ``acls``)."""
+    data_dir = Path(data_dir).resolve()
+    spec = load_spec(data_dir)
+    if spec is None or not spec.acls:
+        raise KafkaLocalError(f"{data_dir} holds no cluster started with ACLs")
+    main = [
+        "kafka.admin.AclCommand",
+        "--bootstrap-server",
+        spec.bootstrap,
+        "--add",
+        "--allow-principal",
+        f"User:{user}",
+        *resource_and_operations,
+    ]
+    done = subprocess.run(
+        java_command(spec, 1, data_dir, main, tool=True),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise KafkaLocalError(f"kafka AclCommand failed ({done.returncode}): {done.stderr[-500:]}")
 
 
 def sasl_bootstrap(data_dir: str | Path) -> str | None:

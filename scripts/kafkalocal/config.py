@@ -33,6 +33,7 @@ class ClusterSpec:
     cluster_id: str
     sasl_users: dict[str, str] | None = None
     tls: bool = False
+    acls: bool = False  # StandardAuthorizer: SASL users may only do what an ACL allows
 
     def node_ids(self) -> list[int]:
         return list(range(1, self.nodes + 1))
@@ -125,6 +126,17 @@ def _sasl_settings(spec: ClusterSpec) -> dict[str, object]:
     return settings
 
 
+def _acl_settings() -> dict[str, object]:
+    """KRaft's authorizer. The PLAINTEXT and CONTROLLER listeners' principal (ANONYMOUS) is a
+    super user, so brokers, controllers and the test harness are unaffected; SASL users get
+    only what ``add_acls`` grants them."""
+    return {
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": "User:ANONYMOUS",
+        "allow.everyone.if.no.acl.found": "false",
+    }
+
+
 def _tls_settings(data_dir: Path) -> dict[str, object]:
     """The SSL listener(s) serve the broker certificate from ``make_tls_files`` (PEM, no JKS)."""
     files = tls_dir(data_dir)
@@ -176,6 +188,8 @@ def server_properties(spec: ClusterSpec, node: int, data_dir: Path) -> str:
         settings.update(_sasl_settings(spec))
     if spec.tls:
         settings.update(_tls_settings(data_dir))
+    if spec.acls:
+        settings.update(_acl_settings())
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 

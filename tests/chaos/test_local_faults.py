@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from kafka_helpers import read_to_end, unique_name
+from kafka_helpers import create_topics, read_to_end, unique_name
 from oracle import check_aggregates, expected_by_key, make_inputs, outputs_by_key
 from workers import ONCEFLOW, REPO, WorkerProcess, collect, produce
 from workers import worker_env as base_env
@@ -197,8 +197,17 @@ async def test_deleted_changelog_stops_the_worker_and_a_recreated_one_is_refused
         _assert_clean_log(log)
         producing.cancel()
         await _assert_correct_prefix(bootstrap_servers, source, sink)
-        # A restart recreates the topic, empty: the stores' checkpoints are beyond its end.
+        # A restart does not recreate it: the committed offsets say the table had state.
         worker = WorkerProcess(APP, env, tmp_path / "restarted.log").start()
+        code = await asyncio.to_thread(worker.wait, 60)
+        log = worker.log_text()
+        assert code == 1, f"exit code {code}:\n{log[-4000:]}"
+        assert f"changelog topic '{changelog}' of table 'sum' does not exist" in log, log[-4000:]
+        assert changelog not in await admin.list_topics()
+        # Recreated empty by hand (or by a broker's auto-create): the stores' checkpoints are
+        # beyond its end, and the restore refuses it.
+        await create_topics(admin, [changelog], 6, config={"cleanup.policy": "compact"})
+        worker = WorkerProcess(APP, env, tmp_path / "recreated.log").start()
         code = await asyncio.to_thread(worker.wait, 60)
         log = worker.log_text()
         assert code == 1, f"exit code {code}:\n{log[-4000:]}"
