@@ -95,3 +95,58 @@ async def test_a_zombie_does_not_overwrite_its_successors_changelog(
         expected[key.decode()].add(int(value))
     missing = {k: sorted(expected[k] - state.get(k, set())) for k in expected}
     assert {k: v for k, v in missing.items() if v} == {}, "lost updates (at-least-once must not)"
+
+
+async def test_at_least_once_state_loses_nothing_under_kill_9_and_zombies(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    source = await new_topic("alos-chaos-in", partitions=4)
+    sink = await new_topic("alos-chaos-out", partitions=4)
+    app = app_under_test(
+        bootstrap_servers,
+        "tests.apps.seen",
+        source,
+        sink,
+        tmp_path,
+        state_dirs=3,
+        ONCEFLOW_PROCESSING_GUARANTEE="at_least_once",
+        ONCEFLOW_COMMIT_INTERVAL_MS=1500,
+    )
+    changelog = f"{app.env['ONCEFLOW_TEST_APP_ID']}-seen-changelog"
+    records = _batch(0, 6000)
+    workers = [app.spawn(0), app.spawn(1)]
+    spawned = 2
+    faults = {"kill -9": 0, "SIGSTOP": 0}
+    producing = asyncio.create_task(produce(bootstrap_servers, source, records, rate=300))
+    try:
+        assert await wait_until_processing(workers[0])
+        for round_ in range(6):
+            await asyncio.sleep(3)
+            victim = workers.pop(round_ % len(workers))
+            if round_ % 2:
+                victim.signal(signal.SIGSTOP)  # a zombie: paused past its session timeout
+                await asyncio.sleep(8)
+                victim.signal(signal.SIGCONT)
+                workers.append(victim)
+                faults["SIGSTOP"] += 1
+            else:
+                victim.kill()
+                workers.append(app.spawn(spawned))
+                spawned += 1
+                faults["kill -9"] += 1
+        await producing
+        await _wait_outputs(bootstrap_servers, app, {v for _, v in records}, 120)
+        await asyncio.sleep(4)  # commits
+        for w in workers:
+            assert w.stop() == 0, w.log_text()[-3000:]
+    finally:
+        producing.cancel()
+        for w in workers:
+            w.stop()
+    state = await _final_state(bootstrap_servers, changelog)
+    expected: dict[str, set[int]] = defaultdict(set)
+    for key, value in records:
+        expected[key.decode()].add(int(value))
+    missing = {k: sorted(expected[k] - state.get(k, set())) for k in expected}
+    print(f"faults={faults} records={len(records)}")
+    assert {k: v for k, v in missing.items() if v} == {}, f"lost updates under {faults}"
