@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from onceflow.errors import RecordTooLargeError
-from onceflow.records import ABSENT, Absent, Header, OutgoingRecord, record_size
+from onceflow.records import (
+    ABSENT,
+    RECORD_OVERHEAD,
+    Absent,
+    Header,
+    OutgoingRecord,
+    record_size,
+)
 from onceflow.topics import Topic
 
 if TYPE_CHECKING:
@@ -36,10 +43,12 @@ class Context:
             await ctx.send(enriched, key, {**order, "partition": ctx.partition})
 
     ``staged_sends``, ``staged_writes`` and ``late_tables`` are what this handler attempt staged
-    so far (None until the first one): the runtime reads them when the handler returns.
+    so far (None until the first one), ``explicit_partitions`` whether a send named its
+    partition: the runtime reads them when the handler returns.
     """
 
     __slots__ = (
+        "explicit_partitions",
         "headers",
         "key_bytes",
         "late_tables",
@@ -74,6 +83,7 @@ class Context:
         # (store name, store key) -> serialized value, or None for a delete
         self.staged_writes: dict[tuple[str, bytes], bytes | None] | None = None
         self.late_tables: set[str] | None = None  # windowed tables this record was late for
+        self.explicit_partitions = False  # whether a send names its partition (to be checked)
 
     @property
     def task_id(self) -> str:
@@ -105,8 +115,12 @@ class Context:
         key_bytes = None if key is None else topic.key_serde.serialize(key)
         value_bytes = None if value is None else topic.value_serde.serialize(value)
         header_list = list(headers) if headers else []
-        size = record_size(key_bytes, value_bytes, header_list)
-        if size > self.scope.max_record_bytes:
+        limit = self.scope.max_record_bytes
+        plain = (len(key_bytes) if key_bytes else 0) + (len(value_bytes) if value_bytes else 0)
+        # record_size only when headers or a large record make the check worth its cost
+        if (header_list or plain + RECORD_OVERHEAD > limit) and (
+            size := record_size(key_bytes, value_bytes, header_list)
+        ) > limit:
             raise RecordTooLargeError(
                 f"a record of about {size} bytes for topic {topic.name!r} is larger than the "
                 f"producer allows ({self.scope.max_record_bytes} bytes, "
@@ -120,6 +134,8 @@ class Context:
             partition,
             self.timestamp if timestamp_ms is None else timestamp_ms,
         )
+        if partition is not None:
+            self.explicit_partitions = True
         if self.staged_sends is None:
             self.staged_sends = [record]
         else:
@@ -136,10 +152,11 @@ class Context:
     def stage(self, store: str, key: bytes, value: bytes | None) -> None:
         """Stage a write (None: a delete) of ``key`` in ``store``, applied if the attempt
         succeeds. Its changelog record must fit a produce request (``RecordTooLargeError``)."""
-        if value is not None and record_size(key, value) > self.scope.max_record_bytes:
+        limit = self.scope.max_record_bytes
+        if value is not None and len(key) + len(value) + RECORD_OVERHEAD > limit:
             raise RecordTooLargeError(
                 f"table {store!r}: a value of {len(value)} bytes (key {len(key)} bytes) does not "
-                f"fit the changelog record limit ({self.scope.max_record_bytes} bytes, "
+                f"fit the changelog record limit ({limit} bytes, "
                 "ONCEFLOW_MAX_REQUEST_SIZE): the input record goes to the dead-letter topic"
             )
         if self.staged_writes is None:

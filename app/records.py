@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Final, NamedTuple
 
-__all__ = ["ABSENT", "Absent", "Header", "OutgoingRecord", "record_size"]
+__all__ = ["ABSENT", "RECORD_OVERHEAD", "Absent", "Header", "OutgoingRecord", "record_size"]
 
 Header = tuple[str, bytes]
 """A Kafka record header: name and raw value."""
@@ -37,14 +37,14 @@ is a staged delete)."""
 # A record batch's header (61 bytes) plus a record's own framing (attributes, timestamp and
 # offset deltas, lengths: at most 5 varints of 5 bytes): an upper bound of aiokafka's
 # ``DefaultRecordBatchBuilder.estimate_size_in_bytes`` for a batch of one.
-_RECORD_OVERHEAD = 61 + 5 * 5
+RECORD_OVERHEAD = 61 + 5 * 5
 _HEADER_OVERHEAD = 10  # a header's two length varints
 
 
 def record_size(key: bytes | None, value: bytes | None, headers: list[Header] | None = None) -> int:
     """An upper bound of the bytes a record takes in a produce request (uncompressed): what the
     producer compares with ``max_request_size``."""
-    size = _RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
+    size = RECORD_OVERHEAD + (len(key) if key else 0) + (len(value) if value else 0)
     if headers:
         size += sum(len(name.encode()) + len(data) + _HEADER_OVERHEAD for name, data in headers)
     return size

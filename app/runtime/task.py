@@ -294,7 +294,10 @@ class Task:
                 done = index
                 break
             observe(clock() - started)
-            await self._apply(record, ctx)
+            if ctx.explicit_partitions:  # rare: a coroutine call per record costs the hot path
+                await self._apply(record, ctx)
+            else:
+                self._take_effects(ctx)
         if done:
             await self._finish(tp, records[done - 1].offset + 1, done)
 
@@ -375,8 +378,8 @@ class Task:
         """Apply a successful attempt's effects, unless one of its sends names a partition its
         topic lacks (then the record goes to the dead-letter topic, without its effects)."""
         sends = ctx.staged_sends
-        if sends is not None and (misdirected := await self._misdirected(sends)):
-            self._fail_record(record, misdirected, "output")
+        if sends is not None and ctx.explicit_partitions and (m := await self._misdirected(sends)):
+            self._fail_record(record, m, "output")
         else:
             self._take_effects(ctx)
 
