@@ -3,6 +3,9 @@
 Checked against aiokafka 0.14.0 and prometheus-client 0.26.0 (constraints.txt pins them).
 When either is upgraded, read each function below against the new source first: each says what
 it reaches into and why the public API does not do.
+
+Protocol messages aiokafka 0.14 does not define (Metadata v12, which carries topic ids) are built
+from its protocol types in ``onceflow.runtime.protocol`` and sent with ``send_admin_request``.
 """
 
 from __future__ import annotations
