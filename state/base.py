@@ -43,6 +43,10 @@ class BufferedStorePartition(ABC):
         self._sealed: WriteBatch | None = None
         self._flushing: WriteBatch | None = None
         self._checkpoint: int | None = None
+        # The changelog's topic id the checkpoint refers to (durable), and the current one,
+        # recorded with the next checkpoint (``set_changelog_topic_id``).
+        self._changelog_topic_id: str | None = None
+        self._current_topic_id: str | None = None
         self._closed = False
         self._generation = 0
         self._state_lock = threading.Lock()
@@ -52,6 +56,19 @@ class BufferedStorePartition(ABC):
     def checkpoint(self) -> int | None:
         """Changelog offset of the last record applied to durable state, or None."""
         return self._checkpoint
+
+    @property
+    def changelog_topic_id(self) -> str | None:
+        """Topic id of the changelog topic the checkpoint refers to, or None if none was
+        recorded (no checkpoint yet, or one written before topic ids were)."""
+        return self._changelog_topic_id
+
+    def set_changelog_topic_id(self, topic_id: str) -> None:
+        """The changelog topic's current id: every later checkpoint refers to that topic, so
+        the next one to be written (``restore_batch``, or ``flush`` with a checkpoint) records
+        it in its transaction. Until then ``changelog_topic_id`` is unchanged."""
+        self._check_open()
+        self._current_topic_id = topic_id
 
     @property
     def has_pending(self) -> bool:
@@ -186,6 +203,7 @@ class BufferedStorePartition(ABC):
                 self._generation += 1
                 if checkpoint is not None:
                     self._checkpoint = checkpoint
+                    self._topic_id_recorded()
 
     def _unflush(self) -> None:
         with self._state_lock:
@@ -215,6 +233,7 @@ class BufferedStorePartition(ABC):
                 self._after_restore(latest)
                 self._generation += 1
                 self._checkpoint = last_offset
+                self._topic_id_recorded()
 
     def wipe(self) -> None:
         """Delete all data, buffered writes and the checkpoint; the store stays open."""
@@ -226,6 +245,7 @@ class BufferedStorePartition(ABC):
                 self._generation += 1
                 self._wipe_storage()
                 self._checkpoint = None
+                self._changelog_topic_id = None
 
     def close(self) -> None:
         """Release the store; waits for a running flush. Safe to call twice.
@@ -255,6 +275,18 @@ class BufferedStorePartition(ABC):
         state = "closed" if self._closed else f"checkpoint={self._checkpoint}"
         return f"<{type(self).__name__} {self._name!r} {state}>"
 
+    def _topic_id_to_record(self, checkpoint: int | None) -> str | None:
+        """The topic id that a write of ``checkpoint`` must record with it (None: nothing to
+        record, or no checkpoint written). For the subclasses' ``_commit`` and ``_restore``."""
+        current = self._current_topic_id
+        if checkpoint is None or current is None or current == self._changelog_topic_id:
+            return None
+        return current
+
+    def _topic_id_recorded(self) -> None:
+        if self._current_topic_id is not None:
+            self._changelog_topic_id = self._current_topic_id
+
     def _check_open(self) -> None:
         if self._closed:
             raise StateError(f"store {self._name!r} is closed; it was released by its task")
@@ -262,9 +294,10 @@ class BufferedStorePartition(ABC):
     # Implemented by subclasses:
     # _read_committed: durable value (read caches allowed, see _generation).
     # _committed_range: durable items of [lo, hi) in key order.
-    # _commit: durably apply batch then checkpoint; return the keys its ranges removed.
+    # _commit: durably apply batch then checkpoint (and _topic_id_to_record(checkpoint));
+    #   return the keys its ranges removed.
     # _after_commit / _after_restore: update read caches (called under _state_lock).
-    # _restore: durably apply the records and the checkpoint.
+    # _restore: durably apply the records and the checkpoint (and _topic_id_to_record).
 
     @abstractmethod
     def approximate_size(self) -> int:

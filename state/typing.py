@@ -25,6 +25,18 @@ class Restorable(Protocol):
         """Changelog offset of the last record applied to durable state, or None."""
         ...
 
+    @property
+    def changelog_topic_id(self) -> str | None:
+        """Topic id of the changelog topic the checkpoint refers to, or None if none was
+        recorded (no checkpoint, or one written before topic ids were)."""
+        ...
+
+    def set_changelog_topic_id(self, topic_id: str) -> None:
+        """The changelog topic's current id, recorded with the next checkpoint written (in the
+        same durable transaction), so that a recorded id always describes the topic of the
+        checkpoint beside it."""
+        ...
+
     def restore_batch(
         self, records: Sequence[tuple[bytes, bytes | None]], last_offset: int
     ) -> None:

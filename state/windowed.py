@@ -76,6 +76,15 @@ class WindowedStorePartition:
         return self.inner.checkpoint
 
     @property
+    def changelog_topic_id(self) -> str | None:
+        """The inner store's changelog topic id."""
+        return self.inner.changelog_topic_id
+
+    def set_changelog_topic_id(self, topic_id: str) -> None:
+        """See ``Restorable.set_changelog_topic_id``."""
+        self.inner.set_changelog_topic_id(topic_id)
+
+    @property
     def has_pending(self) -> bool:
         """Whether the open transaction has writes."""
         return self.inner.has_pending

@@ -7,7 +7,9 @@ sqlitedict runs one connection per ``SqliteDict``, so a second table opened as a
 
 * ``b"k" + key``            user data
 * ``b"m" + name``           metadata: ``mcheckpoint`` (8-byte signed big-endian changelog
-                            offset), ``mformat`` (layout version)
+                            offset), ``mtopic_id`` (the changelog topic's id the checkpoint
+                            refers to, ASCII, written with a checkpoint), ``mformat`` (layout
+                            version)
 
 Keys and values are stored as BLOBs — all four sqlitedict codecs are the identity, *never*
 pickle, because changelog records come from the network. BLOBs compare with ``memcmp``, so the
@@ -44,6 +46,7 @@ DB_FILE = "data.sqlite"
 _TABLE = "kv"
 META_CHECKPOINT = b"mcheckpoint"
 META_FORMAT = b"mformat"
+META_TOPIC_ID = b"mtopic_id"
 FORMAT_VERSION = b"1"
 _OFFSET = struct.Struct(">q")
 
@@ -216,6 +219,7 @@ class SqliteFile:
         self._reader: Any = None
         self._read_lock = threading.Lock()  # sqlitedict hands an error to whoever asks next
         self.checkpoint_at_open: int | None = None
+        self.topic_id_at_open: str | None = None
         try:
             self._writer = _open_dict(file)
             w = self._writer.conn
@@ -228,6 +232,8 @@ class SqliteFile:
                 self.write(meta=[(META_FORMAT, FORMAT_VERSION)])
             raw = self._writer_get(META_CHECKPOINT)
             self.checkpoint_at_open = None if raw is None else int(_OFFSET.unpack(raw)[0])
+            raw = self._writer_get(META_TOPIC_ID)
+            self.topic_id_at_open = None if raw is None else raw.decode("ascii")
             self._reader = _open_dict(file)
             self._reader.conn.execute("PRAGMA query_only=1")
             self._reader.conn.execute(f"PRAGMA cache_size=-{page_cache_kib}")
@@ -320,14 +326,19 @@ class SqliteFile:
         return removed
 
     def write_in_child(
-        self, prefix: bytes, latest: dict[bytes, bytes | None], *, checkpoint: int
+        self,
+        prefix: bytes,
+        latest: dict[bytes, bytes | None],
+        *,
+        checkpoint: int,
+        meta: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
-        """Like ``write`` (deletes, then puts in key order, then the checkpoint, in one
+        """Like ``write`` (deletes, then puts in key order, then meta and the checkpoint, in one
         transaction) for ``latest`` (keys get ``prefix``; None deletes), applied by the restore
         writer's child process (``restore_writer``). Raises OSError if it cannot start."""
         if self._writer is None:
             raise StateError(f"store database {str(self.file)!r} is closed")
-        meta = [(META_CHECKPOINT, _OFFSET.pack(checkpoint))]
+        meta = [*meta, (META_CHECKPOINT, _OFFSET.pack(checkpoint))]
         try:
             restore_writer(_CHILD_LAYOUT).apply(self.file, prefix, latest, meta)
         except sqlite3.Error as exc:

@@ -21,7 +21,7 @@ from onceflow.errors import StateError, StoreCorruptError
 from onceflow.state.base import BufferedStorePartition
 from onceflow.state.buffer import WriteBatch
 from onceflow.state.cache import MISS, LruCache
-from onceflow.state.sqlite.file import DB_FILE, SqliteFile, check_file, db_files
+from onceflow.state.sqlite.file import DB_FILE, META_TOPIC_ID, SqliteFile, check_file, db_files
 from onceflow.state.sqlite.lock import TaskLock
 
 __all__ = [
@@ -118,6 +118,7 @@ class SqliteStorePartition(BufferedStorePartition):
             raise
         self._lock = lock
         self._checkpoint = self._db.checkpoint_at_open
+        self._changelog_topic_id = self._db.topic_id_at_open
 
     def approximate_size(self) -> int:
         """Number of committed keys: an index scan (~0.3 s per million), cached until the next
@@ -174,8 +175,19 @@ class SqliteStorePartition(BufferedStorePartition):
             else:
                 puts.append((_DATA + key, value))
         ranges = [(_DATA + lo, _DATA + hi) for lo, hi in batch.ranges]
-        removed = self._db.write(ranges=ranges, deletes=deletes, puts=puts, checkpoint=checkpoint)
+        removed = self._db.write(
+            ranges=ranges,
+            deletes=deletes,
+            puts=puts,
+            meta=self._meta(checkpoint),
+            checkpoint=checkpoint,
+        )
         return [key[1:] for key in removed]
+
+    def _meta(self, checkpoint: int | None) -> list[tuple[bytes, bytes]]:
+        """The metadata rows a write of ``checkpoint`` carries: the changelog's topic id."""
+        topic_id = self._topic_id_to_record(checkpoint)
+        return [] if topic_id is None else [(META_TOPIC_ID, topic_id.encode("ascii"))]
 
     def _after_commit(self, batch: WriteBatch, range_deleted: list[bytes]) -> None:
         for key in range_deleted:
@@ -186,7 +198,9 @@ class SqliteStorePartition(BufferedStorePartition):
     def _restore(self, latest: dict[bytes, bytes | None], last_offset: int) -> None:
         if self._offload_restore and len(latest) >= OFFLOAD_MIN_RECORDS:
             try:
-                self._db.write_in_child(_DATA, latest, checkpoint=last_offset)
+                self._db.write_in_child(
+                    _DATA, latest, checkpoint=last_offset, meta=self._meta(last_offset)
+                )
                 return
             except OSError as exc:  # no child process: this batch, and the next, in-process
                 log.warning("restoring store %s in-process: %s", self.path, exc)
@@ -195,7 +209,9 @@ class SqliteStorePartition(BufferedStorePartition):
         deletes = [_DATA + k for k, v in latest.items() if v is None]
         # Sorted keys walk the index in order: fewer pages dirtied per transaction.
         puts.sort()
-        self._db.write(deletes=deletes, puts=puts, checkpoint=last_offset)
+        self._db.write(
+            deletes=deletes, puts=puts, meta=self._meta(last_offset), checkpoint=last_offset
+        )
 
     def _after_restore(self, latest: dict[bytes, bytes | None]) -> None:
         # Restore runs before processing: the cache is nearly empty, clearing is cheapest.

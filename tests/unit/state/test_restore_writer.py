@@ -11,7 +11,7 @@ import pytest
 
 from onceflow.errors import StateError
 from onceflow.state.sqlite._restore_child import Applier
-from onceflow.state.sqlite.file import _CHILD_LAYOUT, DB_FILE, META_CHECKPOINT
+from onceflow.state.sqlite.file import _CHILD_LAYOUT, DB_FILE, META_CHECKPOINT, META_TOPIC_ID
 from onceflow.state.sqlite.partition import OFFLOAD_MIN_RECORDS, SqliteStorePartition
 from onceflow.state.sqlite.restore_writer import RestoreWriter
 
@@ -28,13 +28,16 @@ def big_batch(n: int = OFFLOAD_MIN_RECORDS * 3) -> list[tuple[bytes, bytes | Non
 def test_a_big_restore_batch_is_written_by_the_child_like_in_process(tmp_path: Path) -> None:
     batch = [*big_batch(), (b"000007", None)]
     with SqliteStorePartition(tmp_path / "child") as store:
+        store.set_changelog_topic_id("UghfcGq0S3-YOhw7sSOVbw")
         store.restore_batch(batch, 99)
     with SqliteStorePartition(tmp_path / "inline", offload_restore=False) as store:
         store.restore_batch(batch, 99)
-    assert rows(tmp_path / "child") == rows(tmp_path / "inline")
-    assert rows(tmp_path / "child")[META_CHECKPOINT] == struct.pack(">q", 99)
+    child = rows(tmp_path / "child")
+    assert child.pop(META_TOPIC_ID) == b"UghfcGq0S3-YOhw7sSOVbw"  # in the checkpoint's transaction
+    assert child == rows(tmp_path / "inline")
+    assert child[META_CHECKPOINT] == struct.pack(">q", 99)
     with SqliteStorePartition(tmp_path / "child") as store:
-        assert store.checkpoint == 99
+        assert (store.checkpoint, store.changelog_topic_id) == (99, "UghfcGq0S3-YOhw7sSOVbw")
         assert store.get(b"000007") is None
         assert store.get(b"000008") == b"v8"
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from onceflow.errors import StateError
+from onceflow.state.buffer import WriteBatch
 from onceflow.state.memory import InMemoryStorePartition
 from onceflow.state.sqlite.partition import SqliteStorePartition
 from onceflow.state.typing import StorePartition
@@ -221,6 +222,58 @@ def test_wipe_deletes_data_buffer_and_checkpoint(store: StorePartition) -> None:
     assert committed(store) == [(b"c", b"1")]
 
 
+def test_the_changelog_topic_id_is_recorded_with_a_checkpoint(store: StorePartition) -> None:
+    assert store.changelog_topic_id is None
+    store.set_changelog_topic_id(TOPIC_IDS[0])
+    assert store.changelog_topic_id is None  # recorded with the next checkpoint, not before
+    store.put(b"a", b"1")
+    store.flush(None)  # data without a checkpoint: nothing recorded
+    assert store.changelog_topic_id is None
+    store.flush(3)
+    assert (store.checkpoint, store.changelog_topic_id) == (3, TOPIC_IDS[0])
+    store.set_changelog_topic_id(TOPIC_IDS[1])
+    store.restore_batch([(b"b", b"1")], 4)
+    assert (store.checkpoint, store.changelog_topic_id) == (4, TOPIC_IDS[1])
+    store.wipe()  # the checkpoint goes, and the id that described it
+    assert (store.checkpoint, store.changelog_topic_id) == (None, None)
+    store.restore_batch([], 0)  # the current id is still known: recorded again
+    assert store.changelog_topic_id == TOPIC_IDS[1]
+
+
+class FullDisk(InMemoryStorePartition):
+    fail = True
+
+    def _commit(self, batch: WriteBatch, checkpoint: int | None) -> list[bytes]:
+        if self.fail:
+            raise StateError("disk full")
+        return super()._commit(batch, checkpoint)
+
+
+def test_a_failed_checkpoint_write_records_no_topic_id() -> None:
+    store = FullDisk("test")
+    store.set_changelog_topic_id(TOPIC_IDS[0])
+    store.put(b"a", b"1")
+    with pytest.raises(StateError):
+        store.flush(1)
+    assert (store.checkpoint, store.changelog_topic_id) == (None, None)
+    store.fail = False
+    store.flush(1)
+    assert (store.checkpoint, store.changelog_topic_id) == (1, TOPIC_IDS[0])
+
+
+def test_the_changelog_topic_id_survives_reopen(tmp_path: Path) -> None:
+    factory = make_factory("sqlite", tmp_path)
+    with factory() as store:
+        store.set_changelog_topic_id(TOPIC_IDS[0])
+        store.put(b"a", b"1")
+        store.flush(7)
+    with factory() as store:
+        assert (store.checkpoint, store.changelog_topic_id) == (7, TOPIC_IDS[0])
+        store.flush(8)  # a checkpoint without a current id keeps the recorded one
+    with factory() as store:
+        assert (store.checkpoint, store.changelog_topic_id) == (8, TOPIC_IDS[0])
+
+
 def test_sealed_writes_are_committed_state(store: StorePartition) -> None:
     store.put(b"a", b"1")
     store.seal()
@@ -284,6 +337,8 @@ def test_prefetch_changes_no_result(store: StorePartition) -> None:
 
 
 KEYS = [b"", b"\x00", b"a", b"ab", b"b", b"ba", b"\xff"]
+# Topic ids as Kafka prints them (URL-safe base64 of 16 bytes).
+TOPIC_IDS = ["UghfcGq0S3-YOhw7sSOVbw", "IYR3A73PQyOrMjT-cibDYQ"]
 keys = st.sampled_from(KEYS)
 values = st.binary(max_size=3)
 
@@ -308,6 +363,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.pending: dict[bytes, bytes | None] = {}
         self.buffered = self.sealed = False
         self.checkpoint: int | None = None
+        self.current_topic_id: str | None = None  # set by the task at start
+        self.topic_id: str | None = None  # recorded with the checkpoint
         self.next_offset = 0
 
     def _offset(self) -> int:
@@ -353,6 +410,12 @@ class StoreMachine(RuleBasedStateMachine):
         self.sealed = False
         if checkpoint is not None:
             self.checkpoint = checkpoint
+            self.topic_id = self.current_topic_id or self.topic_id
+
+    @rule(topic_id=st.sampled_from(TOPIC_IDS))
+    def set_changelog_topic_id(self, topic_id: str) -> None:
+        self.store.set_changelog_topic_id(topic_id)
+        self.current_topic_id = topic_id
 
     @rule()
     def discard(self) -> None:
@@ -374,6 +437,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.committed = dict(self.durable)
         self.view = dict(self.durable)
         self.checkpoint = offset
+        self.topic_id = self.current_topic_id or self.topic_id
 
     @invariant()
     def matches_model(self) -> None:
@@ -386,6 +450,7 @@ class StoreMachine(RuleBasedStateMachine):
         )
         assert dict(self.store.pending()) == self.pending
         assert self.store.checkpoint == self.checkpoint
+        assert self.store.changelog_topic_id == self.topic_id
 
     def teardown(self) -> None:
         self.store.close()
@@ -404,6 +469,7 @@ class SqliteStoreMachine(StoreMachine):
         self.view = dict(self.durable)
         self.pending = {}
         self.buffered = self.sealed = False
+        self.current_topic_id = None  # a new task sets it again
 
 
 _machine_settings = settings(

@@ -214,3 +214,11 @@ def test_lifecycle_delegates_to_inner(windows: WindowedStorePartition) -> None:
     assert windows.closed
     with pytest.raises(ValueError, match="segment_interval_ms"):
         WindowedStorePartition(InMemoryStorePartition(), segment_interval_ms=0)
+
+
+def test_the_changelog_topic_id_is_the_inner_stores(
+    windows: WindowedStorePartition, inner: StorePartition
+) -> None:
+    windows.set_changelog_topic_id("UghfcGq0S3-YOhw7sSOVbw")
+    windows.restore_batch([(changelog_key(b"k", 0), b"v")], 5)
+    assert windows.changelog_topic_id == inner.changelog_topic_id == "UghfcGq0S3-YOhw7sSOVbw"
