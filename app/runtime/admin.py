@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from onceflow.errors import (
 )
 from onceflow.runtime.checkpoint import tables_of
 from onceflow.runtime.compat import send_admin_request
+from onceflow.runtime.protocol import TopicIdsUnsupportedError, topic_ids
 from onceflow.topology import App
 
 __all__ = ["DEFAULT_DELETE_RETENTION_MS", "InternalTopic", "TopicAdmin", "internal_topics"]
@@ -121,9 +122,22 @@ class TopicAdmin:
             result[group] = next(iter(found.values()))
         return result
 
-    async def check_changelogs(self, app: App, partitions: dict[str, int]) -> None:
+    async def changelog_ids(self, app: App) -> dict[str, str]:
+        """The topic id of each existing changelog topic. None from a broker before Kafka 3.1
+        (a warning): a recreated changelog is then found by its offsets only."""
+        names = [t.changelog_topic for t in app.tables.values()]
+        try:
+            return await topic_ids(self._client, names)
+        except TopicIdsUnsupportedError as exc:
+            log.warning("no topic ids (%s): a recreated changelog shows by its offsets only", exc)
+            return {}
+
+    async def check_changelogs(
+        self, app: App, partitions: dict[str, int], ids: Mapping[str, str] | None = None
+    ) -> None:
         """Raise ``ChangelogMissingError`` if a changelog topic (or some of its partitions) is
-        gone: checked while the app runs, so a deletion stops it before state diverges."""
+        gone, or (``ids``: the topic ids seen at start) was deleted and recreated: checked while
+        the app runs, so a deletion stops it before state diverges."""
         wanted = {t.changelog_topic: partitions[t.group] for t in app.tables.values()}
         if not wanted:
             return
@@ -136,6 +150,20 @@ class TopicAdmin:
                     f"changelog topic {name!r} {what} under the running app, with the state it "
                     "held. Restore the topic; or, to start its table from empty, stop every "
                     "worker, delete the state directory and restart"
+                )
+        if ids:
+            await self._check_ids(ids)
+
+    async def _check_ids(self, ids: Mapping[str, str]) -> None:
+        current = await topic_ids(self._client, ids)
+        for name, topic_id in sorted(ids.items()):
+            now = current.get(name)
+            if now != topic_id:
+                raise ChangelogMissingError(
+                    f"changelog topic {name!r} was deleted and recreated under the running app "
+                    f"(topic id {topic_id}, now {now or 'none'}): the state it held is gone. To "
+                    "start its table from what the new topic holds, stop every worker, delete "
+                    "the table's store directories under ONCEFLOW_STATE_DIR and restart"
                 )
 
     async def check_known_changelogs(self, app: App) -> None:

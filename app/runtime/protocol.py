@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.errors import for_code
+from aiokafka.errors import IncompatibleBrokerVersion, for_code
 from aiokafka.protocol.abstract import AbstractType
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import (
@@ -57,8 +57,9 @@ ZERO_UUID = "AAAAAAAAAAAAAAAAAAAAAA"
 """Kafka's ``Uuid.ZERO_UUID`` in its string form: no topic id."""
 
 
-class TopicIdsUnsupportedError(Exception):
-    """The broker does not speak Metadata v12 (Kafka before 3.1): no topic ids."""
+class TopicIdsUnsupportedError(IncompatibleBrokerVersion):  # type: ignore[misc]
+    """The broker does not speak Metadata v12 (Kafka before 3.1): no topic ids. A
+    ``KafkaError``, as aiokafka's own ``IncompatibleBrokerVersion``."""
 
 
 class Uuid(AbstractType[str]):  # type: ignore[misc]

@@ -5,9 +5,11 @@ the log end once the task's producer has fenced the previous owner), in batches 
 off the event loop. It runs outside the rebalance callback, with the task's source partitions
 paused, so heartbeats go on and the worker stays in the group however long it takes.
 
-A missing changelog partition, or a checkpoint at or beyond the end offset (the topic was
-recreated or truncated: it lost records this store applied), raises ``ChangelogMissingError``
-rather than restoring state that silently diverges from what was committed.
+A missing changelog partition, a checkpoint at or beyond the end offset (the topic was
+recreated or truncated: it lost records this store applied), or a checkpoint recorded with another
+topic id than the changelog's (deleted and recreated since, whatever its offsets say) raises
+``ChangelogMissingError`` rather than restoring state that silently diverges from what was
+committed.
 """
 
 from __future__ import annotations
@@ -80,8 +82,13 @@ async def restore_partition(
     on_batch: Callable[[RestoreProgress, int], Any] | None = None,
     batch_records: int = BATCH_RECORDS,
     fetch_bytes: int = FETCH_BYTES,
+    topic_id: str | None = None,
 ) -> RestoreProgress:
     """Bring ``store`` up to the end of its changelog partition; return the final progress.
+
+    ``topic_id``: the changelog topic's id (None: unknown, the broker predates topic ids). The
+    store's checkpoint must have been recorded with it (or with none); it records it with its
+    next checkpoint.
 
     Memory: the consumer holds at most one fetch response (``fetch_bytes``) and the batch being
     applied, ``batch_records`` decoded records (~300 bytes each for small records, aiokafka's
@@ -107,7 +114,7 @@ async def restore_partition(
             )
         consumer.assign([tp])
         begin, end = await _offsets(consumer, tp)
-        start = await asyncio.to_thread(_start_offset, store, progress, topic, begin, end)
+        start = await asyncio.to_thread(_start_offset, store, progress, topic, begin, end, topic_id)
         progress.start_offset = progress.position = start
         progress.end_offset = end
         progress.started_at = time.monotonic()
@@ -121,7 +128,12 @@ async def restore_partition(
 
 
 def _start_offset(
-    store: Restorable, progress: RestoreProgress, topic: str, begin: int, end: int
+    store: Restorable,
+    progress: RestoreProgress,
+    topic: str,
+    begin: int,
+    end: int,
+    topic_id: str | None = None,
 ) -> int:
     checkpoint = store.checkpoint
     if checkpoint is not None and checkpoint >= end:
@@ -137,9 +149,33 @@ def _start_offset(
             f"{progress.store!r} partition {progress.partition} under ONCEFLOW_STATE_DIR and "
             "restart"
         )
+    if topic_id is not None:
+        _check_topic_id(store, progress, topic, topic_id)
     start = begin if checkpoint is None else checkpoint + 1
     # Below the log start the records expired by retention (windowed changelogs): nothing to read.
     return max(start, begin)
+
+
+def _check_topic_id(
+    store: Restorable, progress: RestoreProgress, topic: str, topic_id: str
+) -> None:
+    """Refuse a checkpoint recorded with another topic id than the changelog's: the topic was
+    deleted and recreated since, and whatever its offsets say, the records this store applied are
+    not in it (a store elsewhere may have restored the new topic and written past the
+    checkpoint). Otherwise the store records ``topic_id`` with its next checkpoint; a checkpoint
+    without a recorded id (written before ids were) is taken to be of the current topic."""
+    recorded = store.changelog_topic_id
+    if store.checkpoint is not None and recorded is not None and recorded != topic_id:
+        raise ChangelogMissingError(
+            f"store {progress.store!r} partition {progress.partition} has checkpoint "
+            f"{store.checkpoint} of changelog topic {topic!r} with topic id {recorded}, but the "
+            f"topic now has id {topic_id}: it was deleted and recreated, and the state this store "
+            "applied from the old topic is not in the new one. To accept the loss and rebuild "
+            "from what the changelog holds now, stop every worker, delete the directory of store "
+            f"{progress.store!r} partition {progress.partition} under ONCEFLOW_STATE_DIR and "
+            "restart"
+        )
+    store.set_changelog_topic_id(topic_id)
 
 
 async def _copy(

@@ -96,10 +96,12 @@ class TaskStores:
         metrics: Metrics,
         consumer_factory: ConsumerFactory,
         delete_retention_ms: int | None = None,
+        changelog_topic_id: str | None = None,
     ) -> None:
         """Open the table's SQLite store (wiped if corrupt, or if it was out of sync with its
         changelog for longer than the changelog's ``delete_retention_ms``) and bring it up to
-        the end of its changelog partition."""
+        the end of its changelog partition, checking that its checkpoint is of the topic with
+        ``changelog_topic_id`` (``restore_partition``)."""
         path = Path(settings.state_dir) / app_id / table.name / str(self.partition)
         opened = await open_store_cancellable(
             path,
@@ -127,6 +129,7 @@ class TaskStores:
             target,
             progress,
             on_batch=_progress_reporter(gauge, metrics.restored_records.labels(*labels)),
+            topic_id=changelog_topic_id,
         )
         gauge.set(0)
         self._synced(table.name)

@@ -84,9 +84,12 @@ class Task:
         settings: Settings,
         metrics: Metrics,
         delete_retention_ms: Mapping[str, int] | None = None,
+        changelog_ids: Mapping[str, str] | None = None,
     ) -> None:
         """``delete_retention_ms``: per changelog topic, how long it keeps tombstones; a store
-        out of sync with its changelog for longer is restored from the beginning."""
+        out of sync with its changelog for longer is restored from the beginning.
+        ``changelog_ids``: per changelog topic, its topic id; a store whose checkpoint was
+        recorded with another is refused (the topic was recreated)."""
         self.app = app
         self.group = group
         self.partition = partition
@@ -103,6 +106,7 @@ class Task:
         self._settings = settings
         self._metrics = metrics
         self._delete_retention_ms = dict(delete_retention_ms or {})
+        self._changelog_ids = dict(changelog_ids or {})
         self._tables = app.tables_of(group)
         self._stores = TaskStores(self._tables, partition)
         labels = (app.app_id,)
@@ -185,6 +189,7 @@ class Task:
                 metrics=self._metrics,
                 consumer_factory=self._consumer_factory,
                 delete_retention_ms=self._delete_retention_ms.get(table.changelog_topic),
+                changelog_topic_id=self._changelog_ids.get(table.changelog_topic),
             )
         self._check_closing()
         # Step 4

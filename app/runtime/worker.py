@@ -86,6 +86,7 @@ class Worker:
         self.tasks: dict[TaskKey, Task] = {}
         self.partitions: dict[str, int] = {}  # task group -> partition count
         self.delete_retention_ms: dict[str, int] = {}  # changelog topic -> its delete.retention.ms
+        self.changelog_ids: dict[str, str] = {}  # changelog topic -> its topic id at start
         self.http_port: int | None = None
         self.assignor = TaskAssignor(app.groups(), self.settings.effective_advertised_url())
         self.fatal_error: BaseException | None = None
@@ -161,6 +162,7 @@ class Worker:
             self.delete_retention_ms = await admin.delete_retention_ms(
                 t.changelog_topic for t in self.app.tables.values()
             )
+            self.changelog_ids = await admin.changelog_ids(self.app)
         finally:
             await admin_client.close()
         s = self.settings
@@ -375,8 +377,9 @@ class Worker:
             loop_task.cancel()
 
     async def _watch_changelogs(self) -> None:
-        """Stop the worker with ``ChangelogMissingError`` when a changelog topic disappears,
-        even while its tasks are idle: every ``topic_check_interval_s``, one Metadata request."""
+        """Stop the worker with ``ChangelogMissingError`` when a changelog topic disappears, or
+        is recreated (its topic id is not the one seen at start), even while its tasks are idle:
+        every ``topic_check_interval_s``, two Metadata requests."""
         client = self.clients.admin()
         try:
             await client.start()
@@ -384,7 +387,7 @@ class Worker:
             while not self._stop.is_set():
                 await asyncio.sleep(self.topic_check_interval_s)
                 try:
-                    await admin.check_changelogs(self.app, self.partitions)
+                    await admin.check_changelogs(self.app, self.partitions, self.changelog_ids)
                 except ChangelogMissingError as exc:
                     self._fatal(exc, "worker")
                     return
@@ -455,6 +458,7 @@ class Worker:
             settings=s,
             metrics=self.metrics,
             delete_retention_ms=self.delete_retention_ms,
+            changelog_ids=self.changelog_ids,
         )
         self.tasks[key] = task
         self.consumer.pause(*task.tps)

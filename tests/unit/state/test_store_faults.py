@@ -90,3 +90,37 @@ def test_a_checkpoint_beyond_the_changelog_end_is_fatal(
     )
     assert f"partition 3 ends at offset {end}" in message
     assert store.get(b"k") == b"v"  # nothing wiped: the operator decides
+
+
+OLD_ID, NEW_ID = "UghfcGq0S3-YOhw7sSOVbw", "IYR3A73PQyOrMjT-cibDYQ"
+
+
+def test_a_checkpoint_of_a_recreated_changelog_is_fatal(store: SqliteStorePartition) -> None:
+    progress = RestoreProgress("sum", 3)
+    assert _start_offset(store, progress, "app-sum-changelog", 0, 10, OLD_ID) == 0
+    store.restore_batch([(b"k", b"v")], last_offset=4)  # the id is recorded with the checkpoint
+    assert store.changelog_topic_id == OLD_ID
+    assert _start_offset(store, progress, "app-sum-changelog", 0, 10, OLD_ID) == 5
+    # The topic was recreated and someone wrote more than the checkpoint to it: offsets fit.
+    with pytest.raises(ChangelogMissingError) as raised:
+        _start_offset(store, progress, "app-sum-changelog", 0, 10, NEW_ID)
+    message = str(raised.value)
+    assert (
+        f"store 'sum' partition 3 has checkpoint 4 of changelog topic 'app-sum-changelog' with "
+        f"topic id {OLD_ID}, but the topic now has id {NEW_ID}: it was deleted and recreated"
+    ) in message
+    assert "delete the directory of store 'sum' partition 3 under ONCEFLOW_STATE_DIR" in message
+    store.restore_batch([], last_offset=5)
+    assert store.changelog_topic_id == OLD_ID  # nothing recorded for the refused topic
+    # Without an id (a broker before Kafka 3.1) only the offsets are checked.
+    assert _start_offset(store, progress, "app-sum-changelog", 0, 10) == 6
+
+
+def test_a_checkpoint_without_a_topic_id_adopts_the_current_one(
+    store: SqliteStorePartition,
+) -> None:
+    store.restore_batch([(b"k", b"v")], last_offset=4)  # written by an older onceflow
+    assert store.changelog_topic_id is None
+    assert _start_offset(store, RestoreProgress("sum", 3), "app-sum-changelog", 0, 10, NEW_ID) == 5
+    store.restore_batch([(b"k", b"w")], last_offset=9)
+    assert store.changelog_topic_id == NEW_ID
