@@ -122,15 +122,25 @@ class TopicAdmin:
             result[group] = next(iter(found.values()))
         return result
 
-    async def changelog_ids(self, app: App) -> dict[str, str]:
-        """The topic id of each existing changelog topic. None from a broker before Kafka 3.1
-        (a warning): a recreated changelog is then found by its offsets only."""
-        names = [t.changelog_topic for t in app.tables.values()]
+    async def changelog_ids(self, app: App, timeout_s: float = 10.0) -> dict[str, str]:
+        """The topic id of each changelog topic (after ``ensure``: they exist). A broker whose
+        metadata lags behind a topic just created leaves it out: asked again for ``timeout_s``.
+        Changelogs without an id (a warning; none from a broker before Kafka 3.1) are found
+        recreated by their offsets only."""
+        names = {t.changelog_topic for t in app.tables.values()}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         try:
-            return await topic_ids(self._client, names)
+            while (ids := await topic_ids(self._client, names)).keys() < names:
+                if loop.time() >= deadline:
+                    missing = ", ".join(sorted(names - ids.keys()))
+                    log.warning("no topic id for %s: a recreation shows by offsets only", missing)
+                    break
+                await asyncio.sleep(0.2)
         except TopicIdsUnsupportedError as exc:
-            log.warning("no topic ids (%s): a recreated changelog shows by its offsets only", exc)
+            log.warning("no topic ids (%s): a recreated changelog shows by offsets only", exc)
             return {}
+        return ids
 
     async def check_changelogs(
         self, app: App, partitions: dict[str, int], ids: Mapping[str, str] | None = None

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka_helpers import end_offsets, unique_name
+from kafka_helpers import end_offsets, partitions_of, unique_name
 from workers import AppUnderTest, WorkerProcess, app_under_test, collect, produce
 
 _TOPIC_ALREADY_EXISTS = 36
@@ -44,11 +44,12 @@ async def _recreate(bootstrap: str, topic: str, partitions: int) -> None:
             )
             ((_, code, *_),) = response.topic_errors
             if code == 0:
-                return
+                break
             assert code == _TOPIC_ALREADY_EXISTS and time.monotonic() < deadline, code
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
+    await partitions_of(bootstrap, topic)  # in the broker's metadata
 
 
 async def _ids(bootstrap: str, names: list[str]) -> dict[str, str]:
@@ -62,12 +63,22 @@ async def _ids(bootstrap: str, names: list[str]) -> dict[str, str]:
         await admin.close()
 
 
+async def _ids_once(bootstrap: str, names: list[str], ready, timeout: float = 10.0):
+    """``_ids`` once ``ready(ids)``: the broker's metadata follows a creation within moments."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = await _ids(bootstrap, names)
+        if ready(ids) or time.monotonic() >= deadline:
+            return ids
+        await asyncio.sleep(0.1)
+
+
 async def test_topic_ids_come_from_the_broker_and_change_with_a_recreation(
     bootstrap_servers: str, new_topic
 ) -> None:
     topic = await new_topic("ids", partitions=2)
     missing = unique_name("ids-missing")
-    first = await _ids(bootstrap_servers, [topic, missing])
+    first = await _ids_once(bootstrap_servers, [topic, missing], lambda ids: topic in ids)
     assert list(first) == [topic]  # a missing topic is left out...
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}", first[topic]), first  # Kafka's Uuid.toString
     admin = await _admin(bootstrap_servers)
@@ -77,7 +88,9 @@ async def test_topic_ids_come_from_the_broker_and_change_with_a_recreation(
         await admin.close()
     assert await _ids(bootstrap_servers, [topic]) == first  # stable
     await _recreate(bootstrap_servers, topic, 2)
-    second = await _ids(bootstrap_servers, [topic])
+    second = await _ids_once(
+        bootstrap_servers, [topic], lambda ids: ids.get(topic, first[topic]) != first[topic]
+    )
     assert second.keys() == {topic} and second[topic] != first[topic]
 
 
@@ -174,8 +187,8 @@ async def test_a_changelog_recreated_under_a_running_worker_stops_it(
         log = worker.log_text()
         assert code == 1, f"exit code {code} {took:.1f}s after the recreation:\n{log[-4000:]}"
         print(f"worker exited {took:.1f}s after the changelog was recreated")
-        # The check runs every 10 s; a fatal stop aborts within 5 s.
-        assert took < 17, log[-4000:]
+        # The check runs every 10 s; an idle worker then stops in about a second.
+        assert took < 20, log[-4000:]
         assert re.search(
             rf"ERROR .*failed fatally: changelog topic '{changelog}' was deleted and recreated "
             r"under the running app \(topic id \S+, now \S+\)",
