@@ -7,11 +7,13 @@ Kafka's message definitions (``MetadataRequest.json``, ``MetadataResponse.json``
 upgraded, prefer its own message if it gained one; when Kafka is, check the versions below.
 
 **Metadata v12** (api key 3): aiokafka 0.14 stops at v5, and topic ids (KIP-516, Kafka 2.8) are
-in the response from v10 on. Kafka 3.9.1 accepts Metadata v0-v12; Kafka 4.0 removed v0-v3
-(KIP-896) and added v13 (a top-level error code, KIP-1102), so it accepts v4-v13. v12 is the
-newest version both accept. It is a flexible version: request header v2 (``FLEXIBLE_VERSION``:
-aiokafka then writes ``RequestHeader_v2`` and reads ``ResponseHeader_v1``, both with tagged
-fields), compact strings and arrays, and a tagged-field section closing every struct.
+in the response from v10 on. Kafka 3.9.1 advertises Metadata v0-v12 and Kafka 4.1.0 v0-v13
+(ApiVersions, asked of both); 4.0 added v13 (a top-level error code, KIP-1102), and KIP-896's
+removals for 4.0 reach at most v3. v12 is the newest version 3.9 speaks, the first whose topic-id
+handling the broker implements fully (Kafka 3.1), and in every 4.x range. It is a flexible
+version: request header v2 (``FLEXIBLE_VERSION``: aiokafka then writes ``RequestHeader_v2`` and
+reads ``ResponseHeader_v1``, both with tagged fields), compact strings and arrays, and a
+tagged-field section closing every struct.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ def test_uuid_uses_kafkas_string_form() -> None:
         Uuid.decode(BytesIO(b"short"))
 
 
-@pytest.mark.parametrize("versions", [(0, 12), (4, 13)])  # Kafka 3.9.1, Kafka 4.x
+# Kafka 3.9.1, Kafka 4.1.0 (as they advertise Metadata), a broker without v0-v3 (KIP-896).
+@pytest.mark.parametrize("versions", [(0, 12), (0, 13), (4, 13)])
 def test_the_request_is_metadata_v12_with_a_flexible_header(versions: tuple[int, int]) -> None:
     request = TopicIdMetadataRequest(["app-sum-changelog", "x"]).prepare({3: versions})
     header = request.build_request_header(correlation_id=7, client_id="onceflow")
