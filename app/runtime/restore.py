@@ -163,12 +163,13 @@ def _check_topic_id(
     deleted and recreated since, and whatever its offsets say, the records this store applied are
     not in it (a store elsewhere may have restored the new topic and written past the
     checkpoint). Otherwise the store records ``topic_id`` with its next checkpoint; a checkpoint
-    without a recorded id (written before ids were) is taken to be of the current topic."""
-    recorded = store.changelog_topic_id
-    if store.checkpoint is not None and recorded is not None and recorded != topic_id:
+    without a recorded id (written before ids were) is taken to be of the current topic, and
+    written again at once with it, in one transaction."""
+    recorded, checkpoint = store.changelog_topic_id, store.checkpoint
+    if checkpoint is not None and recorded is not None and recorded != topic_id:
         raise ChangelogMissingError(
             f"store {progress.store!r} partition {progress.partition} has checkpoint "
-            f"{store.checkpoint} of changelog topic {topic!r} with topic id {recorded}, but the "
+            f"{checkpoint} of changelog topic {topic!r} with topic id {recorded}, but the "
             f"topic now has id {topic_id}: it was deleted and recreated, and the state this store "
             "applied from the old topic is not in the new one. To accept the loss and rebuild "
             "from what the changelog holds now, stop every worker, delete the directory of store "
@@ -176,6 +177,8 @@ def _check_topic_id(
             "restart"
         )
     store.set_changelog_topic_id(topic_id)
+    if checkpoint is not None and recorded is None:
+        store.restore_batch([], checkpoint)
 
 
 async def _copy(

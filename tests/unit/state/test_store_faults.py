@@ -122,5 +122,5 @@ def test_a_checkpoint_without_a_topic_id_adopts_the_current_one(
     store.restore_batch([(b"k", b"v")], last_offset=4)  # written by an older onceflow
     assert store.changelog_topic_id is None
     assert _start_offset(store, RestoreProgress("sum", 3), "app-sum-changelog", 0, 10, NEW_ID) == 5
-    store.restore_batch([(b"k", b"w")], last_offset=9)
-    assert store.changelog_topic_id == NEW_ID
+    assert (store.checkpoint, store.changelog_topic_id) == (4, NEW_ID)  # recorded at once
+    assert store.get(b"k") == b"v"
