@@ -47,6 +47,17 @@ async def _final_state(bootstrap: str, changelog: str) -> dict[str, set[int]]:
     return state
 
 
+def _missing(
+    state: dict[str, set[int]], records: list[tuple[bytes, bytes]]
+) -> dict[str, list[int]]:
+    """Per key, the inputs the final state does not hold (it must hold every one)."""
+    expected: dict[str, set[int]] = defaultdict(set)
+    for key, value in records:
+        expected[key.decode()].add(int(value))
+    missing = {k: sorted(numbers - state.get(k, set())) for k, numbers in expected.items()}
+    return {k: v for k, v in missing.items() if v}
+
+
 async def test_a_zombie_does_not_overwrite_its_successors_changelog(
     bootstrap_servers: str, new_topic, tmp_path: Path
 ) -> None:
@@ -89,12 +100,8 @@ async def test_a_zombie_does_not_overwrite_its_successors_changelog(
     finally:
         for w in workers:
             w.stop()
-    state = await _final_state(bootstrap_servers, changelog)
-    expected: dict[str, set[int]] = defaultdict(set)
-    for key, value in first + second + third:
-        expected[key.decode()].add(int(value))
-    missing = {k: sorted(expected[k] - state.get(k, set())) for k in expected}
-    assert {k: v for k, v in missing.items() if v} == {}, "lost updates (at-least-once must not)"
+    missing = _missing(await _final_state(bootstrap_servers, changelog), first + second + third)
+    assert missing == {}, "lost updates (at-least-once must not)"
 
 
 async def test_at_least_once_state_loses_nothing_under_kill_9_and_zombies(
@@ -143,10 +150,6 @@ async def test_at_least_once_state_loses_nothing_under_kill_9_and_zombies(
         producing.cancel()
         for w in workers:
             w.stop()
-    state = await _final_state(bootstrap_servers, changelog)
-    expected: dict[str, set[int]] = defaultdict(set)
-    for key, value in records:
-        expected[key.decode()].add(int(value))
-    missing = {k: sorted(expected[k] - state.get(k, set())) for k in expected}
+    missing = _missing(await _final_state(bootstrap_servers, changelog), records)
     print(f"faults={faults} records={len(records)}")
-    assert {k: v for k, v in missing.items() if v} == {}, f"lost updates under {faults}"
+    assert missing == {}, f"lost updates under {faults}"

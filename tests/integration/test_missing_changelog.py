@@ -11,6 +11,16 @@ from kafka_helpers import partitions_of
 from workers import AppUnderTest, app_under_test, collect, produce
 
 
+async def _seen_app(
+    bootstrap: str, new_topic, tmp_path: Path, state_dirs: int | None = None
+) -> AppUnderTest:
+    source = await new_topic("seen-in", partitions=2)
+    sink = await new_topic("seen-out", partitions=2)
+    return app_under_test(
+        bootstrap, "tests.apps.seen", source, sink, tmp_path, state_dirs=state_dirs
+    )
+
+
 async def _run_once(bootstrap: str, app: AppUnderTest, i: int) -> None:
     """One worker absorbs 60 records and commits them; then it stops."""
     worker = app.spawn(i)
@@ -25,14 +35,8 @@ async def _run_once(bootstrap: str, app: AppUnderTest, i: int) -> None:
 async def test_a_changelog_deleted_while_stopped_is_refused(
     bootstrap_servers: str, new_topic, tmp_path: Path
 ) -> None:
-    app = app_under_test(
-        bootstrap_servers,
-        "tests.apps.seen",
-        await new_topic("seen-in", partitions=2),
-        await new_topic("seen-out", partitions=2),
-        tmp_path,
-        state_dirs=2,  # the second start is on a host without local state
-    )
+    # state_dirs=2: the second start is on a host without local state
+    app = await _seen_app(bootstrap_servers, new_topic, tmp_path, state_dirs=2)
     changelog = f"{app.env['ONCEFLOW_TEST_APP_ID']}-seen-changelog"
     await _run_once(bootstrap_servers, app, 0)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
@@ -58,13 +62,7 @@ async def test_a_changelog_deleted_while_stopped_is_refused(
 async def test_a_new_table_gets_its_changelog(
     bootstrap_servers: str, new_topic, tmp_path: Path
 ) -> None:
-    app = app_under_test(
-        bootstrap_servers,
-        "tests.apps.seen",
-        await new_topic("seen-in", partitions=2),
-        await new_topic("seen-out", partitions=2),
-        tmp_path,
-    )
+    app = await _seen_app(bootstrap_servers, new_topic, tmp_path)
     await _run_once(bootstrap_servers, app, 0)
     app.env["ONCEFLOW_TEST_EXTRA_TABLE"] = "extra"  # the next version of the app adds a table
     worker = app.spawn(1)
