@@ -25,10 +25,10 @@ Chunk = tuple[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]
 @dataclass
 class Held:
     """``chunks[0][1][0]`` is the record to try again at ``due`` (``time.monotonic()``), after
-    ``attempt`` retries so far; ``error`` is its last failure."""
+    ``attempt`` retries so far (the last failure is logged when the record goes to the
+    dead-letter topic)."""
 
     chunks: list[Chunk]
-    error: Exception
     due: float
     attempt: int = 0
 
@@ -37,8 +37,7 @@ class Held:
         cls,
         tp: TopicPartition,
         records: Sequence[ConsumerRecord[Any, Any]],
-        error: Exception,
         delay_s: float,
     ) -> Held:
         """The first failure of ``records[0]``: try it again in ``delay_s`` seconds."""
-        return cls([(tp, records)], error, time.monotonic() + delay_s)
+        return cls([(tp, records)], time.monotonic() + delay_s)

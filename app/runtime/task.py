@@ -295,7 +295,7 @@ class Task:
             except Exception as exc:
                 if self._failed_for_good(handler, record, exc):
                     continue
-                self._held = Held.after(tp, records[index:], exc, self._backoff_s(0))
+                self._held = Held.after(tp, records[index:], self._backoff_s(0))
                 done = index
                 break
             observe(clock() - started)
@@ -339,7 +339,7 @@ class Task:
         except Exception as exc:
             held.attempt += 1
             if held.attempt < self._retries(handler):
-                held.error, held.due = exc, time.monotonic() + self._backoff_s(held.attempt)
+                held.due = time.monotonic() + self._backoff_s(held.attempt)
                 return
             self._fail_record(record, exc, "handler")
         else:
