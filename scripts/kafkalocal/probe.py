@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ClusterSpec, node_dir
 from .errors import KafkaLocalError
-from .process import log_tail, node_pid
+from .process import log_tail, node_pid, recorded_pid_alive
 
 READY_TIMEOUT_S = 120.0  # ONCEFLOW_KAFKA_READY_TIMEOUT overrides it
 
@@ -78,7 +78,7 @@ def wait_ready(spec: ClusterSpec, data_dir: Path, nodes: set[int]) -> None:
     pending = set(nodes)
     while pending:
         for node in list(pending):
-            if node_pid(data_dir, node) is None:
+            if node_pid(data_dir, node) is None and not recorded_pid_alive(data_dir, node):
                 out = node_dir(data_dir, node) / "kafka.out"
                 raise KafkaLocalError(
                     f"Kafka node {node} exited during start-up; see {out}",

@@ -40,6 +40,20 @@ def node_pid(data_dir: Path, node: int) -> int | None:
     return pid if is_ours and _alive(pid) else None
 
 
+def recorded_pid_alive(data_dir: Path, node: int) -> bool:
+    """Whether the pid in the node's pid file is alive at all, whatever its command line.
+
+    ``node_pid`` can miss a live broker for a moment: while a process is in ``execve`` (a
+    ``java`` wrapper script exec'ing the JVM) its ``/proc/PID/cmdline`` may read empty. Start-up
+    only reports a node as exited once this says its process is really gone.
+    """
+    try:
+        pid = int((node_dir(data_dir, node) / "kafka.pid").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return _alive(pid)
+
+
 def launch(cmd: list[str], out: Path) -> int:
     """Start ``cmd`` detached, output appended to ``out``; return its pid.
 
