@@ -99,6 +99,9 @@ class Task:
         self.sink = sink
         self.state = TaskState.CREATED
         self.stream_time = -1
+        # The stream time of the last commit (or of the committed offsets the task started
+        # from): what interactive queries filter expired state by (docs/architecture.md, *Time*).
+        self.committed_stream_time = -1
         self.closing = False  # set when the task is revoked while it starts
         self.max_record_bytes = settings.max_request_size
         self._consumer = consumer
@@ -208,6 +211,7 @@ class Task:
             self._stores.attach(table, stores[table.name])
         metas = (committed or {}).values()
         self.stream_time = max((stream_time_of(m.metadata) for m in metas), default=-1)
+        self.committed_stream_time = self.stream_time
         self.state = TaskState.RUNNING
 
     def cancel_start(self) -> None:
@@ -230,6 +234,7 @@ class Task:
                 self.stream_time = max(self.stream_time, stream_time_of(meta.metadata))
             else:
                 await consumer.seek_to_beginning(tp)
+        self.committed_stream_time = self.stream_time
 
     # -- processing ----------------------------------------------------------------------------
 
@@ -470,11 +475,15 @@ class Task:
         """Commit what the task processed since its last commit (``Checkpoint.commit``: its
         docstring lists the steps); False when there was nothing. If it raises, the task has
         failed."""
+        stream_time = self.stream_time
         try:
-            return await self._checkpoint.commit(self.stream_time)
+            committed = await self._checkpoint.commit(stream_time)
         except BaseException:
             self._fail()
             raise
+        if committed:
+            self.committed_stream_time = stream_time
+        return committed
 
     def _fail(self) -> None:
         """Stop serving and committing at once: the worker closes the task once every task of

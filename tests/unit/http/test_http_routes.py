@@ -68,6 +68,7 @@ class FakeTask:
     group: str
     partition: int
     state: str = "running"
+    committed_stream_time: int = -1
     restores: dict[str, Progress] = field(default_factory=dict)
     stores: dict[str, Any] = field(default_factory=dict)
 
