@@ -13,8 +13,11 @@ __all__ = [
     "DLQ_ORIGINAL_PREFIX",
     "DLQ_SOURCE_OFFSET",
     "DLQ_SOURCE_PARTITION",
+    "DLQ_SOURCE_TABLE",
+    "DLQ_SOURCE_TIMER",
     "DLQ_SOURCE_TIMESTAMP",
     "DLQ_SOURCE_TOPIC",
+    "DLQ_SOURCE_WINDOW_START",
     "DLQ_TRUNCATED",
     "changelog_topic",
     "dlq_topic",
@@ -57,6 +60,10 @@ DLQ_SOURCE_TOPIC = "onceflow.source.topic"
 DLQ_SOURCE_PARTITION = "onceflow.source.partition"
 DLQ_SOURCE_OFFSET = "onceflow.source.offset"
 DLQ_SOURCE_TIMESTAMP = "onceflow.source.timestamp"
+# A failed callback that handles no record: the table (on_close) or timer, and the window.
+DLQ_SOURCE_TABLE = "onceflow.source.table"
+DLQ_SOURCE_TIMER = "onceflow.source.timer"
+DLQ_SOURCE_WINDOW_START = "onceflow.source.window_start"
 DLQ_ERROR_STAGE = "onceflow.error.stage"
 DLQ_ERROR_TYPE = "onceflow.error.type"
 DLQ_ERROR_MESSAGE = "onceflow.error.message"

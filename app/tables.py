@@ -8,9 +8,10 @@ scoped to the partition the current record came from.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 from onceflow.context import Context
 from onceflow.errors import ConfigurationError, WrongPartitionError
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from onceflow.state.typing import StorePartition
     from onceflow.state.windowed import WindowedStorePartition
 
-__all__ = ["Table", "WindowValue", "WindowedTable"]
+__all__ = ["CloseFn", "Table", "WindowValue", "WindowedTable"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -129,15 +130,30 @@ class WindowValue(Generic[V]):
     value: V
 
 
+CloseFn = Callable[[Context, Any, WindowValue[Any]], Awaitable[None]]
+C = TypeVar("C", bound=CloseFn)
+
+
 class WindowedTable(_TableBase[K, V]):
     """A table with one value per key and event-time window (tumbling or hopping).
 
     Event time is the record timestamp (or the ``timestamp=`` given to ``add``,
-    ``add_windows`` or ``update_windows``); stream time
-    is the largest event time the task has seen. A record is late for a window once
-    ``stream_time >= window end + grace``: it is dropped for that window and counted in
-    ``onceflow_late_records_dropped_total``. Windows older than ``retention`` are deleted segment
-    by segment.
+    ``add_windows`` or ``update_windows``); stream time is the largest event time the task has
+    seen. A record is late for a window once ``stream_time >= window end + grace``: it is
+    dropped for that window and counted in ``onceflow_late_records_dropped_total``. A window is
+    expired once ``stream_time - retention`` passes its start: reads see the default, queries
+    leave it out, and commits delete it segment by segment.
+
+    ``emit="update"`` (the default): ``add`` and friends return the values they wrote, for the
+    handler to send on every update. ``emit="close"``: they return nothing, and each window's
+    final value goes, once, to the table's ``on_close`` coroutine when stream time passes the
+    window's end + grace (docs/architecture.md, *Time*)::
+
+        counts = app.windowed_table("c", window=Tumbling(minutes=5), emit="close", default=0)
+
+        @counts.on_close
+        async def final(ctx: Context, key: str, window: WindowValue[int]) -> None:
+            await ctx.send(out, key, str(window.value))
     """
 
     kind = "windowed"
@@ -166,14 +182,56 @@ class WindowedTable(_TableBase[K, V]):
         )
         if grace_ms < 0:
             raise ConfigurationError(f"windowed table {name!r}: grace must be >= 0")
+        if emit not in ("update", "close"):
+            raise ConfigurationError(
+                f"windowed table {name!r}: emit must be 'update' or 'close', not {emit!r}"
+            )
         self.window = window
         self.grace_ms = grace_ms
         self.retention_ms = max(
             retention_ms if retention_ms is not None else 0, window.size_ms + grace_ms
         )
         self.emit = emit
-        # Segments of retention/2 (at least one window) keep expiry to whole-range deletes.
-        self.segment_interval_ms = max(self.retention_ms // 2, window.size_ms, 60_000)
+        self.closers: list[CloseFn] = []
+        if emit == "close":
+            # One window start per segment: the windows that close together are one range.
+            self.segment_interval_ms = window.advance_ms
+        else:
+            # Segments of retention/2 (at least one window) keep expiry to whole-range deletes.
+            self.segment_interval_ms = max(self.retention_ms // 2, window.size_ms, 60_000)
+
+    def on_close(self, fn: C) -> C:
+        """Register ``async def fn(ctx, key, window)`` to receive each window's final value
+        (``window``: a ``WindowValue``) once, in the transaction whose stream time closes it.
+        Only for ``emit="close"``. ``ctx.timestamp`` (what sends default to) is the window's
+        last millisecond; ``ctx.topic`` is empty and ``ctx.offset`` -1: no record is handled."""
+        name = getattr(fn, "__qualname__", repr(fn))
+        if self.emit != "close":
+            raise ConfigurationError(
+                f"windowed table {self.name!r}: on_close needs emit='close' (with emit="
+                f"'update' a handler sends the values add() returns); {name} is not registered"
+            )
+        if not inspect.iscoroutinefunction(cast(Any, fn)):
+            raise ConfigurationError(f"on_close {name} must be an async def (ctx, key, window)")
+        self.closers.append(fn)
+        return fn
+
+    def expired_before(self, stream_time: int) -> int:
+        """Windows that start before this are expired at ``stream_time``."""
+        return stream_time - self.retention_ms if stream_time >= 0 else -(2**63)
+
+    def closing_starts(self, previous: int, now: int) -> tuple[int, int]:
+        """The window starts ``[lo, hi]`` whose windows close when stream time moves from
+        ``previous`` to ``now`` (close = end + grace, in ``(previous, now]``)."""
+        span = self.window.size_ms + self.grace_ms
+        return previous - span + 1, now - span
+
+    def next_close(self, stream_time: int) -> int:
+        """The first stream time after ``stream_time`` at which some window (of any key) can
+        close: ``start + size + grace`` for the next aligned start."""
+        advance, span = self.window.advance_ms, self.window.size_ms + self.grace_ms
+        start = max(0, (stream_time - span) // advance * advance + advance)
+        return start + span
 
     def _store(self, ctx: Context) -> WindowedStorePartition:
         return ctx.scope.windowed_store(self.name)
@@ -189,6 +247,8 @@ class WindowedTable(_TableBase[K, V]):
         return windows
 
     def _get_window(self, ctx: Context, data: bytes, start: int) -> V:
+        if start < self.expired_before(ctx.scope.stream_time):
+            return self._value(None)
         raw = ctx.staged(self.name, changelog_key(data, start))
         if raw is ABSENT:
             raw = self._store(ctx).get(data, start)
@@ -199,7 +259,8 @@ class WindowedTable(_TableBase[K, V]):
     ) -> list[WindowValue[V]]:
         """Apply ``fn`` to the key's value in every open window of the record's event time.
 
-        Returns the new values; an empty list when the record is late for all its windows.
+        Returns the new values (an empty list when the record is late for all its windows);
+        always an empty list with ``emit="close"``, whose values go to ``on_close``.
         """
         data = self._key_bytes(ctx, key)
         results = []
@@ -209,7 +270,7 @@ class WindowedTable(_TableBase[K, V]):
             value = fn(self._get_window(ctx, data, start))
             ctx.stage(self.name, changelog_key(data, start), self.value_serde.serialize(value))
             results.append(WindowValue(start, end, value))
-        return results
+        return results if self.emit == "update" else []
 
     def add_windows(
         self, ctx: Context, key: K, delta: Any, *, timestamp: int | None = None
@@ -218,7 +279,8 @@ class WindowedTable(_TableBase[K, V]):
         return self.update_windows(ctx, key, lambda v: v + delta, timestamp=timestamp)
 
     def add(self, ctx: Context, key: K, delta: Any, *, timestamp: int | None = None) -> V | None:
-        """Add ``delta`` in the record's one tumbling window; None if the record is late.
+        """Add ``delta`` in the record's one tumbling window; None if the record is late, and
+        always None with ``emit="close"``.
 
         For hopping windows (several windows per record) use ``add_windows``.
         """
@@ -231,5 +293,6 @@ class WindowedTable(_TableBase[K, V]):
         return results[0].value if results else None
 
     def get(self, ctx: Context, key: K, window_start: int) -> V:
-        """The key's value in the window that starts at ``window_start``."""
+        """The key's value in the window that starts at ``window_start`` (the default once the
+        window expired)."""
         return self._get_window(ctx, self._key_bytes(ctx, key), window_start)

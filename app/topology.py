@@ -16,6 +16,7 @@ from onceflow.context import Context
 from onceflow.errors import ConfigurationError
 from onceflow.serdes import Serde, resolve_serde
 from onceflow.tables import Table, WindowedTable
+from onceflow.timers import Timer, TimerFn
 from onceflow.topics import Topic
 from onceflow.windows import Hopping, Tumbling
 
@@ -23,6 +24,7 @@ __all__ = ["App", "Handler", "HandlerFn"]
 
 HandlerFn = Callable[[Context, Any, Any], Awaitable[None]]
 F = TypeVar("F", bound=HandlerFn)
+T = TypeVar("T", bound=TimerFn)
 DEFAULT_GROUP = "0"
 
 
@@ -66,6 +68,7 @@ class App:
         self.topics: dict[str, Topic[Any, Any]] = {}
         self.handlers: dict[str, Handler] = {}
         self.tables: dict[str, Table[Any, Any] | WindowedTable[Any, Any]] = {}
+        self.timers: list[Timer] = []
 
     # -- declarations --------------------------------------------------------------------------
 
@@ -109,6 +112,25 @@ class App:
                         f"{self.handlers[topic.name].name}; one handler per source topic"
                     )
                 self.handlers[topic.name] = Handler(fn, tuple(topics), group, max_retries)
+            return fn
+
+        return register
+
+    def timer(
+        self,
+        *,
+        every: timedelta,
+        on: Literal["stream_time", "wall_clock"] = "stream_time",
+        group: str = DEFAULT_GROUP,
+    ) -> Callable[[T], T]:
+        """Register ``async def fn(ctx)`` to run every ``every`` in each task of ``group``, on
+        the task's stream time (deterministic with the input) or the wall clock
+        (``onceflow.timers``). It runs inside the task's transaction: its sends and table
+        writes commit with the task's. A timer that raises is not retried: under error policy
+        ``dlq`` a dead letter names it (stage ``timer``) and its effects are dropped."""
+
+        def register(fn: T) -> T:
+            self.timers.append(Timer.of(fn, every, on, group))
             return fn
 
         return register
@@ -190,6 +212,27 @@ class App:
         for topic, handler in self.handlers.items():
             groups.setdefault(handler.group, []).append(topic)
         return groups
+
+    def timers_of(self, group: str) -> list[Timer]:
+        return [t for t in self.timers if t.group == group]
+
+    def validate(self) -> None:
+        """Check what only the whole App can tell (the worker and the test driver call it):
+        every timer's group has handlers, every ``emit="close"`` table an ``on_close``."""
+        groups = self.groups()
+        for timer in self.timers:
+            if timer.group not in groups:
+                raise ConfigurationError(
+                    f"timer {timer.name} runs in task group {timer.group!r}, which has no "
+                    f"handlers (groups: {', '.join(map(repr, groups)) or 'none'}): a timer runs "
+                    "in the tasks of its group"
+                )
+        for table in self.tables.values():
+            if isinstance(table, WindowedTable) and table.emit == "close" and not table.closers:
+                raise ConfigurationError(
+                    f"windowed table {table.name!r} has emit='close' but no on_close coroutine "
+                    "(decorate one with @<table>.on_close): its final results would go nowhere"
+                )
 
     def tables_of(self, group: str) -> list[Table[Any, Any] | WindowedTable[Any, Any]]:
         return [t for t in self.tables.values() if t.group == group]

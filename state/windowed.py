@@ -159,6 +159,25 @@ class WindowedStorePartition:
                 out.append((self.parse_store_key(data)[1], value))
         return out
 
+    def windows_starting(self, lo: int, hi: int) -> Iterator[tuple[int, list[tuple[bytes, bytes]]]]:
+        """Every key's window that starts in ``[lo, hi]``, through the open transaction: per
+        start (ascending), its ``(key, value)`` pairs in key order. What a table that emits
+        final results reads when stream time closes those windows; one range read per live
+        segment, so a table with one start per segment reads exactly the closing windows."""
+        lo = max(lo, -_BIAS)
+        if lo > hi:
+            return
+        interval = self.segment_interval_ms
+        for segment in self._live_segments(lo // interval, hi // interval, committed=False):
+            rows: dict[int, list[tuple[bytes, bytes]]] = {}
+            lo_key, hi_key = _segment_prefix(segment), _segment_prefix(segment + 1)
+            for data, value in self.inner.range_items(lo_key, hi_key):
+                key, start = self.parse_store_key(data)
+                if lo <= start <= hi:
+                    rows.setdefault(start, []).append((key, value))
+            for start in sorted(rows):
+                yield start, sorted(rows[start])
+
     def _live_segments(self, first: int, last: int, committed: bool) -> Iterator[int]:
         # Skip-scan: jump to the next segment that holds any key, so a wide range (a query from
         # 0 to now) costs a read per live segment, not one per possible segment.
@@ -195,17 +214,11 @@ class WindowedStorePartition:
                     self.inner.delete(data)
 
     def pending_changelog(self) -> list[tuple[bytes, bytes | None]]:
-        """The open transaction's writes as changelog records (``None`` = tombstone).
-
-        Writes to expired windows (including ``expire_before(exact=True)``'s deletes) are left
-        out: the changelog's retention and ``restore_batch(min_start=...)`` drop those.
-        """
-        out: list[tuple[bytes, bytes | None]] = []
-        for data, value in self.inner.pending().items():
-            key, start = self.parse_store_key(data)
-            if not self._expired(start):
-                out.append((changelog_key(key, start), value))
-        return out
+        """The open transaction's writes as changelog records (``None`` = tombstone): every
+        one, including writes to windows expired since, so that the changelog never holds an
+        older value than SQLite (the flush writes them too; reads hide them by stream time)."""
+        parse, pending = self.parse_store_key, self.inner.pending()
+        return [(changelog_key(*parse(data)), value) for data, value in pending.items()]
 
     def restore_batch(
         self,

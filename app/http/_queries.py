@@ -145,8 +145,10 @@ class KeyQueries:
         if isinstance(table, WindowedTable):
             low = 0 if from_ms is None else from_ms
             high = _INT64_MAX if to_ms is None else to_ms
+            # Expired windows may still be on disk (expiry deletes at commit, segment-wise)
+            visible = max(low, table.expired_before(task.committed_stream_time))
             fetch = task.windowed_store(table.name).fetch
-            rows = await self._read(task_key, task, fetch, key_bytes, low, high, committed=True)
+            rows = await self._read(task_key, task, fetch, key_bytes, visible, high, committed=True)
             if not rows:
                 span = "" if from_ms is None and to_ms is None else f" starting in [{low}, {high}]"
                 raise self._not_found(f"key {shown!r} has no windows{span} in {table.name!r}")

@@ -72,6 +72,7 @@ class Checkpoint:
         self._metrics = metrics
         self._positions: dict[TopicPartition, int] = {}
         self._uncommitted = 0
+        self._touched = False  # work without records: a timer fired, stream time moved
         self._table_names = sorted(table.name for table in stores.tables)
 
     @property
@@ -86,7 +87,11 @@ class Checkpoint:
 
     def empty(self) -> bool:
         """Whether there is nothing to commit."""
-        return self._uncommitted == 0
+        return self._uncommitted == 0 and not self._touched
+
+    def touched(self) -> None:
+        """Note work that consumed no record (a wall-clock timer fired): commit it anyway."""
+        self._touched = True
 
     def processed(self, tp: TopicPartition, next_offset: int, count: int) -> None:
         """Note that ``count`` records of ``tp`` were handled, up to ``next_offset`` exclusive."""
@@ -133,5 +138,6 @@ class Checkpoint:
         # Step 4
         self._stores.persist(checkpoints)
         self._uncommitted = 0
+        self._touched = False
         self._metrics.latency.observe(time.perf_counter() - started)
         return True

@@ -8,6 +8,7 @@ sizes: a dead letter that cannot be sent would stop its partition for good.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from onceflow import naming
@@ -16,7 +17,7 @@ from onceflow.records import Header, OutgoingRecord, record_size
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
-__all__ = ["dead_letter"]
+__all__ = ["CallbackSource", "callback_dead_letter", "dead_letter"]
 
 ERROR_MESSAGE_CHARS = 4000
 
@@ -39,6 +40,40 @@ def dead_letter(
     if record_size(key, value, headers) > max_bytes:
         key, value, headers = _truncated(key, value, headers, max_bytes)
     return OutgoingRecord(topic, key, value, headers, None, record.timestamp)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackSource:
+    """What a callback that handles no record was called for: a window's final result
+    (``stage="on_close"``: table, key, value, window start) or a timer (``stage="timer"``)."""
+
+    stage: str
+    name: str
+    timestamp: int
+    key: bytes | None = None
+    value: bytes | None = None
+    window_start: int | None = None
+
+
+def callback_dead_letter(
+    source: CallbackSource, exc: BaseException, *, topic: str, max_bytes: int
+) -> OutgoingRecord:
+    """The dead letter of a failed ``on_close`` or timer callback: the window's key and value
+    (none for a timer), and headers naming the table or timer, the window and the error."""
+    where = naming.DLQ_SOURCE_TABLE if source.stage == "on_close" else naming.DLQ_SOURCE_TIMER
+    headers: list[Header] = [
+        (where, source.name.encode()),
+        (naming.DLQ_SOURCE_TIMESTAMP, str(source.timestamp).encode()),
+        (naming.DLQ_ERROR_STAGE, source.stage.encode()),
+        (naming.DLQ_ERROR_TYPE, type(exc).__name__.encode()),
+        (naming.DLQ_ERROR_MESSAGE, str(exc)[:ERROR_MESSAGE_CHARS].encode("utf-8", "replace")),
+    ]
+    if source.window_start is not None:
+        headers.append((naming.DLQ_SOURCE_WINDOW_START, str(source.window_start).encode()))
+    key, value = source.key, source.value
+    if record_size(key, value, headers) > max_bytes:
+        key, value, headers = _truncated(key, value, headers, max_bytes)
+    return OutgoingRecord(topic, key, value, headers, None, source.timestamp)
 
 
 def _truncated(

@@ -14,7 +14,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
@@ -34,8 +34,9 @@ from onceflow.errors import (
 from onceflow.records import OutgoingRecord
 from onceflow.runtime.checkpoint import Checkpoint, CommitMetrics, stream_time_of
 from onceflow.runtime.compat import committed_offsets
-from onceflow.runtime.dead_letters import dead_letter
+from onceflow.runtime.dead_letters import CallbackSource, callback_dead_letter, dead_letter
 from onceflow.runtime.metrics import BatchedHistogram
+from onceflow.runtime.punctuation import Punctuator
 from onceflow.runtime.retries import Held
 from onceflow.runtime.stores import AnyTable, TaskStores
 
@@ -85,11 +86,13 @@ class Task:
         metrics: Metrics,
         delete_retention_ms: Mapping[str, int] | None = None,
         changelog_ids: Mapping[str, str] | None = None,
+        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         """``delete_retention_ms``: per changelog topic, how long it keeps tombstones; a store
         out of sync with its changelog for longer is restored from the beginning.
         ``changelog_ids``: per changelog topic, its topic id; a store whose checkpoint was
-        recorded with another is refused (the topic was recreated)."""
+        recorded with another is refused (the topic was recreated). ``clock_ms``: the wall
+        clock of wall-clock timers, epoch ms (default: the system's)."""
         self.app = app
         self.group = group
         self.partition = partition
@@ -137,6 +140,13 @@ class Task:
             tp: metrics.records_processed.labels(*labels, tp.topic, str(partition))
             for tp in self.tps
         }
+        timers = app.timers_of(group)
+        if clock_ms is None:
+            self._time = Punctuator(self, self._tables, timers)
+        else:
+            self._time = Punctuator(
+                self, self._tables, timers, clock=lambda: clock_ms() / 1000, now_ms=clock_ms
+            )
 
     # -- the TaskScope of tables and contexts --------------------------------------------------
 
@@ -196,6 +206,7 @@ class Task:
             )
         self._check_closing()
         # Step 4
+        self._time.start(self.stream_time)
         self.state = TaskState.RUNNING
         log.info("task %s running (stream time %d)", self.task_id, self.stream_time)
 
@@ -212,6 +223,7 @@ class Task:
         metas = (committed or {}).values()
         self.stream_time = max((stream_time_of(m.metadata) for m in metas), default=-1)
         self.committed_stream_time = self.stream_time
+        self._time.start(self.stream_time)
         self.state = TaskState.RUNNING
 
     def cancel_start(self) -> None:
@@ -278,11 +290,14 @@ class Task:
         topic = self.app.topics[tp.topic]
         key_of, value_of = topic.key_serde.deserialize, topic.value_serde.deserialize
         fn, observe, clock = handler.fn, self._latency.observe, time.perf_counter
+        punctuator = self._time
         done = len(records)
         for index, record in enumerate(records):
             timestamp = record.timestamp
             if timestamp > self.stream_time:
-                self.stream_time = timestamp
+                previous, self.stream_time = self.stream_time, timestamp
+                if timestamp >= punctuator.due:  # windows close, timers fire: before the record
+                    await punctuator.stream_time_advanced(previous, timestamp)
             try:
                 raw_key, raw_value = record.key, record.value
                 key = None if raw_key is None else key_of(raw_key)
@@ -357,6 +372,80 @@ class Task:
                 self._held.chunks.append((next_tp, rest))
             elif rest:
                 await self._run(next_tp, rest)
+
+    # -- time: final results and timers (docs/architecture.md, *Time*) -------------------------
+
+    async def run_callback(
+        self, ctx: Context, call: Awaitable[None], source: CallbackSource
+    ) -> None:
+        """Run an ``on_close`` or timer callback in the open transaction: its effects applied if
+        it returns; if it raises (or sends to a partition that does not exist), a dead letter
+        naming ``source`` instead — callbacks are not retried — or, under error policy
+        ``fail``, the task fails."""
+        try:
+            await call
+            sends = ctx.staged_sends
+            if sends is not None and ctx.explicit_partitions:
+                misdirected = await self._misdirected(sends)
+                if misdirected is not None:
+                    raise misdirected
+        except Exception as exc:
+            what = f"{source.stage} {source.name} at stream time {source.timestamp}"
+            if self._error_policy == "fail":
+                raise HandlerFailedError(
+                    f"{what} failed: {type(exc).__name__}: {exc}. Error policy is 'fail': fix "
+                    "the callback, or set ONCEFLOW_ERROR_POLICY=dlq"
+                ) from exc
+            log.warning("%s -> %s (failed: %r)", what, self.app.dlq_topic, exc)
+            letter = callback_dead_letter(
+                source, exc, topic=self.app.dlq_topic, max_bytes=self.max_record_bytes
+            )
+            self.sink.send(letter)
+            labels = (self.app.app_id, source.name, source.stage)
+            self._metrics.dead_letter_records.labels(*labels).inc()
+            return
+        self._take_effects(ctx)
+
+    @property
+    def wall_clock_due(self) -> float | None:
+        """When (``time.monotonic()``) a wall-clock timer of the task is next due; None if the
+        task has none."""
+        return self._time.wall_clock_due
+
+    async def run_wall_clock(self) -> None:
+        """Fire the task's due wall-clock timers in its transaction (opened if need be: the task
+        may be idle); the next commit commits their effects. If it raises, the task has
+        failed."""
+        try:
+            await self.sink.begin()
+            if await self._time.run_wall_clock():
+                self._checkpoint.touched()
+                await self._after_callbacks()
+        except BaseException:
+            self._fail()
+            raise
+
+    async def advance_stream_time(self, stream_time: int) -> None:
+        """Move stream time to ``stream_time`` as a record with that timestamp would, without
+        one: windows close and stream-time timers fire (the test driver's ``advance_time``)."""
+        if stream_time <= self.stream_time:
+            return
+        try:
+            await self.sink.begin()
+            previous, self.stream_time = self.stream_time, stream_time
+            self._checkpoint.touched()  # the stream time is to be committed even if nothing fired
+            if stream_time >= self._time.due:
+                await self._time.stream_time_advanced(previous, stream_time)
+            await self._after_callbacks()
+        except BaseException:
+            self._fail()
+            raise
+
+    async def _after_callbacks(self) -> None:
+        for name, sent in self._sent.items():
+            self._metrics.records_produced.labels(self.app.app_id, name).inc(sent)
+        self._sent.clear()
+        await self.sink.flush()
 
     async def settle(self) -> None:
         """Wait out the backoffs and retry until no record waits (the in-memory test driver

@@ -74,6 +74,7 @@ class Worker:
         metrics: Metrics | None = None,
         topic_check_interval_s: float = 10.0,
     ) -> None:
+        app.validate()
         self.settings = settings if settings is not None else load_settings()
         if self.settings.app_id:
             app.with_app_id(self.settings.app_id)
@@ -224,9 +225,12 @@ class Worker:
         while not self._stop.is_set():
             self.last_loop_at = now = time.monotonic()
             wait_ms = max(1, min(100, interval - int((now - self._last_commit) * 1000)))
-            retry_at = min((d for t in self.tasks.values() if (d := t.retry_due)), default=None)
-            if retry_at is not None:
-                wait_ms = max(1, min(wait_ms, int((retry_at - now) * 1000)))
+            next_at = min(
+                (d for t in self.tasks.values() for d in (t.retry_due, t.wall_clock_due) if d),
+                default=None,
+            )
+            if next_at is not None:
+                wait_ms = max(1, min(wait_ms, int((next_at - now) * 1000)))
             try:
                 batch = await consumer.getmany(
                     timeout_ms=wait_ms, max_records=self.settings.max_poll_records
@@ -239,6 +243,7 @@ class Worker:
                 if batch:
                     await self._process(batch)
                 await self._retry_due()
+                await self._wall_clock_due()
                 if self._commit_due(interval):
                     await self._commit_all()
 
@@ -263,6 +268,17 @@ class Worker:
             elif not waiting and key in self._waiting:
                 self.consumer.resume(*task.tps)
                 self._waiting.discard(key)
+
+    async def _wall_clock_due(self) -> None:
+        """Fire the wall-clock timers that are due, each in its task's transaction."""
+        now = time.monotonic()
+        due = {
+            k: None
+            for k, t in self.tasks.items()
+            if t.state is TaskState.RUNNING and (d := t.wall_clock_due) is not None and d <= now
+        }
+        if due:
+            await self._each(due, lambda task, _: task.run_wall_clock())
 
     def _commit_due(self, interval_ms: int) -> bool:
         if (time.monotonic() - self._last_commit) * 1000 >= interval_ms:

@@ -76,6 +76,7 @@ class TableView:
         if not isinstance(table, WindowedTable):
             raise ConfigurationError(f"table {table.name!r} is not windowed: use get()")
         task, data = self._task(key)
+        from_ms = max(from_ms, table.expired_before(task.committed_stream_time))
         rows = task.windowed_store(table.name).fetch(data, from_ms, to_ms, committed=True)
         size, serde = table.window.size_ms, table.value_serde
         return [WindowValue(s, s + size, serde.deserialize(v)) for s, v in rows]
@@ -101,11 +102,13 @@ class TestDriver:
         auto_commit: bool = True,
         clock: Callable[[], int] | None = None,
     ) -> None:
+        app.validate()
         self.settings = settings or Settings.model_construct(retry_backoff_ms=0)
         if self.settings.app_id:
             app.with_app_id(self.settings.app_id)
         self.app, self.auto_commit, self._partitions = app, auto_commit, partitions
-        self.clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._wall_offset_ms = 0  # moved on by advance_time(wall_clock=...)
         self.metrics = Metrics(app.app_id, eos=self.settings.eos)
         self.group_partitions: dict[str, int] = {}
         for group, topics in app.groups().items():
@@ -150,10 +153,16 @@ class TestDriver:
             consumer_factory=_no_broker,
             settings=self.settings,
             metrics=self.metrics,
+            clock_ms=self.clock,
         )
         # start() would fence, seek and restore: here everything is in memory already
         task.adopt(self._stores[(group, partition)], sink.committed_offsets)
         return task
+
+    def clock(self) -> int:
+        """The driver's wall clock, epoch ms: the ``clock`` given (default: the system's) plus
+        what ``advance_time`` moved it by. Records sent without a timestamp get this one."""
+        return self._clock() + self._wall_offset_ms
 
     def _partition_of(self, topic: str, key: bytes | None) -> int:
         if key is None:
@@ -200,6 +209,33 @@ class TestDriver:
         await self._run(task, task.settle())  # retries wait out their backoff here
         if self.auto_commit:
             await self._run(task, task.commit())
+
+    async def advance_time(
+        self,
+        *,
+        stream_time: timedelta | int = 0,
+        wall_clock: timedelta | int = 0,
+        partition: int | None = None,
+        group: str | None = None,
+    ) -> None:
+        """Let time pass, without records: move every task's stream time on by ``stream_time``
+        (from 0 for a task that has seen no record yet) — windows of ``emit="close"`` tables
+        close and stream-time timers fire as a record that late would make them — and the wall
+        clock by ``wall_clock``, firing the wall-clock timers due by then. Then commit (with
+        ``auto_commit``). ``partition`` / ``group`` limit it to some tasks (ms or timedelta)."""
+        by_stream, by_wall = _delta_ms(stream_time), _delta_ms(wall_clock)
+        self._wall_offset_ms += by_wall
+        for (g, p), task in list(self._tasks.items()):
+            if (partition is not None and p != partition) or (group is not None and g != group):
+                continue
+            if by_stream:
+                target = max(task.stream_time, 0) + by_stream
+                await self._run(task, task.advance_stream_time(target))
+            due = task.wall_clock_due
+            if due is not None and due <= self.clock() / 1000:
+                await self._run(self._tasks[(g, p)], self._tasks[(g, p)].run_wall_clock())
+            if self.auto_commit:
+                await self._run(self._tasks[(g, p)], self._tasks[(g, p)].commit())
 
     async def commit(self) -> None:
         """Commit every task's open work (only needed with ``auto_commit=False``)."""
@@ -301,6 +337,13 @@ class TestDriver:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _delta_ms(delta: timedelta | int) -> int:
+    millis = delta // timedelta(milliseconds=1) if isinstance(delta, timedelta) else delta
+    if millis < 0:
+        raise ConfigurationError(f"time only moves forward: got {delta}")
+    return millis
 
 
 def _name(ref: TopicRef | AnyTable) -> str:
