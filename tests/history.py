@@ -49,6 +49,7 @@ class Event:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: int = -1  # the record's, ms (what apps with windows and timers compute on)
 
     @classmethod
     def of(cls, record: Any) -> Event:
@@ -56,7 +57,8 @@ class Event:
         if isinstance(record, Event):
             return record
         headers = tuple((k, bytes(v)) for k, v in getattr(record, "headers", None) or ())
-        return cls(record.partition, record.offset, record.key, record.value, headers)
+        timestamp = getattr(record, "timestamp", -1)
+        return cls(record.partition, record.offset, record.key, record.value, headers, timestamp)
 
     def __str__(self) -> str:
         return f"p{self.partition}@{self.offset} key={self.key!r} value={self.value!r}"

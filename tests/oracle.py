@@ -1,5 +1,5 @@
 """What the chaos tests' apps must output: inputs for the stateful app, and one oracle per app
-for ``history.History`` (tests/apps/echo.py and tests/apps/aggregates.py).
+for ``history.History`` (tests/apps/echo.py, tests/apps/aggregates.py and tests/apps/finals.py).
 
 Neither app carries its input's offset to the output (no headers), so outputs are matched by
 what they do carry: echo by its (key, value) bytes, aggregates by key and running count.
@@ -108,3 +108,87 @@ async def check_aggregates(
     report = await check_run(bootstrap, source, sink, AggregatesOracle(), faults=faults)
     report.assert_clean()
     return report
+
+
+# -- final window results (tests/apps/finals.py) ------------------------------------------------
+
+FINALS_WINDOWS = {"T": (1000, 1000), "H": (2000, 1000)}  # kind -> (size, advance), ms
+FINALS_GRACE = 200
+TICK_EVERY = 3000
+
+
+def _windows_for(ts: int, size: int, advance: int) -> list[int]:
+    if ts < 0:
+        return []
+    first = max(0, ts - size + advance) // advance * advance
+    return list(range(first, ts + 1, advance))
+
+
+class FinalsOracle:
+    """tests/apps/finals.py: one output per (key, window) that stream time closed, with the
+    count of the records on time for it — the model replays each partition (one task) in offset
+    order with its own stream time. An output is charged to the input that closed its window
+    (same partition; outputs of one task come in the order of those inputs). It names its
+    window by (key, kind, start); its count must agree."""
+
+    name = "finals"
+
+    def expect(self, inputs: Sequence[Event]) -> list[Expected]:
+        expected: list[Expected] = []
+        by_partition: dict[int, list[Event]] = defaultdict(list)
+        for e in inputs:
+            by_partition[e.partition].append(e)
+        for events in by_partition.values():
+            expected += self._partition(events)
+        return expected
+
+    def _partition(self, events: list[Event]) -> list[Expected]:
+        stream_time = -1
+        open_: dict[tuple[str, int], dict[bytes | None, int]] = {}  # (kind, start) -> counts
+        out = []
+        for e in events:
+            ts = e.timestamp
+            if ts > stream_time:
+                stream_time = ts
+                for kind, start in sorted(open_, key=lambda w: (w[1] + FINALS_WINDOWS[w[0]][0], w)):
+                    size = FINALS_WINDOWS[kind][0]
+                    if start + size + FINALS_GRACE <= stream_time:
+                        for key, n in sorted(open_.pop((kind, start)).items()):
+                            value = f"{kind}:{start}:{n}".encode()
+                            out.append(Expected(e, (key, kind, start), key, value))
+            for kind, (size, advance) in FINALS_WINDOWS.items():
+                for start in _windows_for(ts, size, advance):
+                    if stream_time < start + size + FINALS_GRACE:
+                        counts = open_.setdefault((kind, start), {})
+                        counts[e.key] = counts.get(e.key, 0) + 1
+        return out
+
+    def identify(self, output: Event) -> tuple[Hashable, Hashable]:
+        fields = (output.value or b"").decode(errors="replace").split(":")
+        if len(fields) != 3 or not fields[1].isdigit():
+            return None, output.key
+        return (output.key, fields[0], int(fields[1])), output.key
+
+    def explain(self, output: Event, blamed: Expected | None) -> str:
+        if blamed is None:
+            return "a window the inputs never closed, or more finals than windows for this key"
+        return f"expected {blamed.value!r} (closed by input {blamed.input})"
+
+
+def expected_ticks(inputs: Sequence[Event], group: str = "0") -> dict[str, list[str]]:
+    """The stream-time timer's firings per task id: a boundary each time a partition's stream
+    time enters a new period of TICK_EVERY, in that partition's offset order."""
+    ticks: dict[str, list[str]] = {}
+    by_partition: dict[int, list[Event]] = defaultdict(list)
+    for e in sorted(inputs, key=lambda e: (e.partition, e.offset)):
+        by_partition[e.partition].append(e)
+    for p, events in by_partition.items():
+        stream_time, fired = -1, []
+        for e in events:
+            ts = e.timestamp
+            if ts > stream_time:
+                if ts // TICK_EVERY > stream_time // TICK_EVERY:
+                    fired.append(str(ts // TICK_EVERY * TICK_EVERY))
+                stream_time = ts
+        ticks[f"{group}_{p}"] = fired
+    return ticks

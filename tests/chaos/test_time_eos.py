@@ -1,0 +1,94 @@
+"""Final window results and stream-time timers under chaos: kill -9 mid-transaction, a SIGSTOP
+zombie, scale-up and scale-down. Every (key, window) that stream time closed must be emitted
+exactly once with its exact count (tests/oracle.py ``FinalsOracle``, judged by the history
+checker), and the timer's firings per task must be exactly those of a run without faults.
+
+Worker logs stay in each test's tmp_path (``worker-<i>.log``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from history import Event, check_run
+from kafka_helpers import read_to_end
+from oracle import FinalsOracle, expected_ticks
+from workers import app_under_test, collect, produce, wait_until_processing
+
+pytestmark = pytest.mark.chaos
+
+BASE_MS = 1_700_000_000_000
+
+
+def finals_inputs(n: int, seed: int) -> list[tuple[bytes, bytes, int]]:
+    """n records of 30 keys, 3 ms apart in event time, most a little out of order (within the
+    200 ms grace) and one in 50 late by 1.5 s (dropped by the windows it missed)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        jitter = -1500 if rng.random() < 0.02 else -rng.randrange(0, 300)
+        ts = BASE_MS + 3 * i + jitter
+        out.append((f"k{rng.randrange(30)}".encode(), (0).to_bytes(8, "big"), ts))
+    return out
+
+
+async def test_final_results_and_timers_exact_under_kill_9_zombie_and_rebalance(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    n = 36_000
+    source = await new_topic("fin-in", partitions=4)
+    sink = await new_topic("fin-out", partitions=4)
+    ticks = await new_topic("fin-ticks", partitions=4)
+    app = app_under_test(
+        bootstrap_servers, "tests.apps.finals", source, sink, tmp_path, state_dirs=3,
+        ONCEFLOW_TEST_TICKS=ticks, ONCEFLOW_COMMIT_INTERVAL_MS=700,
+    )  # fmt: skip
+    workers = [app.spawn(0), app.spawn(1)]
+    producing = asyncio.create_task(
+        produce(bootstrap_servers, source, finals_inputs(n, 5), rate=2000)
+    )
+    faults: dict[str, int] = defaultdict(int)
+    try:
+        await wait_until_processing(workers[0])
+        await asyncio.sleep(2)
+        workers[0].kill()  # kill -9 mid-transaction
+        faults["kill -9"] += 1
+        workers[0] = app.spawn(3)
+        await wait_until_processing(workers[0])
+        zombie = workers[1]
+        zombie.signal(signal.SIGSTOP)  # past the session timeout: its tasks move
+        faults["SIGSTOP zombie"] += 1
+        workers[1] = app.spawn(4)
+        await asyncio.sleep(10)
+        zombie.signal(signal.SIGCONT)  # wakes up believing it owns tasks: fenced
+        workers.append(zombie)
+        await asyncio.sleep(3)
+        workers[0].kill()
+        faults["kill -9"] += 1
+        workers[0] = app.spawn(6)
+        workers.append(app.spawn(5))  # scale up
+        faults["scale-up"] += 1
+        produced = await producing
+        await asyncio.sleep(3)
+        for w in workers[1:]:  # scale down to one, gracefully
+            w.stop()
+        faults["scale-down"] += 1
+        inputs = [Event.of(r) for r in await read_to_end(bootstrap_servers, source)]
+        want = len(FinalsOracle().expect(sorted(inputs, key=lambda e: (e.partition, e.offset))))
+        await collect(bootstrap_servers, sink, want, timeout=180, workers=workers[:1])
+    finally:
+        for w in workers:
+            w.stop()
+    report = await check_run(
+        bootstrap_servers, source, sink, FinalsOracle(), faults=dict(faults), produced=produced
+    )
+    report.assert_clean()
+    fired: dict[str, list[str]] = defaultdict(list)
+    for record in await read_to_end(bootstrap_servers, ticks):
+        fired[record.key.decode()].append(record.value.decode())
+    assert dict(fired) == expected_ticks(inputs)
