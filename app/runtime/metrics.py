@@ -87,6 +87,15 @@ class Metrics:
             ["app", "store"],
             registry=r,
         )
+        self.windows_closed = Counter(
+            "onceflow_windows_closed",
+            "Final window results emitted (emit='close')",
+            ["app", "store"],
+            registry=r,
+        )
+        self.timer_firings = Counter(
+            "onceflow_timer_firings", "Timer runs", ["app", "timer"], registry=r
+        )
         self.dead_letter_records = Counter(
             "onceflow_dead_letter_records",
             "Records sent to the dead-letter topic",

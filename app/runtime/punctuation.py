@@ -53,6 +53,7 @@ class Punctuator:
         tables: Sequence[Any],
         timers: Sequence[Timer],
         *,
+        count: Callable[[str, str], None] = lambda stage, name: None,
         clock: Callable[[], float] = time.monotonic,
         now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
@@ -62,12 +63,12 @@ class Punctuator:
         ]
         self._stream_timers = [t for t in timers if t.on == "stream_time"]
         self._wall_timers = [t for t in timers if t.on == "wall_clock"]
+        self._count = count  # (stage, table or timer name) per callback run, for the metrics
         self._clock = clock
         self._now_ms = now_ms
         started = clock()
         self._wall_next = [started + t.every_ms / 1000 for t in self._wall_timers]
         self.due = NEVER
-        self.fired = 0  # callbacks run (closes and timers), for the metrics
 
     def start(self, stream_time: int) -> None:
         """Compute the first ``due`` from the stream time the task starts with."""
@@ -112,13 +113,13 @@ class Punctuator:
                 for fn in table.closers:
                     ctx = callback_context(self._task, end - 1, key_bytes)
                     await self._task.run_callback(ctx, fn(ctx, key, window), source)
-                    self.fired += 1
+                self._count("on_close", table.name)
 
     async def _fire(self, timer: Timer, timestamp: int) -> None:
         ctx = callback_context(self._task, timestamp)
         source = CallbackSource("timer", timer.name, timestamp)
         await self._task.run_callback(ctx, timer.fn(ctx), source)
-        self.fired += 1
+        self._count("timer", timer.name)
 
     # -- wall clock ------------------------------------------------------------------------------
 

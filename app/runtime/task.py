@@ -140,13 +140,12 @@ class Task:
             tp: metrics.records_processed.labels(*labels, tp.topic, str(partition))
             for tp in self.tps
         }
-        timers = app.timers_of(group)
-        if clock_ms is None:
-            self._time = Punctuator(self, self._tables, timers)
-        else:
-            self._time = Punctuator(
-                self, self._tables, timers, clock=lambda: clock_ms() / 1000, now_ms=clock_ms
-            )
+        clocks: dict[str, Any] = {}
+        if clock_ms is not None:
+            clocks = {"clock": lambda: clock_ms() / 1000, "now_ms": clock_ms}
+        self._time = Punctuator(
+            self, self._tables, app.timers_of(group), count=self._count_callback, **clocks
+        )
 
     # -- the TaskScope of tables and contexts --------------------------------------------------
 
@@ -405,6 +404,12 @@ class Task:
             self._metrics.dead_letter_records.labels(*labels).inc()
             return
         self._take_effects(ctx)
+
+    def _count_callback(self, stage: str, name: str) -> None:
+        if stage == "on_close":
+            self._metrics.windows_closed.labels(self.app.app_id, name).inc()
+        else:
+            self._metrics.timer_firings.labels(self.app.app_id, name).inc()
 
     @property
     def wall_clock_due(self) -> float | None:

@@ -66,6 +66,10 @@ async def test_each_tumbling_window_emits_its_final_count_once_when_it_closes() 
         assert driver.table("closed").get("a") == 1
         await driver.send("in", "c", "x", timestamp=10 * MINUTE + 5)
         assert len(finals(driver)) == 2  # nothing closes twice
+        closed = driver.metrics.registry.get_sample_value(
+            "onceflow_windows_closed_total", {"app": "finals", "store": "counts"}
+        )
+        assert closed == 2
 
 
 async def test_hopping_windows_close_one_start_at_a_time() -> None:
