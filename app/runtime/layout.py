@@ -10,9 +10,10 @@ the segment interval (the first field of every store key). Each store partition 
 * **the same**: nothing to do;
 * **none recorded**: the store is adopted as it is, and the layout written at once with its
   unchanged checkpoint (so a later change is seen). Either the store is empty, or it was written
-  by a version that did not record layouts, with the rows of the table as it was declared then;
-  that is only wrong if the definition changed in the same restart as the upgrade, which
-  nothing on disk can tell (docs/architecture.md says to change one at a time);
+  by a version that did not record layouts, with the rows of the table as it was declared then.
+  That is wrong only if the definition changed in the same restart as the upgrade: a windowed
+  store's first row is checked against the segment interval (the change that hides
+  rows), and one laid out for another is rebuilt; a retention change alone cannot be seen;
 * **another ``kind``**: ``ConfigurationError``. The kind names the changelog's record format
   (a windowed changelog's keys end with the window start): no restore can read the old records
   as the new kind's;
@@ -75,6 +76,13 @@ def reconcile(store: SqliteStorePartition, layout: Mapping[str, Any], *, table: 
     store.set_layout(wanted)
     checkpoint = store.checkpoint
     if raw is None:
+        if _misplaced(store, layout):
+            store.wipe()
+            return (
+                "its rows, written without a recorded layout, are not laid out for segment "
+                f"interval {layout['segment_interval_ms']} ms: rebuilding the store from its "
+                "changelog"
+            )
         if checkpoint is not None:
             store.restore_batch([], checkpoint)  # records the layout, checkpoint unchanged
         return None
@@ -86,6 +94,19 @@ def reconcile(store: SqliteStorePartition, layout: Mapping[str, Any], *, table: 
         change = describe_change(recorded, layout)
     store.wipe()
     return f"table layout changed ({change}): rebuilding the store from its changelog"
+
+
+def _misplaced(store: SqliteStorePartition, layout: Mapping[str, Any]) -> bool:
+    """Whether a windowed store's first row sits under another segment than the one
+    ``layout``'s segment interval gives its window start (one indexed read; a segment id is
+    ``start // interval``, so with epoch timestamps two intervals agree on none)."""
+    if layout.get("kind") != "windowed":
+        return False
+    windowed = WindowedStorePartition(store, segment_interval_ms=layout["segment_interval_ms"])
+    for key, _ in store.range_items(b"", b"\xff" * 9, include_pending=False, limit=1):
+        if windowed.store_key(*WindowedStorePartition.parse_store_key(key)) != key:
+            return True
+    return False
 
 
 def _check_kind(recorded: Mapping[str, Any], layout: Mapping[str, Any], table: str) -> None:

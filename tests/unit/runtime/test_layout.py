@@ -139,6 +139,26 @@ def test_a_store_without_a_layout_adopts_the_current_one(tmp_path: Path) -> None
     assert reason is not None and "window size 300000 -> 600000 ms" in reason
 
 
+def test_a_store_without_a_layout_whose_rows_sit_under_other_segments_is_rebuilt(
+    tmp_path: Path,
+) -> None:
+    # Upgraded and redefined in one restart: the segment interval shows in the first row.
+    path = store_dir(tmp_path)
+    plain, _ = open_store(path)
+    WindowedStorePartition(plain, segment_interval_ms=FIVE_MIN).put(b"alice", START, ONE)
+    plain.flush(41)
+    plain.close()
+    store, reason = open_for(path, counts(windowed_app(10)))
+    try:
+        assert reason == (
+            "its rows, written without a recorded layout, are not laid out for segment interval "
+            "600000 ms: rebuilding the store from its changelog"
+        )
+        assert store.checkpoint is None
+    finally:
+        store.close()
+
+
 def test_a_changed_layout_wipes_the_store_and_the_rebuild_records_the_new_one(
     tmp_path: Path,
 ) -> None:
