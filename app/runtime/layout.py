@@ -5,7 +5,7 @@ holds and under which keys: for a windowed table the window size and advance, th
 the segment interval (the first field of every store key). Each store partition records it
 (``mlayout``) in the SQLite transaction that writes rows under it. At open
 (``stores.open_in_sync``), ``reconcile`` compares it with the table's (docs/architecture.md,
-*State*, *Windowed tables*):
+*State*, *Layout changes*):
 
 * **the same**: nothing to do;
 * **none recorded**: the store is adopted as it is, and the layout written at once with its

@@ -4,7 +4,7 @@ A windowed changelog is created with ``retention.ms`` = the table's retention + 
 (``admin.internal_topics``). Declared later with a longer retention, the table keeps windows its
 changelog already deletes: a store restored from it (on another host, or rebuilt after a layout
 change) would lack them. So at start ``widen_retention`` raises ``retention.ms`` of each such
-topic to what the table needs (docs/architecture.md, *State*, *Windowed tables*). A longer
+topic to what the table needs (docs/architecture.md, *State*, *Layout changes*). A longer
 ``retention.ms`` is left alone: an operator's choice, and restores skip expired windows anyway.
 
 aiokafka has no IncrementalAlterConfigs; AlterConfigs *replaces* a topic's overrides, so the

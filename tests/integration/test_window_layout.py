@@ -1,7 +1,7 @@
 """A windowed table restarted with another window size, grace or retention on the same state
 directory, on a real broker: each store laid out for the old definition is rebuilt from its
 changelog, with one log line per partition naming the change, and the open windows go on
-counting (docs/architecture.md, *State*, *Windowed tables*).
+counting (docs/architecture.md, *State*, *Layout changes*).
 
 Before layouts were recorded, the rows stayed under the old segment prefixes while the checkpoint
 said the store was current: the restarted app read every open window as empty and counted

@@ -1,6 +1,6 @@
 """Store layouts on real SQLite files: recorded with the rows, adopted by a store that has none,
 and a store laid out for another definition of its table wiped and rebuilt from the changelog
-(docs/architecture.md, *State*, *Windowed tables*)."""
+(docs/architecture.md, *State*, *Layout changes*)."""
 
 from __future__ import annotations
 
