@@ -73,6 +73,15 @@ class _TableBase(Generic[K, V]):
         """A stored or staged value, deserialized (the default for a missing key)."""
         return self._default() if raw is None else self.value_serde.deserialize(raw)
 
+    def layout(self) -> dict[str, Any]:
+        """What decides which rows the table's store holds and under which keys (JSON-able).
+
+        Recorded in each store partition; a store recorded with another layout is rebuilt from
+        the changelog at start (docs/architecture.md, *State*). Subclasses add their fields:
+        a field named ``*_ms`` is logged as milliseconds when it changes.
+        """
+        return {"kind": self.kind}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
@@ -232,6 +241,17 @@ class WindowedTable(_TableBase[K, V]):
         advance, span = self.window.advance_ms, self.window.size_ms + self.grace_ms
         start = max(0, (stream_time - span) // advance * advance + advance)
         return start + span
+
+    def layout(self) -> dict[str, Any]:
+        """The kind, the windows (their starts), the retention (which windows exist) and the
+        segment interval (the store key's first field)."""
+        return {
+            **super().layout(),
+            "window_size_ms": self.window.size_ms,
+            "window_advance_ms": self.window.advance_ms,
+            "retention_ms": self.retention_ms,
+            "segment_interval_ms": self.segment_interval_ms,
+        }
 
     def _store(self, ctx: Context) -> WindowedStorePartition:
         return ctx.scope.windowed_store(self.name)

@@ -28,6 +28,7 @@ from onceflow.errors import (
 from onceflow.runtime.checkpoint import tables_of
 from onceflow.runtime.compat import send_admin_request
 from onceflow.runtime.protocol import TopicIdsUnsupportedError, topic_ids
+from onceflow.runtime.topic_config import widen_retention
 from onceflow.topology import App
 
 __all__ = ["DEFAULT_DELETE_RETENTION_MS", "InternalTopic", "TopicAdmin", "internal_topics"]
@@ -216,7 +217,8 @@ class TopicAdmin:
                 await asyncio.sleep(0.5)
 
     async def ensure(self, topics: list[InternalTopic]) -> None:
-        """Create the missing internal topics; check the partitions of the existing ones."""
+        """Create the missing internal topics; check the partitions of the existing ones, and
+        raise their ``retention.ms`` where a table's retention grew (``widen_retention``)."""
         existing = await self.partition_counts(t.name for t in topics)
         for topic in topics:
             if topic.name in existing and existing[topic.name] != topic.partitions:
@@ -224,6 +226,12 @@ class TopicAdmin:
                     f"internal topic {topic.name!r} has {existing[topic.name]} partitions but the "
                     f"sources have {topic.partitions}; delete it (and the state dir) to rebuild"
                 )
+        retention = {
+            t.name: int(t.config["retention.ms"])
+            for t in topics
+            if t.name in existing and "retention.ms" in t.config
+        }
+        await widen_retention(self._client, retention)
         wanted = [t for t in topics if t.name not in existing]
         if not wanted:
             return

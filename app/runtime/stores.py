@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from aiokafka.structs import TopicPartition
 
 from onceflow.runtime.cleanup import last_in_sync, mark_in_sync
+from onceflow.runtime.layout import WindowsFrom, reconcile
 from onceflow.runtime.restore import RestoreProgress, restore_partition
 from onceflow.state.sqlite.lock import TaskLock
 from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from onceflow.runtime.metrics import Metrics
     from onceflow.runtime.restore import ConsumerFactory
     from onceflow.settings import Settings
-    from onceflow.state.typing import StorePartition
+    from onceflow.state.typing import Restorable, StorePartition
 
 __all__ = ["AnyTable", "OpenedStore", "TaskStores", "open_in_sync", "open_store_cancellable"]
 
@@ -97,17 +98,21 @@ class TaskStores:
         consumer_factory: ConsumerFactory,
         delete_retention_ms: int | None = None,
         changelog_topic_id: str | None = None,
+        stream_time: int = -1,
     ) -> None:
-        """Open the table's SQLite store (wiped if corrupt, or if it was out of sync with its
-        changelog for longer than the changelog's ``delete_retention_ms``) and bring it up to
+        """Open the table's SQLite store (wiped if corrupt, if it was out of sync with its
+        changelog for longer than the changelog's ``delete_retention_ms``, or if its rows are
+        laid out for another definition of the table: ``layout.reconcile``) and bring it up to
         the end of its changelog partition, checking that its checkpoint is of the topic with
-        ``changelog_topic_id`` (``restore_partition``)."""
+        ``changelog_topic_id`` (``restore_partition``). Windows expired at ``stream_time`` (the
+        task's, -1 if none) are not restored."""
         path = Path(settings.state_dir) / app_id / table.name / str(self.partition)
         opened = await open_store_cancellable(
             path,
             cache_bytes=int(settings.state_read_cache_mib * 2**20),
             page_cache_mib=settings.state_page_cache_mib,
             delete_retention_ms=delete_retention_ms,
+            layout=table.layout(),
         )
         reason = opened.wiped_because
         if opened.stale:
@@ -117,7 +122,14 @@ class TaskStores:
         self._dirs[table.name] = path
         self._in_sync_at[table.name] = opened.in_sync_at
         self._behind.add(table.name)
-        target = self.attach(table, opened.store)
+        target: Restorable = self.attach(table, opened.store)
+        # Windows a commit would expire at once are not restored.
+        if (
+            isinstance(target, WindowedStorePartition)
+            and isinstance(table, WindowedTable)
+            and stream_time >= 0
+        ):
+            target = WindowsFrom(target, stream_time - table.retention_ms)
         progress = RestoreProgress(table.name, self.partition, wiped_because=reason)
         self.restores[table.name] = progress
         labels = (app_id, table.name, str(self.partition))
@@ -302,10 +314,13 @@ def open_in_sync(
     page_cache_mib: int,
     lock_timeout_s: float = 30.0,
     delete_retention_ms: int | None = None,
+    layout: Mapping[str, Any] | None = None,
 ) -> OpenedStore:
     """``open_store``, and wipe a store with a checkpoint that was last in sync with its
     changelog more than ``delete_retention_ms`` ago: compaction may have dropped the tombstones
-    of deletes it never saw, so restoring its tail would bring deleted keys back.
+    of deletes it never saw, so restoring its tail would bring deleted keys back. ``layout``: the
+    table's (``path`` is ``.../<table>/<partition>``); a store recorded with another one is
+    wiped too, one without is adopted (``layout.reconcile``).
 
     Blocking: run it in a worker thread. The directory's mtime is read under the store's lock,
     before SQLite opens (and so moves it), and put back afterwards.
@@ -332,6 +347,9 @@ def open_in_sync(
         ):
             reason, stale = stale_reason(age_s, delete_retention_ms), True
             store.wipe()  # as open_store wipes a corrupt store: every file, then a fresh one
+        if layout is not None:
+            changed = reconcile(store, layout, table=path.parent.name)
+            reason = reason or changed
         if in_sync_at is not None:
             mark_in_sync(path, in_sync_at)
     except BaseException:
@@ -347,6 +365,7 @@ async def open_store_cancellable(
     page_cache_mib: int,
     lock_timeout_s: float = 30.0,
     delete_retention_ms: int | None = None,
+    layout: Mapping[str, Any] | None = None,
 ) -> OpenedStore:
     """``open_in_sync`` in a worker thread. If the caller is cancelled meanwhile (a task revoked
     while it starts), the thread still runs to its end: the store it opens then is closed, so
@@ -360,6 +379,7 @@ async def open_store_cancellable(
                 cache_bytes=cache_bytes,
                 page_cache_mib=page_cache_mib,
                 delete_retention_ms=delete_retention_ms,
+                layout=layout,
             )
         )
     )

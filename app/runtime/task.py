@@ -202,6 +202,7 @@ class Task:
                 consumer_factory=self._consumer_factory,
                 delete_retention_ms=self._delete_retention_ms.get(table.changelog_topic),
                 changelog_topic_id=self._changelog_ids.get(table.changelog_topic),
+                stream_time=self.stream_time,
             )
         self._check_closing()
         # Step 4

@@ -9,7 +9,8 @@ sqlitedict runs one connection per ``SqliteDict``, so a second table opened as a
 * ``b"m" + name``           metadata: ``mcheckpoint`` (8-byte signed big-endian changelog
                             offset), ``mtopic_id`` (the changelog topic's id the checkpoint
                             refers to, ASCII, written with a checkpoint), ``mformat`` (layout
-                            version)
+                            version), ``mlayout`` (how the table lays out its rows: opaque
+                            bytes, JSON from the runtime, written with the data laid out so)
 
 Keys and values are stored as BLOBs — all four sqlitedict codecs are the identity, *never*
 pickle, because changelog records come from the network. BLOBs compare with ``memcmp``, so the
@@ -40,13 +41,22 @@ from sqlitedict import SqliteDict, identity
 from onceflow.errors import StateError, StoreCorruptError
 from onceflow.state.sqlite.restore_writer import restore_writer
 
-__all__ = ["DB_FILE", "SqliteFile", "check_file", "db_files", "disk_diagnosis"]
+__all__ = [
+    "DB_FILE",
+    "META_LAYOUT",
+    "META_TOPIC_ID",
+    "SqliteFile",
+    "check_file",
+    "db_files",
+    "disk_diagnosis",
+]
 
 DB_FILE = "data.sqlite"
 _TABLE = "kv"
 META_CHECKPOINT = b"mcheckpoint"
 META_FORMAT = b"mformat"
 META_TOPIC_ID = b"mtopic_id"
+META_LAYOUT = b"mlayout"
 FORMAT_VERSION = b"1"
 _OFFSET = struct.Struct(">q")
 
@@ -220,6 +230,7 @@ class SqliteFile:
         self._read_lock = threading.Lock()  # sqlitedict hands an error to whoever asks next
         self.checkpoint_at_open: int | None = None
         self.topic_id_at_open: str | None = None
+        self.layout_at_open: bytes | None = None
         try:
             self._writer = _open_dict(file)
             w = self._writer.conn
@@ -234,6 +245,7 @@ class SqliteFile:
             self.checkpoint_at_open = None if raw is None else int(_OFFSET.unpack(raw)[0])
             raw = self._writer_get(META_TOPIC_ID)
             self.topic_id_at_open = None if raw is None else raw.decode("ascii")
+            self.layout_at_open = self._writer_get(META_LAYOUT)
             self._reader = _open_dict(file)
             self._reader.conn.execute("PRAGMA query_only=1")
             self._reader.conn.execute(f"PRAGMA cache_size=-{page_cache_kib}")

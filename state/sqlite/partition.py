@@ -21,7 +21,14 @@ from onceflow.errors import StateError, StoreCorruptError
 from onceflow.state.base import BufferedStorePartition
 from onceflow.state.buffer import WriteBatch
 from onceflow.state.cache import MISS, LruCache
-from onceflow.state.sqlite.file import DB_FILE, META_TOPIC_ID, SqliteFile, check_file, db_files
+from onceflow.state.sqlite.file import (
+    DB_FILE,
+    META_LAYOUT,
+    META_TOPIC_ID,
+    SqliteFile,
+    check_file,
+    db_files,
+)
 from onceflow.state.sqlite.lock import TaskLock
 
 __all__ = [
@@ -119,6 +126,22 @@ class SqliteStorePartition(BufferedStorePartition):
         self._lock = lock
         self._checkpoint = self._db.checkpoint_at_open
         self._changelog_topic_id = self._db.topic_id_at_open
+        # How the rows are laid out (durable), and the layout the next write records.
+        self._layout = self._db.layout_at_open
+        self._current_layout: bytes | None = None
+
+    @property
+    def layout(self) -> bytes | None:
+        """The layout recorded with the rows (opaque to the store; the runtime's JSON), or None
+        if none was: an empty store, or one written before layouts were recorded."""
+        return self._layout
+
+    def set_layout(self, layout: bytes) -> None:
+        """The layout of every row written from now on: the next write (``flush``,
+        ``restore_batch``) records it in its transaction, so the recorded layout is never out of
+        step with the rows. Until then ``layout`` is unchanged."""
+        self._check_open()
+        self._current_layout = layout
 
     def approximate_size(self) -> int:
         """Number of committed keys: an index scan (~0.3 s per million), cached until the next
@@ -182,12 +205,21 @@ class SqliteStorePartition(BufferedStorePartition):
             meta=self._meta(checkpoint),
             checkpoint=checkpoint,
         )
+        self._layout_recorded()
         return [key[1:] for key in removed]
+
+    def _layout_recorded(self) -> None:
+        if self._current_layout is not None:
+            self._layout = self._current_layout
 
     def _meta(self, checkpoint: int | None) -> list[tuple[bytes, bytes]]:
         """The metadata rows a write of ``checkpoint`` carries: the changelog's topic id."""
         topic_id = self._topic_id_to_record(checkpoint)
-        return [] if topic_id is None else [(META_TOPIC_ID, topic_id.encode("ascii"))]
+        meta = [] if topic_id is None else [(META_TOPIC_ID, topic_id.encode("ascii"))]
+        layout = self._current_layout
+        if layout is not None and layout != self._layout:
+            meta.append((META_LAYOUT, layout))
+        return meta
 
     def _after_commit(self, batch: WriteBatch, range_deleted: list[bytes]) -> None:
         for key in range_deleted:
@@ -201,6 +233,7 @@ class SqliteStorePartition(BufferedStorePartition):
                 self._db.write_in_child(
                     _DATA, latest, checkpoint=last_offset, meta=self._meta(last_offset)
                 )
+                self._layout_recorded()
                 return
             except OSError as exc:  # no child process: this batch, and the next, in-process
                 log.warning("restoring store %s in-process: %s", self.path, exc)
@@ -212,6 +245,7 @@ class SqliteStorePartition(BufferedStorePartition):
         self._db.write(
             deletes=deletes, puts=puts, meta=self._meta(last_offset), checkpoint=last_offset
         )
+        self._layout_recorded()
 
     def _after_restore(self, latest: dict[bytes, bytes | None]) -> None:
         # Restore runs before processing: the cache is nearly empty, clearing is cheapest.
@@ -219,6 +253,7 @@ class SqliteStorePartition(BufferedStorePartition):
 
     def _wipe_storage(self) -> None:
         self._cache.clear()
+        self._layout = None  # the next write records the current one
         self._db.close()
         for file in db_files(self.path):
             file.unlink(missing_ok=True)
