@@ -1,7 +1,8 @@
 """Final window results and stream-time timers under chaos: kill -9 mid-transaction, a SIGSTOP
-zombie, scale-up and scale-down. Every (key, window) that stream time closed must be emitted
-exactly once with its exact count (tests/oracle.py ``FinalsOracle``, judged by the history
-checker), and the timer's firings per task must be exactly those of a run without faults.
+zombie, scale-up and scale-down (and, under ``make chaos``, a ten-minute random soak of them).
+Every (key, window) that stream time closed must be emitted exactly once with its exact count
+(tests/oracle.py ``FinalsOracle``, judged by the history checker), and the timer's firings per
+task must be exactly those of a run without faults.
 
 Worker logs stay in each test's tmp_path (``worker-<i>.log``).
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from fleet import Fleet
 from history import Event, check_run
 from kafka_helpers import read_to_end
 from oracle import FinalsOracle, expected_ticks
@@ -84,11 +87,52 @@ async def test_final_results_and_timers_exact_under_kill_9_zombie_and_rebalance(
     finally:
         for w in workers:
             w.stop()
+    await _check_finals_and_ticks(bootstrap_servers, source, sink, ticks, faults, produced)
+
+
+async def _check_finals_and_ticks(
+    bootstrap: str, source: str, sink: str, ticks: str, faults: dict[str, int], produced: int
+) -> None:
     report = await check_run(
-        bootstrap_servers, source, sink, FinalsOracle(), faults=dict(faults), produced=produced
+        bootstrap, source, sink, FinalsOracle(), faults=dict(faults), produced=produced
     )
     report.assert_clean()
+    inputs = [Event.of(r) for r in await read_to_end(bootstrap, source)]
     fired: dict[str, list[str]] = defaultdict(list)
-    for record in await read_to_end(bootstrap_servers, ticks):
+    for record in await read_to_end(bootstrap, ticks):
         fired[record.key.decode()].append(record.value.decode())
     assert dict(fired) == expected_ticks(inputs)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1500)
+async def test_final_results_ten_minute_soak(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    seconds, rate = 600, 1000
+    source = await new_topic("fin-soak-in", partitions=6)
+    sink = await new_topic("fin-soak-out", partitions=6)
+    ticks = await new_topic("fin-soak-ticks", partitions=6)
+    app = app_under_test(
+        bootstrap_servers, "tests.apps.finals", source, sink, tmp_path, state_dirs=4,
+        ONCEFLOW_TEST_TICKS=ticks, ONCEFLOW_COMMIT_INTERVAL_MS=500,
+    )  # fmt: skip
+    fleet = Fleet(app.spawn)
+    fleet.add()
+    producing = asyncio.create_task(
+        produce(bootstrap_servers, source, finals_inputs(seconds * rate, 17), rate=rate)
+    )
+    rng = random.Random(19)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and not producing.done():
+            await asyncio.sleep(rng.uniform(3, 8))
+            await fleet.act(rng)
+        produced = await producing
+        inputs = [Event.of(r) for r in await read_to_end(bootstrap_servers, source)]
+        want = len(FinalsOracle().expect(sorted(inputs, key=lambda e: (e.partition, e.offset))))
+        await collect(bootstrap_servers, sink, want, timeout=300, workers=fleet.workers)
+    finally:
+        for w in fleet.workers:
+            w.stop()
+    await _check_finals_and_ticks(bootstrap_servers, source, sink, ticks, fleet.faults, produced)
