@@ -39,9 +39,11 @@ __all__ = [
 ROW_FORMAT = b"\xf5"
 """First byte of every row value: never the first byte of UTF-8 text (JSON, str), so rows of a
 table that had no ttl before are told apart."""
-EXPIRE_BATCH = 10_000
-"""Keys ``expire`` deletes per call at most: a backlog (a task that was away) is worked off over
-several commits instead of stalling one; reads hide what is left meanwhile."""
+EXPIRE_BATCH = 1_000
+"""Index entries ``expire`` reads per call at least (more when the transaction wrote more: the
+index never grows faster than it is worked off). It runs on the event loop at each commit, at
+~35 us per expired key through the SQLite store's access layer, so a backlog (a task that was
+away) is worked off over several commits instead of stalling one; reads hide what is left."""
 
 _INDEX = b"\x00"
 _ROW = b"\x01"
@@ -193,9 +195,11 @@ class TtlStorePartition:
 
     # -- commit --------------------------------------------------------------------------------
 
-    def expire(self, stream_time: int, *, limit: int = EXPIRE_BATCH) -> int:
-        """Buffer deletion of (at most ``limit``) keys expired by ``stream_time``: those whose
-        last write was at ``stream_time - ttl`` or before. Returns how many were deleted.
+    def expire(self, stream_time: int, *, limit: int | None = None) -> int:
+        """Buffer deletion of keys expired by ``stream_time``: those whose last write was at
+        ``stream_time - ttl`` or before. Reads at most ``limit`` index entries (default: the
+        larger of ``EXPIRE_BATCH`` and the open transaction's writes). Returns how many keys
+        were deleted.
 
         One range read of the index, one bulk read of the rows it names, point deletes of the
         rows (tombstones in ``pending_changelog``), one range deletion of the entries read.
@@ -204,6 +208,8 @@ class TtlStorePartition:
         if bound < -_BIAS:
             return 0
         hi = _INDEX + _U64.pack(bound + _BIAS + 1) if bound + 1 < _BIAS else _ROW
+        if limit is None:
+            limit = max(EXPIRE_BATCH, len(self.inner.pending()))
         entries = self.inner.range_items(_INDEX, hi, limit=limit)
         if not entries:
             return 0

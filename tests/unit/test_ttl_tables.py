@@ -95,7 +95,7 @@ async def test_committed_reads_filter_by_the_committed_stream_time() -> None:
 
 
 async def test_each_commit_tombstones_expired_keys_in_the_changelog() -> None:
-    outputs, (driver, counts) = await run(auto_commit=True)
+    _, (driver, counts) = await run(auto_commit=True)
     changelog = [(o.key, o.value) for o in driver.read(counts.changelog_topic)]
     tombstones = [key for key, value in changelog if value is None]
     # b expired when c's write moved stream time to 11 s, a at 15 s (and again at 30 s: its

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from onceflow.errors import ConfigurationError
+from onceflow.state import ttl as ttl_module
 from onceflow.state.memory import InMemoryStorePartition
 from onceflow.state.sqlite.partition import SqliteStorePartition
 from onceflow.state.ttl import (
@@ -137,6 +138,20 @@ def test_expire_works_off_a_backlog_in_batches(ttl: TtlStorePartition) -> None:
     assert ttl.inner.range_items(*ALL, include_pending=False) == []
 
 
+def test_expire_reads_at_least_as_many_entries_as_the_transaction_wrote(
+    ttl: TtlStorePartition, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ttl_module, "EXPIRE_BATCH", 5)
+    for i in range(25):
+        put(ttl, b"k%02d" % i, b"v", i)
+    ttl.inner.flush(0)
+    assert ttl.expire(10 * TTL) == 5  # no writes: EXPIRE_BATCH
+    ttl.inner.flush(1)
+    for i in range(6):
+        put(ttl, b"new%d" % i, b"v", 10 * TTL)  # 12 writes: a row and an entry each
+    assert ttl.expire(10 * TTL) == 12
+
+
 def test_an_aborted_expiry_leaves_everything(ttl: TtlStorePartition) -> None:
     put(ttl, b"k", b"v", 0)
     ttl.inner.flush(0)
@@ -167,7 +182,7 @@ def test_restore_rebuilds_rows_and_index(ttl: TtlStorePartition) -> None:
 
 
 def test_restore_refuses_changelog_records_without_a_ttl(ttl: TtlStorePartition) -> None:
-    with pytest.raises(ConfigurationError, match="'seen' has a ttl.*changelog.*new name"):
+    with pytest.raises(ConfigurationError, match=r"'seen' has a ttl.*changelog.*new name"):
         ttl.restore_batch([(b"a", b"42")], last_offset=0)
     assert ttl.checkpoint is None
 
@@ -185,7 +200,7 @@ def test_a_store_of_a_table_without_ttl_is_refused(
 ) -> None:
     inner.restore_batch(rows, last_offset=0)
     store = TtlStorePartition(inner, ttl_ms=TTL, name="seen")
-    with pytest.raises(ConfigurationError, match="'seen' has a ttl.*store"):
+    with pytest.raises(ConfigurationError, match=r"'seen' has a ttl.*store"):
         store.check_layout()
 
 
