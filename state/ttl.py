@@ -86,9 +86,9 @@ def _index_key(written_at: int, key: bytes) -> bytes:
 def _not_ttl_rows(name: str, where: str) -> ConfigurationError:
     return ConfigurationError(
         f"table {name!r} has a ttl, but its {where} holds rows written without one: a ttl "
-        "cannot be added to an existing table. Declare the table with ttl under a new name, or "
-        "remove the ttl; to start it from empty, stop every worker, delete its changelog topic "
-        "and its directories under ONCEFLOW_STATE_DIR, and restart"
+        "cannot be added to an existing table (its rows have no time of last write). Declare "
+        "the table with ttl under a new name, which starts empty with a changelog of its own, "
+        "or remove the ttl"
     )
 
 

@@ -120,3 +120,33 @@ async def test_keys_expire_for_handlers_queries_sqlite_and_a_restore(
     assert await restored.table(http, keys) == {k.decode(): v for k, v in final.items()}
     assert restored.stop() == 0
     assert stored(tmp_path / "state", app_id) == final
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("wipe", [False, True], ids=["store", "changelog"])
+async def test_adding_a_ttl_to_an_existing_table_stops_the_worker_naming_it(
+    bootstrap_servers: str, new_topic, tmp_path: Path, wipe: bool
+) -> None:
+    source = await new_topic("ttl-add-in", partitions=1)
+    sink = await new_topic("ttl-add-out", partitions=1)
+    env = worker_env(
+        bootstrap_servers,
+        unique_name("ttl-add"),
+        tmp_path / "state",
+        ONCEFLOW_TEST_INPUT=source,
+        ONCEFLOW_TEST_OUTPUT=sink,
+        ONCEFLOW_TEST_TTL_MS="none",
+    )
+    records = [(f"k{i}".encode(), b"x", T0) for i in range(20)]
+    before = Worker(env, tmp_path / "before.log").start()
+    await produce(bootstrap_servers, source, records)
+    await collect(bootstrap_servers, sink, len(records), timeout=120, workers=[before], settle=0)
+    assert before.stop() == 0
+    if wipe:  # a new host: the table is restored from its changelog
+        shutil.rmtree(tmp_path / "state")
+    after = Worker({**env, "ONCEFLOW_TEST_TTL_MS": "10000"}, tmp_path / "after.log").start()
+    assert after.wait(90) == 1, after.log_text()[-3000:]
+    where = "changelog" if wipe else "store"
+    assert f"table 'counts' has a ttl, but its {where} holds rows written without one" in (
+        after.log_text()
+    )
