@@ -19,6 +19,7 @@ from onceflow.naming import changelog_topic
 from onceflow.partitioner import cached_partition_for_key
 from onceflow.records import ABSENT
 from onceflow.serdes import Serde
+from onceflow.state.ttl import encode_row, live_value, row_key
 from onceflow.state.windowed import changelog_key
 from onceflow.windows import Hopping, Tumbling
 
@@ -89,6 +90,11 @@ class _TableBase(Generic[K, V]):
 class Table(_TableBase[K, V]):
     """A key-value table. Reads see this task's uncommitted writes; queries see committed ones.
 
+    With ``ttl_ms``, a key not written for that long in stream time is gone: handlers read the
+    default once the task's stream time says so, queries once its committed stream time does,
+    and each commit deletes expired keys, with tombstones in the changelog
+    (docs/architecture.md, *Tables with TTL*).
+
     Example::
 
         totals = app.table("totals", default=0, key_serde="str", value_serde="json")
@@ -100,20 +106,59 @@ class Table(_TableBase[K, V]):
 
     kind = "table"
 
+    def __init__(
+        self,
+        name: str,
+        *,
+        app_id: str,
+        key_serde: Serde[K],
+        value_serde: Serde[V],
+        default: Any,
+        group: str,
+        ttl_ms: int | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            app_id=app_id,
+            key_serde=key_serde,
+            value_serde=value_serde,
+            default=default,
+            group=group,
+        )
+        if ttl_ms is not None and ttl_ms <= 0:
+            raise ConfigurationError(f"table {name!r}: ttl must be positive, got {ttl_ms} ms")
+        self.ttl_ms = ttl_ms
+
     def _store(self, ctx: Context) -> StorePartition:
         return ctx.scope.store(self.name)
 
+    def store_key(self, data: bytes) -> bytes:
+        """The store key of serialized key ``data`` (for committed reads: queries, tests)."""
+        return data if self.ttl_ms is None else row_key(data)
+
+    def visible(self, raw: bytes | None, stream_time: int) -> bytes | None:
+        """The serialized value of store value ``raw`` as of ``stream_time`` (None: absent, or
+        expired in a ttl table)."""
+        return raw if self.ttl_ms is None else live_value(raw, self.ttl_ms, stream_time)
+
     def get(self, ctx: Context, key: K) -> V:
-        """The key's value (the table's default when it has none)."""
+        """The key's value (the table's default when it has none, or when it expired)."""
         data = self._key_bytes(ctx, key)
         raw = ctx.staged(self.name, data)
+        if self.ttl_ms is not None:
+            if raw is ABSENT:
+                raw = self._store(ctx).get(row_key(data))
+            return self._value(live_value(raw, self.ttl_ms, ctx.scope.stream_time))
         if raw is ABSENT:
             raw = self._store(ctx).get(data)
         return self._value(raw)
 
     def set(self, ctx: Context, key: K, value: V) -> None:
-        """Replace the key's value."""
-        ctx.stage(self.name, self._key_bytes(ctx, key), self.value_serde.serialize(value))
+        """Replace the key's value (in a ttl table, also its time of last write)."""
+        raw = self.value_serde.serialize(value)
+        if self.ttl_ms is not None:
+            raw = encode_row(ctx.scope.stream_time, raw)
+        ctx.stage(self.name, self._key_bytes(ctx, key), raw)
 
     def delete(self, ctx: Context, key: K) -> None:
         """Remove the key (a tombstone in the changelog)."""

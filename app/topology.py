@@ -48,6 +48,18 @@ def _ms(value: timedelta | int | None) -> int | None:
     return int(value.total_seconds() * 1000) if isinstance(value, timedelta) else int(value)
 
 
+def _ttl_ms(table: str, ttl: object) -> int | None:
+    if ttl is None:
+        return None
+    ms = _ms(ttl) if isinstance(ttl, timedelta | int) and not isinstance(ttl, bool) else None
+    if ms is None or ms <= 0:
+        raise ConfigurationError(
+            f"table {table!r}: ttl must be a positive timedelta (or a number of milliseconds), "
+            f"got {ttl!r}"
+        )
+    return ms
+
+
 class App:
     """A stream-processing service: declare topics, tables and handlers, then run it with
     ``onceflow worker module:app``.
@@ -143,9 +155,11 @@ class App:
         key_serde: str | Serde[Any] = "str",
         value_serde: str | Serde[Any] = "json",
         group: str = DEFAULT_GROUP,
+        ttl: timedelta | int | None = None,
     ) -> Table[Any, Any]:
         """Declare a key-value table. ``default`` (a value or a zero-argument callable) is what
-        ``get`` returns for a missing key."""
+        ``get`` returns for a missing key. With ``ttl`` (a ``timedelta``, or milliseconds), a key
+        not written for that long in stream time is gone (``Table``)."""
         table: Table[Any, Any] = Table(
             self._table_name(name),
             app_id=self.app_id,
@@ -153,6 +167,7 @@ class App:
             value_serde=resolve_serde(value_serde),
             default=default,
             group=group,
+            ttl_ms=_ttl_ms(name, ttl),
         )
         self.tables[name] = table
         return table

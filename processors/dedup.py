@@ -17,6 +17,12 @@ the previous window's latest sighting is after ``t - DEDUP_WINDOW``, or — for 
 — the next window's earliest one is before ``t + DEDUP_WINDOW``. Three point reads, exact, and
 state that expires by itself: ``retention`` drops whole segments, no per-id timers.
 
+Why not a table with ``ttl=DEDUP_WINDOW``: a ttl counts stream time since an id's last write, so
+it tells "seen within the last 10 minutes of stream time". With out-of-order input that is not
+"a copy less than 10 minutes away in event time" — an event 11 minutes older than its id's last
+sighting would be dropped as a copy — and an event too late to judge could not be told apart.
+For in-order input it would do, with one point read instead of three.
+
 Every sighting is recorded, dropped copies too, so an id that keeps recurring within the
 window stays suppressed (as Kafka Streams' deduplication example refreshes the timestamp).
 

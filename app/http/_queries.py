@@ -156,7 +156,11 @@ class KeyQueries:
             windows = [Window(start=s, end=s + size, value=_value(table, v)) for s, v in rows]
             return WindowedKeyValue(key=shown, windows=windows)
         get = task.store(table.name).committed_get
-        raw = await self._read(task_key, task, get, key_bytes)
+        # A ttl table's keys are gone as of the committed stream time (taken before the read:
+        # the state read is that commit's or newer, never older).
+        stream_time = task.committed_stream_time
+        raw = await self._read(task_key, task, get, table.store_key(key_bytes))
+        raw = table.visible(raw, stream_time)
         if raw is None:
             raise self._not_found(f"key {shown!r} not found in table {table.name!r}")
         return KeyValue(key=shown, value=_value(table, raw))

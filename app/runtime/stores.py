@@ -29,6 +29,7 @@ from onceflow.runtime.layout import WindowsFrom, reconcile
 from onceflow.runtime.restore import RestoreProgress, restore_partition
 from onceflow.state.sqlite.lock import TaskLock
 from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
+from onceflow.state.ttl import TtlStorePartition
 from onceflow.state.windowed import WindowedStorePartition, parse_changelog_key
 from onceflow.tables import Table, WindowedTable
 
@@ -57,6 +58,7 @@ class TaskStores:
         self.restores: dict[str, RestoreProgress] = {}
         self._stores: dict[str, StorePartition] = {}
         self._windowed: dict[str, WindowedStorePartition] = {}
+        self._ttl: dict[str, TtlStorePartition] = {}
         self._flushing: asyncio.Future[None] | None = None  # the last commit's SQLite writes
         self._dirs: dict[str, Path] = {}  # the directory of each SQLite store, by table
         self._in_sync_at: dict[str, float | None] = {}  # when each was last in sync (epoch s)
@@ -77,13 +79,18 @@ class TaskStores:
 
     def attach(
         self, table: AnyTable, store: StorePartition
-    ) -> StorePartition | WindowedStorePartition:
+    ) -> StorePartition | WindowedStorePartition | TtlStorePartition:
         """Give the task ``store`` as its partition of ``table``; returns what restores it."""
         self._stores[table.name] = store
         if isinstance(table, WindowedTable):
             windowed = WindowedStorePartition(store, segment_interval_ms=table.segment_interval_ms)
             self._windowed[table.name] = windowed
             return windowed
+        if table.ttl_ms is not None:
+            ttl = TtlStorePartition(store, ttl_ms=table.ttl_ms, name=table.name)
+            ttl.check_layout()  # a table that had no ttl before: refused, naming it
+            self._ttl[table.name] = ttl
+            return ttl
         return store
 
     # -- start -------------------------------------------------------------------------------
@@ -174,12 +181,15 @@ class TaskStores:
                     if r.key is not None
                     for start, _ in windows(r.timestamp)
                 )
+            elif (ttl := self._ttl.get(table.name)) is not None:
+                ttl.prefetch(r.key for r in records if r.key is not None)
             else:
                 self._stores[table.name].prefetch(r.key for r in records if r.key is not None)
 
     def apply(self, name: str, key: bytes, raw: bytes | None) -> None:
         """Apply one staged write (None: a delete) to the open transaction's buffer. A windowed
-        table's key is its changelog key (``onceflow.state.windowed.changelog_key``)."""
+        table's key is its changelog key (``onceflow.state.windowed.changelog_key``); a ttl
+        table's value is a row value (``onceflow.state.ttl.encode_row``)."""
         windowed = self._windowed.get(name)
         if windowed is not None:
             data, start = parse_changelog_key(key)
@@ -187,6 +197,11 @@ class TaskStores:
                 windowed.delete(data, start)
             else:
                 windowed.put(data, start, raw)
+        elif (ttl := self._ttl.get(name)) is not None:
+            if raw is None:
+                ttl.delete(key)
+            else:
+                ttl.put(key, raw)
         elif raw is None:
             self._stores[name].delete(key)
         else:
@@ -198,15 +213,21 @@ class TaskStores:
         self, stream_time: int
     ) -> Iterable[tuple[AnyTable, list[tuple[bytes, bytes | None]]]]:
         """Per table, the open transaction's changelog records (last value per key), after
-        expiring the windows that ``stream_time`` put past retention."""
+        expiring the windows that ``stream_time`` put past retention and deleting the keys of
+        ttl tables it expired (tombstones among the records)."""
         for table in self.tables:
             windowed = self._windowed.get(table.name)
             if windowed is not None and isinstance(table, WindowedTable) and stream_time >= 0:
                 windowed.expire_before(stream_time - table.retention_ms)
+        for expiring in self._ttl.values():
+            expiring.expire(stream_time)
         for table in self.tables:
             windowed = self._windowed.get(table.name)
+            ttl = self._ttl.get(table.name)
             if windowed is not None:
                 records = windowed.pending_changelog()
+            elif ttl is not None:
+                records = ttl.pending_changelog()
             else:
                 records = list(self._stores[table.name].pending().items())
             if records:

@@ -67,8 +67,12 @@ class TableView:
     def get(self, key: Any, default: Any = None) -> Any:
         """The key's committed value, or ``default`` when it has none."""
         task, data = self._task(key)
-        raw = task.store(self._table.name).committed_get(data)
-        return default if raw is None else self._table.value_serde.deserialize(raw)
+        table = self._table
+        if isinstance(table, WindowedTable):
+            raise ConfigurationError(f"table {table.name!r} is windowed: use windows()")
+        raw = task.store(table.name).committed_get(table.store_key(data))
+        raw = table.visible(raw, task.committed_stream_time)  # a ttl table: what queries see
+        return default if raw is None else table.value_serde.deserialize(raw)
 
     def windows(self, key: Any, from_ms: int = 0, to_ms: int = 2**63 - 1) -> list[WindowValue[Any]]:
         """A windowed table's committed windows of ``key`` that start in ``[from_ms, to_ms]``."""
