@@ -174,6 +174,12 @@ class Table(_TableBase[K, V]):
         """``update`` with ``current + delta``: counters and sums."""
         return self.update(ctx, key, lambda current: current + delta)
 
+    def layout(self) -> dict[str, Any]:
+        """A ttl table's changelog records carry their write time: another kind of table. The
+        ttl's length is not recorded: every row carries its own write time, so changing it
+        needs no rebuild."""
+        return {"kind": "table" if self.ttl_ms is None else "table with ttl"}
+
 
 @dataclass(frozen=True, slots=True)
 class WindowValue(Generic[V]):

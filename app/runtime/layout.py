@@ -113,10 +113,10 @@ def _check_kind(recorded: Mapping[str, Any], layout: Mapping[str, Any], table: s
     old, new = recorded.get("kind"), layout.get("kind")
     if old != new:
         raise ConfigurationError(
-            f"table {table!r} was declared as a {old} table and is now a {new} table: its "
-            f"changelog holds {old} records, which a {new} table cannot read. Declare the {new} "
-            "table under a new name (the old changelog topic and state stay until you delete "
-            "them), or declare it as before"
+            f"table {table!r} was declared as kind {old!r} and is now kind {new!r}: its "
+            f"changelog holds {old!r} records, which a {new!r} table cannot read. Declare the "
+            "new table under a new name (the old changelog topic and state stay until you "
+            "delete them), or declare it as before"
         )
 
 

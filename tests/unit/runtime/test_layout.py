@@ -200,7 +200,7 @@ def test_a_layout_not_yet_written_is_not_recorded(tmp_path: Path) -> None:
 def test_another_kind_of_table_is_refused(tmp_path: Path) -> None:
     path = store_dir(tmp_path)
     seed(path, counts(windowed_app()))
-    with pytest.raises(ConfigurationError, match="table 'counts' was declared as a windowed"):
+    with pytest.raises(ConfigurationError, match="table 'counts' was declared as kind 'windowed'"):
         open_in_sync(path, cache_bytes=2**20, page_cache_mib=1, layout={"kind": "table"})
     store, _ = open_store(path)  # the lock was released, the store left as it was
     try:
