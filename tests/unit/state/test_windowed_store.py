@@ -222,3 +222,35 @@ def test_the_changelog_topic_id_is_the_inner_stores(
     windows.set_changelog_topic_id("UghfcGq0S3-YOhw7sSOVbw")
     windows.restore_batch([(changelog_key(b"k", 0), b"v")], 5)
     assert windows.changelog_topic_id == inner.changelog_topic_id == "UghfcGq0S3-YOhw7sSOVbw"
+
+
+def test_a_window_expired_in_the_transaction_that_wrote_it_is_still_changelogged(
+    windows: WindowedStorePartition,
+) -> None:
+    # The flush writes it to SQLite (the segment is only partly expired), so the changelog must
+    # carry it too: otherwise the changelog would hold an older value than the store.
+    windows.put(b"k", 120, b"new")
+    windows.expire_before(150)
+    assert windows.pending_changelog() == [(changelog_key(b"k", 120), b"new")]
+    windows.flush(1)
+    on_disk = [windows.parse_store_key(k) for k, _ in windows.inner.range_items(b"", b"\xff" * 9)]
+    assert on_disk == [(b"k", 120)]
+
+
+def test_windows_starting_lists_every_key_per_start_through_the_transaction(
+    windows: WindowedStorePartition,
+) -> None:
+    windows.put(b"b", 100, b"1")
+    windows.put(b"a", 100, b"2")
+    windows.put(b"a", 250, b"3")
+    windows.flush(1)
+    windows.put(b"c", 100, b"4")  # pending: seen
+    windows.delete(b"b", 100)  # pending delete: gone
+    windows.put(b"z", 99, b"5")  # before the range
+    windows.put(b"z", 10_000_000, b"6")  # far after it: segments between are skipped
+    assert list(windows.windows_starting(100, 300)) == [
+        (100, [(b"a", b"2"), (b"c", b"4")]),
+        (250, [(b"a", b"3")]),
+    ]
+    assert list(windows.windows_starting(301, 10_000_000))[-1] == (10_000_000, [(b"z", b"6")])
+    assert list(windows.windows_starting(5, 4)) == []
