@@ -19,13 +19,15 @@ from pathlib import Path
 import pytest
 from fleet import Fleet
 from history import Event, check_run
-from kafka_helpers import read_to_end
+from kafka_helpers import read_to_end, recent_window_start
 from oracle import FinalsOracle, expected_ticks
 from workers import app_under_test, collect, produce, wait_until_processing
 
 pytestmark = pytest.mark.chaos
 
-BASE_MS = 1_700_000_000_000
+# Recent: the broker deletes records older than its retention (7 days) — inputs and the outputs,
+# which carry their window's end as timestamp — as soon as their segment rolls.
+BASE_MS = recent_window_start(60_000, hours_ago=3)
 
 
 def finals_inputs(n: int, seed: int) -> list[tuple[bytes, bytes, int]]:
