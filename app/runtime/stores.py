@@ -29,7 +29,9 @@ from onceflow.runtime.restore import RestoreProgress, restore_partition
 from onceflow.state.sqlite.lock import TaskLock
 from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
 from onceflow.state.windowed import WindowedStorePartition, parse_changelog_key
-from onceflow.tables import Table, WindowedTable
+from onceflow.tables import WindowedTable
+from onceflow.topology import AnyTable
+from onceflow.window_ranges import RangeTable
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["AnyTable", "OpenedStore", "TaskStores", "open_in_sync", "open_store_cancellable"]
 
 log = logging.getLogger("onceflow.task")
-AnyTable = Table[Any, Any] | WindowedTable[Any, Any]
 # Seconds between two restore progress lines of one store partition.
 RESTORE_LOG_INTERVAL_S = 5.0
 
@@ -79,7 +80,7 @@ class TaskStores:
     ) -> StorePartition | WindowedStorePartition:
         """Give the task ``store`` as its partition of ``table``; returns what restores it."""
         self._stores[table.name] = store
-        if isinstance(table, WindowedTable):
+        if isinstance(table, WindowedTable | RangeTable):
             windowed = WindowedStorePartition(store, segment_interval_ms=table.segment_interval_ms)
             self._windowed[table.name] = windowed
             return windowed
@@ -162,6 +163,8 @@ class TaskStores:
                     if r.key is not None
                     for start, _ in windows(r.timestamp)
                 )
+            elif isinstance(table, RangeTable):
+                continue  # found by range reads, which the point-read cache cannot serve
             else:
                 self._stores[table.name].prefetch(r.key for r in records if r.key is not None)
 
@@ -189,7 +192,11 @@ class TaskStores:
         expiring the windows that ``stream_time`` put past retention."""
         for table in self.tables:
             windowed = self._windowed.get(table.name)
-            if windowed is not None and isinstance(table, WindowedTable) and stream_time >= 0:
+            if (
+                windowed is not None
+                and isinstance(table, WindowedTable | RangeTable)
+                and stream_time >= 0
+            ):
                 windowed.expire_before(stream_time - table.retention_ms)
         for table in self.tables:
             windowed = self._windowed.get(table.name)

@@ -21,6 +21,7 @@ the task rebuilt from its committed state, as the worker does, and the error rai
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from collections import defaultdict
@@ -37,14 +38,14 @@ from onceflow.runtime import Metrics, Task
 from onceflow.serdes import Serde
 from onceflow.settings import Settings
 from onceflow.state.memory import InMemoryStorePartition
-from onceflow.tables import Table, WindowedTable, WindowValue
+from onceflow.tables import WindowedTable, WindowValue
 from onceflow.testing._sink import DeadLetter, InMemorySink, Output, RecordOptions
 from onceflow.topics import Topic
-from onceflow.topology import App
+from onceflow.topology import AnyTable, App
+from onceflow.window_ranges import RangeTable
 
 __all__ = ["TableView", "TestDriver"]
 
-AnyTable = Table[Any, Any] | WindowedTable[Any, Any]
 TopicRef = Topic[Any, Any] | str
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -71,8 +72,14 @@ class TableView:
         return default if raw is None else self._table.value_serde.deserialize(raw)
 
     def windows(self, key: Any, from_ms: int = 0, to_ms: int = 2**63 - 1) -> list[WindowValue[Any]]:
-        """A windowed table's committed windows of ``key`` that start in ``[from_ms, to_ms]``."""
+        """A windowed table's committed windows of ``key`` that start in ``[from_ms, to_ms]``
+        (a session table's sessions; session and sliding windows have inclusive ends), as an
+        HTTP query answers them."""
         table = self._table
+        if isinstance(table, RangeTable):
+            task, data = self._task(key)
+            fetch = functools.partial(task.windowed_store(table.name).fetch, committed=True)
+            return table.committed_windows(fetch, data, from_ms, to_ms, task.committed_stream_time)
         if not isinstance(table, WindowedTable):
             raise ConfigurationError(f"table {table.name!r} is not windowed: use get()")
         task, data = self._task(key)
