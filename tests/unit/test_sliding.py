@@ -92,8 +92,10 @@ def test_sliding_windows_match_the_definition(
         async with TestDriver(app) as driver:
             for t in times:
                 await driver.send(source, "k", None, timestamp=t)
-            return committed(driver, table, "k"), [o.value for o in driver.read(out)], (
-                driver.late_dropped(table)
+            return (
+                committed(driver, table, "k"),
+                [o.value for o in driver.read(out)],
+                (driver.late_dropped(table)),
             )
 
     final, results, late = asyncio.run(run())
@@ -154,7 +156,9 @@ async def test_get_and_fetch_in_a_handler_see_its_own_writes() -> None:
         for t in times:
             table.add_windows(ctx, key, 1, timestamp=t)
         windows = table.fetch(ctx, key, 0, 100)
-        await ctx.send(out, key, [[w.start, w.value, table.get(ctx, key, w.start)] for w in windows])
+        await ctx.send(
+            out, key, [[w.start, w.value, table.get(ctx, key, w.start)] for w in windows]
+        )
 
     async with TestDriver(app) as driver:
         await driver.send(source, "k", [10, 15], timestamp=15)
