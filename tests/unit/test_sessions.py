@@ -186,7 +186,7 @@ async def test_a_record_only_for_a_closed_session_is_late() -> None:
 
 
 async def test_a_closed_session_is_final_even_within_retention() -> None:
-    app, source, out, table = build(gap=10, retention=1000)
+    app, source, _, table = build(gap=10, retention=1000)
     async with TestDriver(app) as driver:
         for t in (0, 20, 10):  # at 20, [0,0] is closed (0 + gap < 20); 10 is within gap of both
             await driver.send(source, "k", None, timestamp=t)
