@@ -67,6 +67,7 @@ class Scenario:
 ECHO = "bench.apps.echo"
 SUMCOUNT = "bench.apps.sumcount"
 WINDOWED = "onceflow.examples.windowed_count"
+SESSIONS = "bench.apps.sessions"
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -87,6 +88,8 @@ SCENARIOS: dict[str, Scenario] = {
                  workers=2),
         Scenario("windowed-eos", "throughput", "windowed_count (reference app), exactly_once",
                  WINDOWED),
+        Scenario("session-eos", "throughput", "session-window count per key, exactly_once",
+                 SESSIONS),
         Scenario("sum-100k", "throughput", "sum/count, 100k keys x2, exactly_once", SUMCOUNT,
                  keys=100_000, quick_keys=10_000, stateful=True),
         Scenario("sum-1m", "throughput", "sum/count, 1M keys x2, exactly_once", SUMCOUNT,
