@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from onceflow.context import Context
 from onceflow.errors import ConfigurationError
 from onceflow.serdes import Serde
+from onceflow.state.ranges import RangeStorePartition
 from onceflow.state.windowed import changelog_key, parse_changelog_key
 from onceflow.tables import WindowValue, _TableBase
 
@@ -106,12 +107,16 @@ class RangeTable(_TableBase[K, V]):
         lo = max(lo, self.live_from(ctx.scope.stream_time))
         if lo > hi:
             return []
-        rows = dict(self._store(ctx).fetch(data, lo, hi))
+        store = self._store(ctx)
+        if isinstance(store, RangeStorePartition):  # the key's windows are likely in its copy
+            rows = {s: v for s, v in store.fetch_tail(data, lo) if s <= hi}
+        else:
+            rows = dict(store.fetch(data, lo, hi))
         writes = ctx.staged_writes
         if writes:
             name = self.name
-            for (store, staged_key), raw in writes.items():
-                if store != name or not staged_key.startswith(data):
+            for (table, staged_key), raw in writes.items():
+                if table != name or not staged_key.startswith(data):
                     continue
                 key, slot = parse_changelog_key(staged_key)
                 if key == data and lo <= slot <= hi:

@@ -26,6 +26,7 @@ from aiokafka.structs import TopicPartition
 
 from onceflow.runtime.cleanup import last_in_sync, mark_in_sync
 from onceflow.runtime.restore import RestoreProgress, restore_partition
+from onceflow.state.ranges import RangeStorePartition
 from onceflow.state.sqlite.lock import TaskLock
 from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
 from onceflow.state.windowed import WindowedStorePartition, parse_changelog_key
@@ -80,7 +81,11 @@ class TaskStores:
     ) -> StorePartition | WindowedStorePartition:
         """Give the task ``store`` as its partition of ``table``; returns what restores it."""
         self._stores[table.name] = store
-        if isinstance(table, WindowedTable | RangeTable):
+        if isinstance(table, RangeTable):  # found by range reads: a per-key copy serves them
+            ranges = RangeStorePartition(store, segment_interval_ms=table.segment_interval_ms)
+            self._windowed[table.name] = ranges
+            return ranges
+        if isinstance(table, WindowedTable):
             windowed = WindowedStorePartition(store, segment_interval_ms=table.segment_interval_ms)
             self._windowed[table.name] = windowed
             return windowed
@@ -164,9 +169,20 @@ class TaskStores:
                     for start, _ in windows(r.timestamp)
                 )
             elif isinstance(table, RangeTable):
-                continue  # found by range reads, which the point-read cache cannot serve
+                self._load_tails(table, records)
             else:
                 self._stores[table.name].prefetch(r.key for r in records if r.key is not None)
+
+    def _load_tails(
+        self, table: RangeTable[Any, Any], records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
+        """Copy the windows of the batch's keys (a session or sliding-window table finds them by
+        range reads): from the oldest slot any of its records can read, the earliest timestamp
+        minus retention (stream time is at least each record's timestamp)."""
+        store = self._windowed[table.name]
+        if records and isinstance(store, RangeStorePartition):
+            oldest = min(r.timestamp for r in records) - table.retention_ms
+            store.prefetch_tails((r.key for r in records if r.key is not None), oldest)
 
     def apply(self, name: str, key: bytes, raw: bytes | None) -> None:
         """Apply one staged write (None: a delete) to the open transaction's buffer. A windowed
