@@ -119,30 +119,35 @@ async def test_sessions_and_sliding_windows_survive_a_kill_and_a_full_restore(
     source = await new_topic("sessions-in", partitions=PARTITIONS)
     sink = await new_topic("sessions-out", partitions=PARTITIONS)
     records = generate(7, 3000)
-    half = len(records) // 2
-    await produce(bootstrap_servers, source, [(k.encode(), b"x", t) for k, t in records[:half]])
     app = app_under_test(
         bootstrap_servers, "tests.apps.sessions", source, sink, tmp_path, state_dirs=2
     )
+    # Inputs arrive at 300/s while the first worker runs; it is killed -9 mid-stream, with a
+    # transaction open, and the second one, on an empty state directory, restores both tables
+    # from their changelogs and takes over.
+    producing = asyncio.ensure_future(
+        produce(bootstrap_servers, source, [(k.encode(), b"x", t) for k, t in records], rate=300)
+    )
     first = app.spawn(0)
     try:
-        await collect(bootstrap_servers, sink, half, timeout=90, workers=[first], settle=0)
+        await collect(
+            bootstrap_servers, sink, len(records) // 4, timeout=90, workers=[first], settle=0
+        )
     finally:
         first.kill()
-    # The rest goes to a worker with an empty state directory: sessions open across the halves
-    # merge with what it restored from the changelogs.
-    await produce(bootstrap_servers, source, [(k.encode(), b"x", t) for k, t in records[half:]])
-    inputs = await read_to_end(bootstrap_servers, source)
-    expected, final = model(inputs)
-    flat = [v for values in expected.values() for _, v in values]
-    assert sum(v.startswith(b"late") for v in flat) > 10  # late for the sessions
-    assert sum(v.endswith(b";-") for v in flat) > 10  # late for the sliding windows
-    assert max(len(f["sessions"]) for f in final.values()) > 5
+    assert not producing.done()  # the kill came mid-stream
     port = load_kafka_local().free_ports(1)[0]
     second: WorkerProcess = app.spawn(
         1, ONCEFLOW_HTTP_HOST="127.0.0.1", ONCEFLOW_HTTP_PORT=port
     )  # state-1: empty, so every table restores from its changelog
     try:
+        await producing
+        inputs = await read_to_end(bootstrap_servers, source)
+        expected, final = model(inputs)
+        flat = [v for values in expected.values() for _, v in values]
+        assert sum(v.startswith(b"late") for v in flat) > 10  # late for the sessions
+        assert sum(v.endswith(b";-") for v in flat) > 10  # late for the sliding windows
+        assert max(len(f["sessions"]) for f in final.values()) > 5
         output = await collect(bootstrap_servers, sink, len(inputs), timeout=120, workers=[second])
         assert by_partition(output) == expected
         url = f"http://127.0.0.1:{port}"
