@@ -185,7 +185,8 @@ class KeyValue(BaseModel):
 
 
 class Window(BaseModel):
-    """One window of a key: ``[start, end)`` in epoch milliseconds."""
+    """One window of a key: ``[start, end)`` in epoch milliseconds; for session and sliding
+    windows ``[start, end]`` (``end`` inclusive, as in Kafka Streams)."""
 
     start: int
     end: int
