@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+from onceflow.state.cache import ENTRY_OVERHEAD
 from onceflow.state.typing import StorePartition
 from onceflow.state.windowed import WindowedStorePartition
 
@@ -27,32 +28,41 @@ _MAX_SLOT = 2**63 - 1
 
 
 class RangeStorePartition(WindowedStorePartition):
-    """``WindowedStorePartition`` with ``fetch_tail``, served from a per-key copy of the key's
-    windows for up to ``max_keys`` keys (least recently used go first). A key with more than
-    ``max_rows`` windows is not copied: it is read from the store every time."""
+    """``WindowedStorePartition`` with ``fetch_tail``, served from per-key copies of the key's
+    windows. The copies are bounded like the read cache: least recently used keys go first once
+    they hold more than ``max_bytes`` (each window counted as its value's length plus
+    ``ENTRY_OVERHEAD``) or ``max_keys`` keys; a key with more than ``max_rows`` windows is not
+    copied at all (it is read from the store every time)."""
 
     def __init__(
         self,
         inner: StorePartition,
         *,
         segment_interval_ms: int,
+        max_bytes: int = 2 * 2**20,
         max_keys: int = 20_000,
         max_rows: int = 256,
     ) -> None:
         super().__init__(inner, segment_interval_ms=segment_interval_ms)
+        self.max_bytes = max_bytes
         self.max_keys = max_keys
         self.max_rows = max_rows
         # key -> (first slot covered, {slot: value} of every live window from that slot on)
         self._tails: OrderedDict[bytes, tuple[int, dict[int, bytes]]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def copied_bytes(self) -> int:
+        """What the copies hold, as counted against ``max_bytes``."""
+        return self._bytes
 
     def fetch_tail(self, key: bytes, from_ms: int) -> list[tuple[int, bytes]]:
         """``key``'s windows with a slot of at least ``from_ms``, by slot, through the open
         transaction: ``fetch(key, from_ms, 2**63 - 1)``, from the copy when it covers ``from_ms``.
         """
-        tails = self._tails
-        entry = tails.get(key)
+        entry = self._tails.get(key)
         if entry is not None and entry[0] <= from_ms:
-            tails.move_to_end(key)
+            self._tails.move_to_end(key)
             return sorted((s, v) for s, v in entry[1].items() if s >= from_ms)
         rows = self.fetch(key, from_ms, _MAX_SLOT)
         self._remember(key, from_ms, rows)
@@ -73,31 +83,26 @@ class RangeStorePartition(WindowedStorePartition):
         for key in missing:
             self._remember(key, from_ms, self.fetch(key, from_ms, last) if segments else [])
 
-    def _remember(self, key: bytes, from_ms: int, rows: list[tuple[int, bytes]]) -> None:
-        tails = self._tails
-        if len(rows) > self.max_rows:
-            tails.pop(key, None)
-            return
-        tails[key] = (from_ms, dict(rows))
-        tails.move_to_end(key)
-        if len(tails) > self.max_keys:
-            tails.popitem(last=False)
-
     def put(self, key: bytes, start: int, value: bytes) -> None:
         """See ``WindowedStorePartition.put``; the key's copy follows."""
         super().put(key, start, value)
         entry = self._tails.get(key)
-        if entry is not None and start >= entry[0]:
-            entry[1][start] = value
-            if len(entry[1]) > self.max_rows:
-                del self._tails[key]
+        if entry is None or start < entry[0]:
+            return
+        rows = entry[1]
+        old = rows.get(start)
+        rows[start] = value
+        self._bytes += len(value) + (ENTRY_OVERHEAD if old is None else -len(old))
+        if len(rows) > self.max_rows:
+            self._forget(key)
+        self._trim()
 
     def delete(self, key: bytes, start: int) -> None:
         """See ``WindowedStorePartition.delete``; the key's copy follows."""
         super().delete(key, start)
         entry = self._tails.get(key)
-        if entry is not None:
-            entry[1].pop(start, None)
+        if entry is not None and (old := entry[1].pop(start, None)) is not None:
+            self._bytes -= ENTRY_OVERHEAD + len(old)
 
     def restore_batch(
         self,
@@ -107,15 +112,42 @@ class RangeStorePartition(WindowedStorePartition):
         min_start: int | None = None,
     ) -> None:
         """See ``WindowedStorePartition.restore_batch``; drops every copy."""
-        self._tails.clear()
+        self._clear()
         super().restore_batch(records, last_offset, min_start=min_start)
 
     def discard(self) -> None:
         """See ``WindowedStorePartition.discard``: the copies saw the dropped writes."""
-        self._tails.clear()
+        self._clear()
         super().discard()
 
     def wipe(self) -> None:
         """See ``WindowedStorePartition.wipe``; drops every copy."""
-        self._tails.clear()
+        self._clear()
         super().wipe()
+
+    def _remember(self, key: bytes, from_ms: int, rows: list[tuple[int, bytes]]) -> None:
+        self._forget(key)
+        if len(rows) > self.max_rows:
+            return
+        self._tails[key] = (from_ms, dict(rows))
+        self._bytes += _cost(key, (v for _, v in rows))
+        self._trim()
+
+    def _forget(self, key: bytes) -> None:
+        entry = self._tails.pop(key, None)
+        if entry is not None:
+            self._bytes -= _cost(key, entry[1].values())
+
+    def _trim(self) -> None:
+        tails = self._tails
+        while tails and (self._bytes > self.max_bytes or len(tails) > self.max_keys):
+            self._forget(next(iter(tails)))
+
+    def _clear(self) -> None:
+        self._tails.clear()
+        self._bytes = 0
+
+
+def _cost(key: bytes, values: Iterable[bytes]) -> int:
+    """A copy's size as counted against ``max_bytes``: the key and each window, with overheads."""
+    return ENTRY_OVERHEAD + len(key) + sum(ENTRY_OVERHEAD + len(v) for v in values)

@@ -77,12 +77,15 @@ class TaskStores:
         return bool(self._stores)
 
     def attach(
-        self, table: AnyTable, store: StorePartition
+        self, table: AnyTable, store: StorePartition, *, copy_bytes: int = 2 * 2**20
     ) -> StorePartition | WindowedStorePartition:
-        """Give the task ``store`` as its partition of ``table``; returns what restores it."""
+        """Give the task ``store`` as its partition of ``table``; returns what restores it.
+        ``copy_bytes`` bounds a session or sliding-window table's per-key copies."""
         self._stores[table.name] = store
         if isinstance(table, RangeTable):  # found by range reads: a per-key copy serves them
-            ranges = RangeStorePartition(store, segment_interval_ms=table.segment_interval_ms)
+            ranges = RangeStorePartition(
+                store, segment_interval_ms=table.segment_interval_ms, max_bytes=copy_bytes
+            )
             self._windowed[table.name] = ranges
             return ranges
         if isinstance(table, WindowedTable):
@@ -109,9 +112,10 @@ class TaskStores:
         the end of its changelog partition, checking that its checkpoint is of the topic with
         ``changelog_topic_id`` (``restore_partition``)."""
         path = Path(settings.state_dir) / app_id / table.name / str(self.partition)
+        cache_bytes = int(settings.state_read_cache_mib * 2**20)
         opened = await open_store_cancellable(
             path,
-            cache_bytes=int(settings.state_read_cache_mib * 2**20),
+            cache_bytes=cache_bytes,
             page_cache_mib=settings.state_page_cache_mib,
             delete_retention_ms=delete_retention_ms,
         )
@@ -123,7 +127,7 @@ class TaskStores:
         self._dirs[table.name] = path
         self._in_sync_at[table.name] = opened.in_sync_at
         self._behind.add(table.name)
-        target = self.attach(table, opened.store)
+        target = self.attach(table, opened.store, copy_bytes=cache_bytes)
         progress = RestoreProgress(table.name, self.partition, wiped_because=reason)
         self.restores[table.name] = progress
         labels = (app_id, table.name, str(self.partition))

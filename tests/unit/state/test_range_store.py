@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onceflow.state.memory import InMemoryStorePartition
-from onceflow.state.ranges import RangeStorePartition
+from onceflow.state.ranges import RangeStorePartition, _cost
 from onceflow.state.sqlite.partition import SqliteStorePartition
 from onceflow.state.windowed import changelog_key
 
@@ -61,6 +61,9 @@ def check(store: RangeStorePartition, script: list[tuple[object, ...]]) -> None:
                 checkpoint += 1
                 store.flush(checkpoint)  # restores run on a store without open writes
                 store.restore_batch([(changelog_key(key, start), b"r")], checkpoint)
+        assert store.copied_bytes == sum(  # the byte budget counts exactly what is held
+            _cost(k, e[1].values()) for k, e in store._tails.items()
+        )
         for key in KEYS:  # whatever happened, every copy agrees with the store
             for lo in (-50, 0, 250, 999):
                 lo = max(lo, bound)
@@ -91,6 +94,18 @@ def test_a_key_with_many_windows_is_not_copied() -> None:
     assert len(store.fetch_tail(b"k", 0)) == 5
     store.put(b"k", 9, b"v")  # not copied: the store answers
     assert [s for s, _ in store.fetch_tail(b"k", 0)] == [0, 1, 2, 3, 4, 9]
+
+
+def test_copies_stay_within_their_byte_budget() -> None:
+    store = RangeStorePartition(
+        InMemoryStorePartition(), segment_interval_ms=INTERVAL, max_bytes=2000
+    )
+    for i in range(50):
+        store.put(b"k%d" % i, 5, b"x" * 100)
+        store.fetch_tail(b"k%d" % i, 0)
+        assert store.copied_bytes <= 2000
+    assert store.copied_bytes > 0
+    assert store.fetch_tail(b"k3", 0) == [(5, b"x" * 100)]  # evicted: read again
 
 
 def test_least_recently_used_keys_go_first() -> None:
