@@ -109,7 +109,7 @@ class RangeTable(_TableBase[K, V]):
             return []
         store = self._store(ctx)
         if isinstance(store, RangeStorePartition):  # the key's windows are likely in its copy
-            rows = {s: v for s, v in store.fetch_tail(data, lo) if s <= hi}
+            rows = dict(store.fetch_tail(data, lo, hi))
         else:
             rows = dict(store.fetch(data, lo, hi))
         writes = ctx.staged_writes

@@ -22,9 +22,10 @@ from onceflow.state.cache import ENTRY_OVERHEAD
 from onceflow.state.typing import StorePartition
 from onceflow.state.windowed import WindowedStorePartition
 
-__all__ = ["RangeStorePartition"]
+__all__ = ["RETRY_COPY_AFTER", "RangeStorePartition"]
 
 _MAX_SLOT = 2**63 - 1
+RETRY_COPY_AFTER = 64
 
 
 class RangeStorePartition(WindowedStorePartition):
@@ -50,23 +51,31 @@ class RangeStorePartition(WindowedStorePartition):
         # key -> (first slot covered, {slot: value} of every live window from that slot on)
         self._tails: OrderedDict[bytes, tuple[int, dict[int, bytes]]] = OrderedDict()
         self._bytes = 0
+        self._uncopyable: dict[bytes, int] = {}  # key -> reads left before copying is retried
 
     @property
     def copied_bytes(self) -> int:
         """What the copies hold, as counted against ``max_bytes``."""
         return self._bytes
 
-    def fetch_tail(self, key: bytes, from_ms: int) -> list[tuple[int, bytes]]:
-        """``key``'s windows with a slot of at least ``from_ms``, by slot, through the open
-        transaction: ``fetch(key, from_ms, 2**63 - 1)``, from the copy when it covers ``from_ms``.
-        """
+    def fetch_tail(
+        self, key: bytes, from_ms: int, to_ms: int = _MAX_SLOT
+    ) -> list[tuple[int, bytes]]:
+        """``fetch(key, from_ms, to_ms)`` (through the open transaction), from the key's copy when
+        it covers ``from_ms``; otherwise the key's windows from ``from_ms`` on are read and copied.
+        A key found too large to copy is read with ``fetch`` for its next ``RETRY_COPY_AFTER``
+        reads before a copy is tried again."""
         entry = self._tails.get(key)
         if entry is not None and entry[0] <= from_ms:
             self._tails.move_to_end(key)
-            return sorted((s, v) for s, v in entry[1].items() if s >= from_ms)
+            return sorted((s, v) for s, v in entry[1].items() if from_ms <= s <= to_ms)
+        countdown = self._uncopyable.pop(key, 0)
+        if countdown > 0:
+            self._uncopyable[key] = countdown - 1
+            return self.fetch(key, from_ms, to_ms)
         rows = self.fetch(key, from_ms, _MAX_SLOT)
         self._remember(key, from_ms, rows)
-        return rows
+        return [(s, v) for s, v in rows if s <= to_ms]
 
     def prefetch_tails(self, keys: Iterable[bytes], from_ms: int) -> None:
         """Copy the windows from ``from_ms`` on of every key in ``keys`` not copied yet: one read
@@ -95,6 +104,7 @@ class RangeStorePartition(WindowedStorePartition):
         self._bytes += len(value) + (ENTRY_OVERHEAD if old is None else -len(old))
         if len(rows) > self.max_rows:
             self._forget(key)
+            self._uncopyable[key] = RETRY_COPY_AFTER
         self._trim()
 
     def delete(self, key: bytes, start: int) -> None:
@@ -128,6 +138,9 @@ class RangeStorePartition(WindowedStorePartition):
     def _remember(self, key: bytes, from_ms: int, rows: list[tuple[int, bytes]]) -> None:
         self._forget(key)
         if len(rows) > self.max_rows:
+            self._uncopyable[key] = RETRY_COPY_AFTER
+            if len(self._uncopyable) > self.max_keys:
+                del self._uncopyable[next(iter(self._uncopyable))]
             return
         self._tails[key] = (from_ms, dict(rows))
         self._bytes += _cost(key, (v for _, v in rows))
