@@ -143,6 +143,17 @@ async def test_an_out_of_order_record_creates_and_updates_windows() -> None:
         assert committed(driver, table, "k") == defined([10, 30, 25, 3], 10)
 
 
+async def test_a_partly_late_record_updates_only_its_open_windows() -> None:
+    app, source, out, table = build(size=10, retention=1000)
+    async with TestDriver(app) as driver:
+        for t in (10, 25, 14, 16):  # at stream time 25, 14 is wholly late; 16 partly
+            await driver.send(source, "k", None, timestamp=t)
+        assert driver.late_dropped(table) == 2
+        # 16's windows ending at 16 and 21 are closed; [15, 25] takes it, [17, 27] is new
+        assert driver.read(out)[-1].value == [[15, 25, [16, 25]], [17, 27, [25]]]
+        assert committed(driver, table, "k") == {0: [10], 15: [16, 25], 17: [25]}
+
+
 async def test_get_and_fetch_in_a_handler_see_its_own_writes() -> None:
     app = App("sliding-read")
     source = app.topic("events", key_serde="str", value_serde="json")
