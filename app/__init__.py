@@ -39,11 +39,13 @@ if TYPE_CHECKING:
     )
     from onceflow.scope import TaskScope
     from onceflow.serdes import Serde, resolve_serde
+    from onceflow.sessions import SessionTable
     from onceflow.settings import Settings, load_settings
+    from onceflow.sliding import SlidingWindowedTable
     from onceflow.tables import Table, WindowedTable, WindowValue
     from onceflow.topics import Topic
     from onceflow.topology import App, Handler
-    from onceflow.windows import Hopping, Tumbling
+    from onceflow.windows import Hopping, Session, Sliding, Tumbling
 
 # Where each public name lives. Imported on first use (PEP 562), so that ``onceflow``'s entry
 # point (``onceflow.cli``) can install its SIGTERM handler before the heavy imports (aiokafka,
@@ -67,13 +69,17 @@ _WHERE = {
     "TaskScope": "onceflow.scope",
     "Serde": "onceflow.serdes",
     "resolve_serde": "onceflow.serdes",
+    "SessionTable": "onceflow.sessions",
     "Settings": "onceflow.settings",
     "load_settings": "onceflow.settings",
+    "SlidingWindowedTable": "onceflow.sliding",
     "Table": "onceflow.tables",
     "WindowedTable": "onceflow.tables",
     "WindowValue": "onceflow.tables",
     "Topic": "onceflow.topics",
     "Hopping": "onceflow.windows",
+    "Session": "onceflow.windows",
+    "Sliding": "onceflow.windows",
     "Tumbling": "onceflow.windows",
 }
 
@@ -99,7 +105,11 @@ __all__ = [
     "OnceflowError",
     "Serde",
     "SerdeError",
+    "Session",
+    "SessionTable",
     "Settings",
+    "Sliding",
+    "SlidingWindowedTable",
     "StateError",
     "StoreCorruptError",
     "StoreLockedError",

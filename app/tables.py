@@ -183,7 +183,8 @@ class Table(_TableBase[K, V]):
 
 @dataclass(frozen=True, slots=True)
 class WindowValue(Generic[V]):
-    """One window of a key: ``[start, end)`` in epoch milliseconds, and its value."""
+    """One window of a key: ``[start, end)`` in epoch milliseconds, and its value (session and
+    sliding windows: ``[start, end]``, ``end`` inclusive, as in Kafka Streams)."""
 
     start: int
     end: int

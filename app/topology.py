@@ -9,23 +9,31 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, overload
 
 from onceflow import naming
 from onceflow.context import Context
 from onceflow.errors import ConfigurationError
 from onceflow.serdes import Serde, resolve_serde
+from onceflow.sessions import SessionTable
+from onceflow.sliding import SlidingWindowedTable
 from onceflow.tables import Table, WindowedTable
 from onceflow.timers import Timer, TimerFn
 from onceflow.topics import Topic
-from onceflow.windows import Hopping, Tumbling
+from onceflow.windows import Hopping, Session, Sliding, Tumbling
 
-__all__ = ["App", "Handler", "HandlerFn"]
+__all__ = ["AnyTable", "App", "Handler", "HandlerFn"]
 
 HandlerFn = Callable[[Context, Any, Any], Awaitable[None]]
 F = TypeVar("F", bound=HandlerFn)
 T = TypeVar("T", bound=TimerFn)
 DEFAULT_GROUP = "0"
+AnyTable = (
+    Table[Any, Any]
+    | WindowedTable[Any, Any]
+    | SessionTable[Any, Any]
+    | SlidingWindowedTable[Any, Any]
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class App:
         self.error_policy = error_policy
         self.topics: dict[str, Topic[Any, Any]] = {}
         self.handlers: dict[str, Handler] = {}
-        self.tables: dict[str, Table[Any, Any] | WindowedTable[Any, Any]] = {}
+        self.tables: dict[str, AnyTable] = {}
         self.timers: list[Timer] = []
 
     # -- declarations --------------------------------------------------------------------------
@@ -172,6 +180,38 @@ class App:
         self.tables[name] = table
         return table
 
+    @overload
+    def windowed_table(
+        self,
+        name: str,
+        *,
+        window: Session,
+        merge: Callable[[Any, Any], Any],
+        grace: timedelta | int = 0,
+        retention: timedelta | int | None = None,
+        emit: Literal["update", "close"] = "update",
+        default: Any = None,
+        key_serde: str | Serde[Any] = "str",
+        value_serde: str | Serde[Any] = "json",
+        group: str = DEFAULT_GROUP,
+    ) -> SessionTable[Any, Any]: ...
+
+    @overload
+    def windowed_table(
+        self,
+        name: str,
+        *,
+        window: Sliding,
+        grace: timedelta | int = 0,
+        retention: timedelta | int | None = None,
+        emit: Literal["update", "close"] = "update",
+        default: Any = None,
+        key_serde: str | Serde[Any] = "str",
+        value_serde: str | Serde[Any] = "json",
+        group: str = DEFAULT_GROUP,
+    ) -> SlidingWindowedTable[Any, Any]: ...
+
+    @overload
     def windowed_table(
         self,
         name: str,
@@ -184,9 +224,36 @@ class App:
         key_serde: str | Serde[Any] = "str",
         value_serde: str | Serde[Any] = "json",
         group: str = DEFAULT_GROUP,
-    ) -> WindowedTable[Any, Any]:
+    ) -> WindowedTable[Any, Any]: ...
+
+    def windowed_table(
+        self,
+        name: str,
+        *,
+        window: Tumbling | Hopping | Session | Sliding,
+        merge: Callable[[Any, Any], Any] | None = None,
+        grace: timedelta | int = 0,
+        retention: timedelta | int | None = None,
+        emit: Literal["update", "close"] = "update",
+        default: Any = None,
+        key_serde: str | Serde[Any] = "str",
+        value_serde: str | Serde[Any] = "json",
+        group: str = DEFAULT_GROUP,
+    ) -> WindowedTable[Any, Any] | SessionTable[Any, Any] | SlidingWindowedTable[Any, Any]:
         """Declare a windowed table: one value per key and window (``grace``/``retention`` as
-        ``timedelta`` or milliseconds)."""
+        ``timedelta`` or milliseconds). ``window=Session(gap=...)`` makes a ``SessionTable``
+        and needs ``merge`` (combines the values of two sessions a record joins);
+        ``window=Sliding(size=...)`` makes a ``SlidingWindowedTable``."""
+        if isinstance(window, Session) != (merge is not None):
+            raise ConfigurationError(
+                f"windowed table {name!r}: merge= is required for session windows (a function "
+                "(a, b) -> value combining two sessions' values) and only for them"
+            )
+        if isinstance(window, Session | Sliding):
+            return self._range_table(
+                name, window, merge, _ms(grace) or 0, _ms(retention), emit, default, group,
+                resolve_serde(key_serde), resolve_serde(value_serde),
+            )  # fmt: skip
         table: WindowedTable[Any, Any] = WindowedTable(
             self._table_name(name),
             app_id=self.app_id,
@@ -199,6 +266,32 @@ class App:
             default=default,
             group=group,
         )
+        self.tables[name] = table
+        return table
+
+    def _range_table(
+        self,
+        name: str,
+        window: Session | Sliding,
+        merge: Callable[[Any, Any], Any] | None,
+        grace_ms: int,
+        retention_ms: int | None,
+        emit: Literal["update", "close"],
+        default: Any,
+        group: str,
+        key_serde: Serde[Any],
+        value_serde: Serde[Any],
+    ) -> SessionTable[Any, Any] | SlidingWindowedTable[Any, Any]:
+        common: dict[str, Any] = dict(
+            app_id=self.app_id, grace_ms=grace_ms, retention_ms=retention_ms, emit=emit,
+            key_serde=key_serde, value_serde=value_serde, default=default, group=group,
+        )  # fmt: skip
+        table: SessionTable[Any, Any] | SlidingWindowedTable[Any, Any]
+        if isinstance(window, Session):
+            assert merge is not None
+            table = SessionTable(self._table_name(name), window=window, merge=merge, **common)
+        else:
+            table = SlidingWindowedTable(self._table_name(name), window=window, **common)
         self.tables[name] = table
         return table
 
@@ -249,5 +342,5 @@ class App:
                     "(decorate one with @<table>.on_close): its final results would go nowhere"
                 )
 
-    def tables_of(self, group: str) -> list[Table[Any, Any] | WindowedTable[Any, Any]]:
+    def tables_of(self, group: str) -> list[AnyTable]:
         return [t for t in self.tables.values() if t.group == group]

@@ -24,7 +24,7 @@ from typing import TypeAlias
 
 from onceflow.errors import ConfigurationError
 
-__all__ = ["Hopping", "Tumbling", "WindowDef", "to_millis"]
+__all__ = ["Hopping", "Session", "Sliding", "Tumbling", "WindowDef", "to_millis"]
 
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -181,6 +181,52 @@ class Hopping(_TimeWindows):
 
 WindowDef: TypeAlias = Tumbling | Hopping
 """Any window definition a windowed table accepts."""
+
+
+@dataclass(frozen=True, init=False, slots=True)
+class Session:
+    """Session windows: per key, records at most ``gap`` apart form one session.
+
+    A session covers ``[start, end]``, both inclusive: the first and last event time of its
+    records (Kafka Streams' ``SessionWindows``). A record within ``gap`` of a session extends it;
+    a record that bridges two sessions merges them, and the table's ``merge`` function combines
+    their values. A session *closes* once stream time passes ``end + gap + grace``; a closed
+    session never changes again, and a record that could only belong to closed sessions is late::
+
+        Session(gap=timedelta(minutes=30))
+    """
+
+    gap_ms: int
+
+    def __init__(self, *, gap: timedelta) -> None:
+        object.__setattr__(self, "gap_ms", _positive_ms(gap, "Session window gap"))
+
+    def is_closed(self, end_ms: int, stream_time_ms: int, grace_ms: int) -> bool:
+        """Whether the session that ends at ``end_ms`` takes no more records."""
+        return end_ms + self.gap_ms + grace_ms < stream_time_ms
+
+
+@dataclass(frozen=True, init=False, slots=True)
+class Sliding:
+    """Sliding windows of ``size``, defined by the records (Kafka Streams' ``SlidingWindows``).
+
+    A window covers ``[start, start + size]``, both inclusive. Each record at ``t`` has a window
+    ending at ``t`` (``[t - size, t]``; ``[0, size]`` while ``t < size``) and, when a later
+    record falls within ``size`` after it, a window starting at ``t + 1``: every distinct set of
+    records that fit within ``size`` of each other has exactly one window. A window closes once
+    stream time passes its end plus grace; negative timestamps belong to no window::
+
+        Sliding(size=timedelta(minutes=5))
+    """
+
+    size_ms: int
+
+    def __init__(self, *, size: timedelta) -> None:
+        object.__setattr__(self, "size_ms", _positive_ms(size, "Sliding window size"))
+
+    def is_closed(self, start_ms: int, stream_time_ms: int, grace_ms: int) -> bool:
+        """Whether the window starting at ``start_ms`` takes no more records."""
+        return start_ms + self.size_ms + grace_ms < stream_time_ms
 
 
 def _positive_ms(duration: timedelta, what: str) -> int:

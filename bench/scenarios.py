@@ -70,6 +70,7 @@ ECHO = "bench.apps.echo"
 SUMCOUNT = "bench.apps.sumcount"
 WINDOWED = "onceflow.examples.windowed_count"
 WINDOWED_CLOSE = "bench.apps.windowed_close"
+SESSIONS = "bench.apps.sessions"
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -93,6 +94,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("windowed-close-eos", "throughput",
                  "windowed count, 1 s windows, emit='close' (final results), exactly_once",
                  WINDOWED_CLOSE, output_per_record=False),
+        Scenario("session-eos", "throughput", "session-window count per key, exactly_once",
+                 SESSIONS),
         Scenario("sum-100k", "throughput", "sum/count, 100k keys x2, exactly_once", SUMCOUNT,
                  keys=100_000, quick_keys=10_000, stateful=True),
         Scenario("sum-1m", "throughput", "sum/count, 1M keys x2, exactly_once", SUMCOUNT,

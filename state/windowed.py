@@ -178,6 +178,12 @@ class WindowedStorePartition:
             for start in sorted(rows):
                 yield start, sorted(rows[start])
 
+    def live_segments(self, from_ms: int, to_ms: int) -> list[int]:
+        """The segments from that of ``from_ms`` to that of ``to_ms`` holding any window of any
+        key, through the open transaction: two reads per live segment."""
+        interval = self.segment_interval_ms
+        return list(self._live_segments(from_ms // interval, to_ms // interval, False))
+
     def _live_segments(self, first: int, last: int, committed: bool) -> Iterator[int]:
         # Skip-scan: jump to the next segment that holds any key, so a wide range (a query from
         # 0 to now) costs a read per live segment, not one per possible segment.

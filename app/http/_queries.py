@@ -26,7 +26,9 @@ from fastapi import HTTPException, Request, Response
 from onceflow.http._types import KeyValue, TaskView, Window, WindowedKeyValue, WorkerView
 from onceflow.partitioner import partition_for_key
 from onceflow.serdes import parse_text_key, render_value
-from onceflow.tables import Table, WindowedTable
+from onceflow.tables import WindowedTable
+from onceflow.topology import AnyTable
+from onceflow.window_ranges import RangeTable
 
 __all__ = ["FORWARDED", "OWNER", "KeyQueries"]
 
@@ -39,7 +41,6 @@ READER_THREADS = 4
 KEEP_ALIVE_S = 5  # uvicorn's keep-alive timeout, set by onceflow.http.serve
 _PASSED_BACK = ("content-type", "retry-after", "www-authenticate")
 
-AnyTable = Table[Any, Any] | WindowedTable[Any, Any]
 P = ParamSpec("P")
 T = TypeVar("T")
 _INT64_MAX = 2**63 - 1
@@ -142,6 +143,8 @@ class KeyQueries:
         to_ms: int | None,
     ) -> KeyValue | WindowedKeyValue:
         shown = render_value(table.key_serde, key)
+        if isinstance(table, RangeTable):
+            return await self._local_ranges(task_key, task, table, shown, key_bytes, from_ms, to_ms)
         if isinstance(table, WindowedTable):
             low = 0 if from_ms is None else from_ms
             high = _INT64_MAX if to_ms is None else to_ms
@@ -164,6 +167,32 @@ class KeyQueries:
         if raw is None:
             raise self._not_found(f"key {shown!r} not found in table {table.name!r}")
         return KeyValue(key=shown, value=_value(table, raw))
+
+    async def _local_ranges(
+        self,
+        task_key: tuple[str, int],
+        task: TaskView,
+        table: RangeTable[Any, Any],
+        shown: str,
+        key_bytes: bytes,
+        from_ms: int | None,
+        to_ms: int | None,
+    ) -> WindowedKeyValue:
+        """A session table's sessions of the key (or a sliding table's windows), by start; the
+        ``end`` of each is inclusive. Hides what the task's committed stream time expired."""
+        low = 0 if from_ms is None else from_ms
+        high = _INT64_MAX if to_ms is None else to_ms
+        fetch = partial(task.windowed_store(table.name).fetch, committed=True)
+        read = partial(table.committed_windows, fetch, key_bytes, low, high)
+        found = await self._read(task_key, task, read, task.committed_stream_time)
+        if not found:
+            span = "" if from_ms is None and to_ms is None else f" starting in [{low}, {high}]"
+            raise self._not_found(f"key {shown!r} has no windows{span} in {table.name!r}")
+        windows = [
+            Window(start=w.start, end=w.end, value=render_value(table.value_serde, w.value))
+            for w in found
+        ]
+        return WindowedKeyValue(key=shown, windows=windows)
 
     async def _read(
         self,

@@ -21,7 +21,7 @@ import hmac
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 import uvicorn
@@ -40,7 +40,10 @@ from onceflow.http._types import (
     WindowedKeyValue,
     WorkerView,
 )
+from onceflow.sessions import SessionTable
+from onceflow.sliding import SlidingWindowedTable
 from onceflow.tables import WindowedTable
+from onceflow.topology import AnyTable
 
 __all__ = ["create_api", "serve"]
 
@@ -142,7 +145,7 @@ def _table_info(worker: WorkerView, name: str) -> TableInfo:
             (running if task.state == "running" else restoring).append(partition)
     return TableInfo(
         name=table.name,
-        kind="windowed" if isinstance(table, WindowedTable) else "table",
+        kind=_kind(table),
         key_serde=table.key_serde.name,
         value_serde=table.value_serde.name,
         group=table.group,
@@ -150,8 +153,23 @@ def _table_info(worker: WorkerView, name: str) -> TableInfo:
         num_partitions=worker.partitions.get(table.group),
         partitions=running,
         restoring=restoring,
-        window_size_ms=table.window.size_ms if isinstance(table, WindowedTable) else None,
+        window_size_ms=_window_size_ms(table),
     )
+
+
+def _kind(table: AnyTable) -> Literal["table", "windowed", "session", "sliding"]:
+    if isinstance(table, SessionTable):
+        return "session"
+    if isinstance(table, SlidingWindowedTable):
+        return "sliding"
+    return "windowed" if isinstance(table, WindowedTable) else "table"
+
+
+def _window_size_ms(table: AnyTable) -> int | None:
+    """A tumbling, hopping or sliding window's size; None for tables without one."""
+    if isinstance(table, WindowedTable | SlidingWindowedTable):
+        return table.window.size_ms
+    return None
 
 
 def _auth(worker: WorkerView) -> list[Any]:

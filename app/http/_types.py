@@ -160,7 +160,7 @@ class TableInfo(BaseModel):
     """One table of the app and the partitions this instance serves."""
 
     name: str
-    kind: Literal["table", "windowed"]
+    kind: Literal["table", "windowed", "session", "sliding"]
     key_serde: str
     value_serde: str
     group: str = Field(description="task group whose tasks own the table's partitions")
@@ -185,7 +185,8 @@ class KeyValue(BaseModel):
 
 
 class Window(BaseModel):
-    """One window of a key: ``[start, end)`` in epoch milliseconds."""
+    """One window of a key: ``[start, end)`` in epoch milliseconds; for session and sliding
+    windows ``[start, end]`` (``end`` inclusive, as in Kafka Streams)."""
 
     start: int
     end: int

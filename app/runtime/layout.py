@@ -100,7 +100,7 @@ def _misplaced(store: SqliteStorePartition, layout: Mapping[str, Any]) -> bool:
     """Whether a windowed store's first row sits under another segment than the one
     ``layout``'s segment interval gives its window start (one indexed read; a segment id is
     ``start // interval``, so with epoch timestamps two intervals agree on none)."""
-    if layout.get("kind") != "windowed":
+    if layout.get("kind") not in ("windowed", "session", "sliding"):
         return False
     windowed = WindowedStorePartition(store, segment_interval_ms=layout["segment_interval_ms"])
     for key, _ in store.range_items(b"", b"\xff" * 9, include_pending=False, limit=1):

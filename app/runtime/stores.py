@@ -27,11 +27,14 @@ from aiokafka.structs import TopicPartition
 from onceflow.runtime.cleanup import last_in_sync, mark_in_sync
 from onceflow.runtime.layout import WindowsFrom, reconcile
 from onceflow.runtime.restore import RestoreProgress, restore_partition
+from onceflow.state.ranges import RangeStorePartition
 from onceflow.state.sqlite.lock import TaskLock
 from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
 from onceflow.state.ttl import TtlStorePartition
 from onceflow.state.windowed import WindowedStorePartition, parse_changelog_key
-from onceflow.tables import Table, WindowedTable
+from onceflow.tables import WindowedTable
+from onceflow.topology import AnyTable
+from onceflow.window_ranges import RangeTable
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -44,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["AnyTable", "OpenedStore", "TaskStores", "open_in_sync", "open_store_cancellable"]
 
 log = logging.getLogger("onceflow.task")
-AnyTable = Table[Any, Any] | WindowedTable[Any, Any]
 # Seconds between two restore progress lines of one store partition.
 RESTORE_LOG_INTERVAL_S = 5.0
 
@@ -78,10 +80,17 @@ class TaskStores:
         return bool(self._stores)
 
     def attach(
-        self, table: AnyTable, store: StorePartition
+        self, table: AnyTable, store: StorePartition, *, copy_bytes: int = 2 * 2**20
     ) -> StorePartition | WindowedStorePartition | TtlStorePartition:
-        """Give the task ``store`` as its partition of ``table``; returns what restores it."""
+        """Give the task ``store`` as its partition of ``table``; returns what restores it.
+        ``copy_bytes`` bounds a session or sliding-window table's per-key copies."""
         self._stores[table.name] = store
+        if isinstance(table, RangeTable):  # found by range reads: a per-key copy serves them
+            ranges = RangeStorePartition(
+                store, segment_interval_ms=table.segment_interval_ms, max_bytes=copy_bytes
+            )
+            self._windowed[table.name] = ranges
+            return ranges
         if isinstance(table, WindowedTable):
             windowed = WindowedStorePartition(store, segment_interval_ms=table.segment_interval_ms)
             self._windowed[table.name] = windowed
@@ -114,9 +123,10 @@ class TaskStores:
         ``changelog_topic_id`` (``restore_partition``). Windows expired at ``stream_time`` (the
         task's, -1 if none) are not restored."""
         path = Path(settings.state_dir) / app_id / table.name / str(self.partition)
+        cache_bytes = int(settings.state_read_cache_mib * 2**20)
         opened = await open_store_cancellable(
             path,
-            cache_bytes=int(settings.state_read_cache_mib * 2**20),
+            cache_bytes=cache_bytes,
             page_cache_mib=settings.state_page_cache_mib,
             delete_retention_ms=delete_retention_ms,
             layout=table.layout(),
@@ -129,7 +139,7 @@ class TaskStores:
         self._dirs[table.name] = path
         self._in_sync_at[table.name] = opened.in_sync_at
         self._behind.add(table.name)
-        target: Restorable = self.attach(table, opened.store)
+        target: Restorable = self.attach(table, opened.store, copy_bytes=cache_bytes)
         # Windows a commit would expire at once are not restored.
         if (
             isinstance(target, WindowedStorePartition)
@@ -183,8 +193,21 @@ class TaskStores:
                 )
             elif (ttl := self._ttl.get(table.name)) is not None:
                 ttl.prefetch(r.key for r in records if r.key is not None)
+            elif isinstance(table, RangeTable):
+                self._load_tails(table, records)
             else:
                 self._stores[table.name].prefetch(r.key for r in records if r.key is not None)
+
+    def _load_tails(
+        self, table: RangeTable[Any, Any], records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
+        """Copy the windows of the batch's keys (a session or sliding-window table finds them by
+        range reads): from the oldest slot any of its records can read, the earliest timestamp
+        minus retention (stream time is at least each record's timestamp)."""
+        store = self._windowed[table.name]
+        if records and isinstance(store, RangeStorePartition):
+            oldest = min(r.timestamp for r in records) - table.retention_ms
+            store.prefetch_tails((r.key for r in records if r.key is not None), oldest)
 
     def apply(self, name: str, key: bytes, raw: bytes | None) -> None:
         """Apply one staged write (None: a delete) to the open transaction's buffer. A windowed
@@ -217,7 +240,11 @@ class TaskStores:
         ttl tables it expired (tombstones among the records)."""
         for table in self.tables:
             windowed = self._windowed.get(table.name)
-            if windowed is not None and isinstance(table, WindowedTable) and stream_time >= 0:
+            if (
+                windowed is not None
+                and isinstance(table, WindowedTable | RangeTable)
+                and stream_time >= 0
+            ):
                 windowed.expire_before(stream_time - table.retention_ms)
         for expiring in self._ttl.values():
             expiring.expire(stream_time)

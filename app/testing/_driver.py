@@ -21,6 +21,7 @@ the task rebuilt from its committed state, as the worker does, and the error rai
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from collections import defaultdict
@@ -40,11 +41,11 @@ from onceflow.state.memory import InMemoryStorePartition
 from onceflow.tables import Table, WindowedTable, WindowValue
 from onceflow.testing._sink import DeadLetter, InMemorySink, Output, RecordOptions
 from onceflow.topics import Topic
-from onceflow.topology import App
+from onceflow.topology import AnyTable, App
+from onceflow.window_ranges import RangeTable
 
 __all__ = ["TableView", "TestDriver"]
 
-AnyTable = Table[Any, Any] | WindowedTable[Any, Any]
 TopicRef = Topic[Any, Any] | str
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -68,15 +69,21 @@ class TableView:
         """The key's committed value, or ``default`` when it has none."""
         task, data = self._task(key)
         table = self._table
-        if isinstance(table, WindowedTable):
+        if not isinstance(table, Table):
             raise ConfigurationError(f"table {table.name!r} is windowed: use windows()")
         raw = task.store(table.name).committed_get(table.store_key(data))
         raw = table.visible(raw, task.committed_stream_time)  # a ttl table: what queries see
         return default if raw is None else table.value_serde.deserialize(raw)
 
     def windows(self, key: Any, from_ms: int = 0, to_ms: int = 2**63 - 1) -> list[WindowValue[Any]]:
-        """A windowed table's committed windows of ``key`` that start in ``[from_ms, to_ms]``."""
+        """A windowed table's committed windows of ``key`` that start in ``[from_ms, to_ms]``
+        (a session table's sessions; session and sliding windows have inclusive ends), as an
+        HTTP query answers them."""
         table = self._table
+        if isinstance(table, RangeTable):
+            task, data = self._task(key)
+            fetch = functools.partial(task.windowed_store(table.name).fetch, committed=True)
+            return table.committed_windows(fetch, data, from_ms, to_ms, task.committed_stream_time)
         if not isinstance(table, WindowedTable):
             raise ConfigurationError(f"table {table.name!r} is not windowed: use get()")
         task, data = self._task(key)
