@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from onceflow.state.typing import StorePartition
     from onceflow.state.windowed import WindowedStorePartition
 
-__all__ = ["CloseFn", "Table", "WindowValue", "WindowedTable"]
+__all__ = ["CloseFn", "Table", "TableBase", "WindowValue", "WindowedTable"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -37,7 +37,11 @@ def _default_of(default: Any) -> Callable[[], Any]:
     return default if callable(default) else (lambda: default)
 
 
-class _TableBase(Generic[K, V]):
+class TableBase(Generic[K, V]):
+    """What every table shares: name, changelog topic, serdes, default, task group, the key's
+    partition check and ``layout()``. The base of ``Table``, ``WindowedTable`` and the range
+    tables (``onceflow.window_ranges``); not declared on its own."""
+
     kind: str = ""
 
     def __init__(
@@ -87,7 +91,7 @@ class _TableBase(Generic[K, V]):
         return f"{type(self).__name__}({self.name!r})"
 
 
-class Table(_TableBase[K, V]):
+class Table(TableBase[K, V]):
     """A key-value table. Reads see this task's uncommitted writes; queries see committed ones.
 
     With ``ttl_ms``, a key not written for that long in stream time is gone: handlers read the
@@ -195,7 +199,7 @@ CloseFn = Callable[[Context, Any, WindowValue[Any]], Awaitable[None]]
 C = TypeVar("C", bound=CloseFn)
 
 
-class WindowedTable(_TableBase[K, V]):
+class WindowedTable(TableBase[K, V]):
     """A table with one value per key and event-time window (tumbling or hopping).
 
     Event time is the record timestamp (or the ``timestamp=`` given to ``add``,

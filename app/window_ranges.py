@@ -23,7 +23,7 @@ from onceflow.errors import ConfigurationError
 from onceflow.serdes import Serde
 from onceflow.state.ranges import RangeStorePartition
 from onceflow.state.windowed import changelog_key, parse_changelog_key
-from onceflow.tables import WindowValue, _TableBase
+from onceflow.tables import WindowValue, TableBase
 
 if TYPE_CHECKING:
     from onceflow.state.windowed import WindowedStorePartition
@@ -49,7 +49,7 @@ def unpack(raw: bytes) -> tuple[int, bytes]:
     return int(_STAMP.unpack_from(raw)[0]), raw[_STAMP.size :]
 
 
-class RangeTable(_TableBase[K, V]):
+class RangeTable(TableBase[K, V]):
     """Base of ``SessionTable`` and ``SlidingWindowedTable`` (not used on its own).
 
     Retention is at least ``span_ms + grace`` (what Kafka Streams requires: a session's gap; two
