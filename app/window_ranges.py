@@ -23,7 +23,7 @@ from onceflow.errors import ConfigurationError
 from onceflow.serdes import Serde
 from onceflow.state.ranges import RangeStorePartition
 from onceflow.state.windowed import changelog_key, parse_changelog_key
-from onceflow.tables import WindowValue, TableBase
+from onceflow.tables import TableBase, WindowValue
 
 if TYPE_CHECKING:
     from onceflow.state.windowed import WindowedStorePartition
