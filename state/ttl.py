@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 
 from onceflow.errors import ConfigurationError
 from onceflow.state.typing import StorePartition
+from onceflow.state.wrapped import Wrapped
 
 __all__ = [
     "EXPIRE_BATCH",
@@ -92,7 +93,7 @@ def _not_ttl_rows(name: str, where: str) -> ConfigurationError:
     )
 
 
-class TtlStorePartition:
+class TtlStorePartition(Wrapped):
     """Keys of one (table, partition) that expire ``ttl_ms`` of stream time after their last
     write, kept in ``inner``. Transactions (seal, flush, discard, checkpoint) are ``inner``'s.
 
@@ -114,20 +115,6 @@ class TtlStorePartition:
         self.name = name
 
     # -- Restorable ----------------------------------------------------------------------------
-
-    @property
-    def checkpoint(self) -> int | None:
-        """The inner store's changelog checkpoint."""
-        return self.inner.checkpoint
-
-    @property
-    def changelog_topic_id(self) -> str | None:
-        """The inner store's changelog topic id."""
-        return self.inner.changelog_topic_id
-
-    def set_changelog_topic_id(self, topic_id: str) -> None:
-        """See ``Restorable.set_changelog_topic_id``."""
-        self.inner.set_changelog_topic_id(topic_id)
 
     def restore_batch(
         self, records: Sequence[tuple[bytes, bytes | None]], last_offset: int

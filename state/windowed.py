@@ -22,6 +22,7 @@ from typing import Self
 
 from onceflow.errors import StateError
 from onceflow.state.typing import StorePartition
+from onceflow.state.wrapped import Wrapped
 
 __all__ = ["WindowedStorePartition", "changelog_key", "parse_changelog_key"]
 
@@ -54,7 +55,7 @@ def _segment_prefix(segment: int) -> bytes:
     return _PAST_LAST_SEGMENT if biased >= 1 << 64 else _U64.pack(biased)
 
 
-class WindowedStorePartition:
+class WindowedStorePartition(Wrapped):
     """Windows ``(key, window_start) -> value`` of one (store, partition), kept in ``inner``.
 
     ``expire_before`` drops expired windows segment-wise; windows that start before the last
@@ -69,30 +70,6 @@ class WindowedStorePartition:
         self.segment_interval_ms = segment_interval_ms
         self._expired_before: int | None = None  # this transaction's bound
         self._expired_flushed: int | None = None  # the durable one, restored by discard()
-
-    @property
-    def checkpoint(self) -> int | None:
-        """The inner store's changelog checkpoint."""
-        return self.inner.checkpoint
-
-    @property
-    def changelog_topic_id(self) -> str | None:
-        """The inner store's changelog topic id."""
-        return self.inner.changelog_topic_id
-
-    def set_changelog_topic_id(self, topic_id: str) -> None:
-        """See ``Restorable.set_changelog_topic_id``."""
-        self.inner.set_changelog_topic_id(topic_id)
-
-    @property
-    def has_pending(self) -> bool:
-        """Whether the open transaction has writes."""
-        return self.inner.has_pending
-
-    @property
-    def closed(self) -> bool:
-        """Whether the inner store is closed."""
-        return self.inner.closed
 
     def store_key(self, key: bytes, start: int) -> bytes:
         """The inner store's key for window ``start`` of ``key``."""

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -250,14 +250,7 @@ class Worker:
     async def _retry_due(self) -> None:
         """Retry the records whose backoff is over; pause the partitions of a task while a
         record of it waits (what was fetched behind it waits in the task), resume them after."""
-        now = time.monotonic()
-        due = {
-            k: None
-            for k, t in self.tasks.items()
-            if t.state is TaskState.RUNNING and (d := t.retry_due) is not None and d <= now
-        }
-        if due:
-            await self._each(due, lambda task, _: task.retry_held())
+        await self._run_due(lambda task: task.retry_due, lambda task: task.retry_held())
         for key, task in self.tasks.items():
             if task.state is not TaskState.RUNNING:
                 continue
@@ -271,14 +264,22 @@ class Worker:
 
     async def _wall_clock_due(self) -> None:
         """Fire the wall-clock timers that are due, each in its task's transaction."""
+        await self._run_due(lambda task: task.wall_clock_due, lambda task: task.run_wall_clock())
+
+    async def _run_due(
+        self,
+        due_at: Callable[[Task], float | None],
+        run: Callable[[Task], Awaitable[None]],
+    ) -> None:
+        """``run`` every running task whose ``due_at`` (``time.monotonic()``) has come."""
         now = time.monotonic()
         due = {
             k: None
             for k, t in self.tasks.items()
-            if t.state is TaskState.RUNNING and (d := t.wall_clock_due) is not None and d <= now
+            if t.state is TaskState.RUNNING and (d := due_at(t)) is not None and d <= now
         }
         if due:
-            await self._each(due, lambda task, _: task.run_wall_clock())
+            await self._each(due, lambda task, _: run(task))
 
     def _commit_due(self, interval_ms: int) -> bool:
         if (time.monotonic() - self._last_commit) * 1000 >= interval_ms:
