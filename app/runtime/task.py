@@ -23,18 +23,15 @@ from aiokafka.structs import TopicPartition
 from onceflow import naming
 from onceflow.context import Context
 from onceflow.errors import (
-    HandlerFailedError,
     RecordRejectedError,
     RestoreCancelledError,
     SerdeError,
     TaskCorruptedError,
     TaskFencedError,
-    UnknownPartitionError,
 )
-from onceflow.records import OutgoingRecord
 from onceflow.runtime.checkpoint import Checkpoint, CommitMetrics, stream_time_of
 from onceflow.runtime.compat import committed_offsets
-from onceflow.runtime.dead_letters import CallbackSource, callback_dead_letter, dead_letter
+from onceflow.runtime.effects import Effects
 from onceflow.runtime.metrics import BatchedHistogram
 from onceflow.runtime.punctuation import Punctuator
 from onceflow.runtime.retries import Held
@@ -44,6 +41,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import ConsumerRecord
 
+    from onceflow.runtime.dead_letters import CallbackSource
     from onceflow.runtime.metrics import Metrics
     from onceflow.runtime.restore import ConsumerFactory, RestoreProgress
     from onceflow.runtime.sinks import Sink
@@ -125,17 +123,19 @@ class Task:
                 producer_errors=metrics.producer_errors.labels(*labels),
             ),
         )
-        self._sent: dict[str, int] = {}  # records sent per topic in the current batch
-        self._partition_counts: dict[str, int] = {}  # of topics sent to an explicit partition
         self._held: Held | None = None  # a record waiting for its retry, and those behind it
         # Per source topic: the tables keyed like it, whose keys a fetched batch names.
         self._prefetch: dict[str, list[AnyTable]] = {}
-        self._error_policy = app.error_policy or settings.error_policy
-        self._late = {
-            t.name: metrics.late_records_dropped.labels(*labels, t.name) for t in self._tables
-        }
+        self._effects = Effects(
+            app_id=app.app_id,
+            dlq_topic=app.dlq_topic,
+            sink=sink,
+            stores=self._stores,
+            metrics=metrics,
+            error_policy=app.error_policy or settings.error_policy,
+            max_record_bytes=self.max_record_bytes,
+        )
         self._latency = BatchedHistogram(metrics.process_latency.labels(*labels))
-        self._produced: dict[str, Any] = {}
         self._processed = {
             tp: metrics.records_processed.labels(*labels, tp.topic, str(partition))
             for tp in self.tps
@@ -303,7 +303,7 @@ class Task:
                 key = None if raw_key is None else key_of(raw_key)
                 value = None if raw_value is None else value_of(raw_value)
             except SerdeError as exc:
-                self._fail_record(record, exc, "deserialize")
+                self._effects.dead_letter(record, exc, "deserialize")
                 continue
             ctx = Context(
                 self, record.topic, record.partition, record.offset, timestamp, record.headers,
@@ -322,7 +322,7 @@ class Task:
             if ctx.explicit_partitions:  # rare: a coroutine call per record costs the hot path
                 await self._apply(record, ctx)
             else:
-                self._take_effects(ctx)
+                self._effects.take(ctx)
         if done:
             await self._finish(tp, records[done - 1].offset + 1, done)
 
@@ -355,13 +355,13 @@ class Task:
         try:
             await handler.fn(ctx, key, value)
         except RecordRejectedError as exc:
-            self._fail_record(record, exc, "output")
+            self._effects.dead_letter(record, exc, "output")
         except Exception as exc:
             held.attempt += 1
             if held.attempt < self._retries(handler):
                 held.due = time.monotonic() + self._backoff_s(held.attempt)
                 return
-            self._fail_record(record, exc, "handler")
+            self._effects.dead_letter(record, exc, "handler")
         else:
             self._latency.observe(time.perf_counter() - started)
             await self._apply(record, ctx)
@@ -386,25 +386,13 @@ class Task:
             await call
             sends = ctx.staged_sends
             if sends is not None and ctx.explicit_partitions:
-                misdirected = await self._misdirected(sends)
+                misdirected = await self._effects.misdirected(sends)
                 if misdirected is not None:
                     raise misdirected
         except Exception as exc:
-            what = f"{source.stage} {source.name} at stream time {source.timestamp}"
-            if self._error_policy == "fail":
-                raise HandlerFailedError(
-                    f"{what} failed: {type(exc).__name__}: {exc}. Error policy is 'fail': fix "
-                    "the callback, or set ONCEFLOW_ERROR_POLICY=dlq"
-                ) from exc
-            log.warning("%s -> %s (failed: %r)", what, self.app.dlq_topic, exc)
-            letter = callback_dead_letter(
-                source, exc, topic=self.app.dlq_topic, max_bytes=self.max_record_bytes
-            )
-            self.sink.send(letter)
-            labels = (self.app.app_id, source.name, source.stage)
-            self._metrics.dead_letter_records.labels(*labels).inc()
+            self._effects.dead_letter_callback(source, exc)
             return
-        self._take_effects(ctx)
+        self._effects.take(ctx)
 
     def _count_callback(self, stage: str, name: str) -> None:
         if stage == "on_close":
@@ -448,9 +436,7 @@ class Task:
             raise
 
     async def _after_callbacks(self) -> None:
-        for name, sent in self._sent.items():
-            self._metrics.records_produced.labels(self.app.app_id, name).inc(sent)
-        self._sent.clear()
+        self._effects.count_sent()
         await self.sink.flush()
 
     async def settle(self) -> None:
@@ -466,10 +452,10 @@ class Task:
         """After a failed first attempt: dead-letter the record now if a retry cannot help (a
         rejected output, or no retries); False when it is to be retried."""
         if isinstance(exc, RecordRejectedError):
-            self._fail_record(record, exc, "output")
+            self._effects.dead_letter(record, exc, "output")
             return True
         if self._retries(handler) == 0:
-            self._fail_record(record, exc, "handler")
+            self._effects.dead_letter(record, exc, "handler")
             return True
         return False
 
@@ -483,10 +469,14 @@ class Task:
         """Apply a successful attempt's effects, unless one of its sends names a partition its
         topic lacks (then the record goes to the dead-letter topic, without its effects)."""
         sends = ctx.staged_sends
-        if sends is not None and ctx.explicit_partitions and (m := await self._misdirected(sends)):
-            self._fail_record(record, m, "output")
+        if (
+            sends is not None
+            and ctx.explicit_partitions
+            and (m := await self._effects.misdirected(sends))
+        ):
+            self._effects.dead_letter(record, m, "output")
         else:
-            self._take_effects(ctx)
+            self._effects.take(ctx)
 
     async def _finish(self, tp: TopicPartition, next_offset: int, count: int) -> None:
         """Account for ``count`` handled records of ``tp``, up to ``next_offset`` exclusive, and
@@ -494,13 +484,7 @@ class Task:
         self._checkpoint.processed(tp, next_offset, count)
         self._latency.publish()
         self._processed[tp].inc(count)
-        for name, sent in self._sent.items():
-            produced = self._produced.get(name)
-            if produced is None:
-                produced = self._metrics.records_produced.labels(self.app.app_id, name)
-                self._produced[name] = produced
-            produced.inc(sent)
-        self._sent.clear()
+        self._effects.count_sent()
         await self.sink.flush()
 
     def _tables_keyed_like(self, topic: str) -> list[AnyTable]:
@@ -512,57 +496,6 @@ class Task:
             tables = [t for t in self._tables if type(t.key_serde) is serde]
             self._prefetch[topic] = tables
         return tables
-
-    async def _misdirected(self, sends: list[OutgoingRecord]) -> UnknownPartitionError | None:
-        """The error for a record sent to a partition its topic does not have, if any (a record
-        without an explicit partition goes where the partitioner puts it)."""
-        for out in sends:
-            if out.partition is None:
-                continue
-            count = self._partition_counts.get(out.topic)
-            if count is None:
-                count = self._partition_counts[out.topic] = await self.sink.partition_count(
-                    out.topic
-                )
-            if out.partition >= count:
-                return UnknownPartitionError(
-                    f"a handler sent a record to partition {out.partition} of {out.topic!r}, "
-                    f"which has partitions 0-{count - 1}: the input record goes to the "
-                    "dead-letter topic"
-                )
-        return None
-
-    def _take_effects(self, ctx: Context) -> None:
-        """Apply what a successful handler attempt staged: sends, table writes, late counts."""
-        sends = ctx.staged_sends
-        if sends is not None:
-            sent, send = self._sent, self.sink.send
-            for out in sends:
-                send(out)
-                sent[out.topic] = sent.get(out.topic, 0) + 1
-        writes = ctx.staged_writes
-        if writes is not None:
-            apply = self._stores.apply
-            for (name, key_bytes), raw in writes.items():
-                apply(name, key_bytes, raw)
-        late = ctx.late_tables
-        if late is not None:
-            for name in late:
-                self._late[name].inc()
-
-    def _fail_record(self, record: ConsumerRecord[Any, Any], exc: Exception, stage: str) -> None:
-        where = f"{record.topic}[{record.partition}]@{record.offset}"
-        if self._error_policy == "fail":
-            raise HandlerFailedError(
-                f"{stage} failed for record {where}: {type(exc).__name__}: {exc}. Error policy is "
-                "'fail': fix the handler or the input, or set ONCEFLOW_ERROR_POLICY=dlq"
-            ) from exc
-        log.warning("record %s -> %s (%s failed: %r)", where, self.app.dlq_topic, stage, exc)
-        out = dead_letter(
-            record, exc, stage, topic=self.app.dlq_topic, max_bytes=self.max_record_bytes
-        )
-        self.sink.send(out)
-        self._metrics.dead_letter_records.labels(self.app.app_id, record.topic, stage).inc()
 
     # -- commit --------------------------------------------------------------------------------
 
