@@ -68,18 +68,22 @@ async def _create_topics(app: App, settings: Settings, partitions: int, rf: int)
     await client.start()
     try:
         admin = TopicAdmin(client, replication_factor=rf)
-        existing = await admin.partition_counts(app.handlers)
+        internal = {t.name for t in app.repartition_topics}
+        sources = [name for name in app.handlers if name not in internal]
+        existing = await admin.partition_counts(sources)
         factor = await admin.resolve_replication_factor()  # -1: the broker's default
         wanted = [
             NewTopic(name, app.topics[name].partitions or partitions, factor)
-            for name in app.handlers
+            for name in sources
             if name not in existing
         ]
         if wanted:
             await client.create_topics(wanted)
-        for name in app.handlers:
+        for name in sources:
             state = "exists" if name in existing else "created"
             print(f"{name}: {state}")
+        for name in sorted(internal):  # their partitions follow the sources: the worker's job
+            print(f"{name}: internal (repartition), created by the worker at start")
     finally:
         await client.close()
 

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     state_page_cache_mib: int = Field(default=4, ge=1)
     # Stores of tasks this worker no longer owns are deleted once unused this long.
     state_cleanup_delay_ms: int = Field(default=600_000, ge=0)
+    # How often the records every reader committed are deleted from repartition topics.
+    repartition_purge_interval_ms: int = Field(default=30_000, ge=100)
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_enabled: bool = True

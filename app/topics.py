@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 from onceflow.serdes import Serde, resolve_serde
 
-__all__ = ["Topic"]
+__all__ = ["RepartitionTopic", "Topic"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -39,3 +39,16 @@ class Topic(Generic[K, V]):
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class RepartitionTopic(Topic[K, V]):
+    """An internal topic to re-key through (``App.repartition``): a handler sends to it with a
+    new key, another handler consumes it. Named ``<app_id>-<base_name>-repartition``; the worker
+    creates it (``partitions``: None = the partition count of the group that reads it, or of the
+    app's widest source) and purges what every reader committed."""
+
+    base_name: str = ""
+
+    def __repr__(self) -> str:
+        return f"RepartitionTopic({self.name!r})"

@@ -6,7 +6,7 @@ The App holds no connections; ``onceflow worker`` (``onceflow.runtime.Worker``) 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar, cast, overload
@@ -19,7 +19,7 @@ from onceflow.sessions import SessionTable
 from onceflow.sliding import SlidingWindowedTable
 from onceflow.tables import Table, WindowedTable
 from onceflow.timers import Timer, TimerFn
-from onceflow.topics import Topic
+from onceflow.topics import RepartitionTopic, Topic
 from onceflow.windows import Hopping, Session, Sliding, Tumbling
 
 __all__ = ["AnyTable", "App", "Handler", "HandlerFn"]
@@ -106,6 +106,65 @@ class App:
         topic = Topic.of(name, key_serde, value_serde, partitions=partitions)
         self.topics[name] = topic
         return topic
+
+    def repartition(
+        self,
+        name: str,
+        *,
+        key_serde: str | Serde[Any] = "bytes",
+        value_serde: str | Serde[Any] = "bytes",
+        partitions: int | None = None,
+    ) -> RepartitionTopic[Any, Any]:
+        """Declare an internal topic to re-key through, ``<app_id>-<name>-repartition``: send
+        to it with the new key (``ctx.send(by_page, page, click)``) and consume it with a
+        handler (``@app.handler(by_page)``), whose tables are then keyed by the new key.
+
+        The worker creates it at start (``partitions``: the count of the other sources of the
+        group that reads it, else of the app's widest source topic; an existing one with another
+        count is refused), and deletes the records every reader has committed. Exactly-once
+        across the hop: the send commits with the upstream input's offsets, the downstream
+        task reads ``read_committed``. Records keep their input's timestamp (event time)."""
+        if not name or any(c.isspace() or c == "/" for c in name):
+            raise ConfigurationError(f"repartition topic name {name!r} must be a plain word")
+        if partitions is not None and partitions < 1:
+            raise ConfigurationError(
+                f"repartition topic {name!r}: partitions must be >= 1, got {partitions}"
+            )
+        topic: RepartitionTopic[Any, Any] = RepartitionTopic(
+            naming.repartition_topic(self.app_id, name),
+            resolve_serde(key_serde),
+            resolve_serde(value_serde),
+            partitions,
+            base_name=name,
+        )
+        if topic.name in self.topics:
+            raise ConfigurationError(f"repartition topic {name!r} is declared twice")
+        self.topics[topic.name] = topic
+        return topic
+
+    @property
+    def repartition_topics(self) -> list[RepartitionTopic[Any, Any]]:
+        return [t for t in self.topics.values() if isinstance(t, RepartitionTopic)]
+
+    def repartition_partitions(
+        self, topic: RepartitionTopic[Any, Any], counts: Mapping[str, int]
+    ) -> int:
+        """The partitions to create repartition ``topic`` with, given the partition ``counts``
+        of the other topics: as declared; else those of the other sources of the group that
+        reads it (it must be co-partitioned with them); else those of the app's widest source
+        (Kafka Streams' rule: the maximum of the upstream sources)."""
+        if topic.partitions is not None:
+            return topic.partitions
+        internal = {t.name for t in self.repartition_topics}
+        handler = self.handlers.get(topic.name)
+        if handler is not None:
+            siblings = [
+                counts[t] for t in self.groups()[handler.group] if t not in internal and t in counts
+            ]
+            if siblings:
+                return siblings[0]
+        external = [n for t, n in counts.items() if t not in internal and t in self.handlers]
+        return max(external, default=1)
 
     def handler(
         self,
@@ -309,6 +368,14 @@ class App:
         self.app_id = app_id
         for table in self.tables.values():
             table.changelog_topic = naming.changelog_topic(app_id, table.name)
+        for topic in self.repartition_topics:  # their names hold the app id: rename, re-key
+            old = topic.name
+            object.__setattr__(topic, "name", naming.repartition_topic(app_id, topic.base_name))
+            self.topics = {(topic.name if k == old else k): v for k, v in self.topics.items()}
+            if old in self.handlers:
+                self.handlers = {
+                    (topic.name if k == old else k): v for k, v in self.handlers.items()
+                }
 
     @property
     def dlq_topic(self) -> str:
@@ -326,7 +393,8 @@ class App:
 
     def validate(self) -> None:
         """Check what only the whole App can tell (the worker and the test driver call it):
-        every timer's group has handlers, every ``emit="close"`` table an ``on_close``."""
+        every timer's group has handlers, every repartition topic a handler, every
+        ``emit="close"`` table an ``on_close``."""
         groups = self.groups()
         for timer in self.timers:
             if timer.group not in groups:
@@ -334,6 +402,12 @@ class App:
                     f"timer {timer.name} runs in task group {timer.group!r}, which has no "
                     f"handlers (groups: {', '.join(map(repr, groups)) or 'none'}): a timer runs "
                     "in the tasks of its group"
+                )
+        for topic in self.repartition_topics:
+            if topic.name not in self.handlers:
+                raise ConfigurationError(
+                    f"repartition topic {topic.base_name!r} has no handler: what is sent to it "
+                    "would never be read (register one with @app.handler)"
                 )
         for table in self.tables.values():
             if isinstance(table, WindowedTable) and table.emit == "close" and not table.closers:

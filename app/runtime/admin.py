@@ -55,8 +55,15 @@ class InternalTopic:
 
 
 def internal_topics(app: App, partitions: dict[str, int]) -> list[InternalTopic]:
-    """The changelog of every table (partitions = its group's) and the dead-letter topic."""
+    """The changelog of every table (partitions = its group's), the repartition topics (their
+    reading group's) and the dead-letter topic."""
     topics = []
+    for topic in app.repartition_topics:
+        # Kafka Streams' settings: no time-based deletion (records keep their input's event
+        # time, which may be old), smaller segments so that purged records free disk sooner.
+        config = {"cleanup.policy": "delete", "retention.ms": "-1", "segment.bytes": "52428800"}
+        group = app.handlers[topic.name].group
+        topics.append(InternalTopic(topic.name, partitions[group], config))
     for table in app.tables.values():
         if table.group not in partitions:
             raise ConfigurationError(
@@ -100,17 +107,24 @@ class TopicAdmin:
         return counts
 
     async def check_sources(self, app: App) -> dict[str, int]:
-        """Partition count of each task group; fail on a missing or mis-partitioned source."""
+        """Partition count of each task group; fail on a missing or mis-partitioned source. A
+        repartition topic not created yet counts with the partitions it will be created with
+        (``App.repartition_partitions``)."""
         groups = app.groups()
         if not groups:
             raise ConfigurationError(f"app {app.app_id!r} has no handlers: nothing to run")
-        counts = await self.partition_counts(t for topics in groups.values() for t in topics)
-        missing = sorted({t for topics in groups.values() for t in topics} - counts.keys())
+        internal = {t.name for t in app.repartition_topics}
+        sources = {t for topics in groups.values() for t in topics}
+        counts = await self.partition_counts(sources)
+        missing = sorted(sources - counts.keys() - internal)
         if missing:
             raise TopicNotFoundError(
                 f"source topic(s) {', '.join(map(repr, missing))} do not exist on the cluster; "
                 "create them (`onceflow topics create MODULE`) and restart"
             )
+        for topic in app.repartition_topics:
+            if topic.name not in counts:
+                counts[topic.name] = app.repartition_partitions(topic, counts)
         result = {}
         for group, topics in groups.items():
             found = {t: counts[t] for t in topics}

@@ -71,6 +71,7 @@ class Checkpoint:
         self._stores = stores
         self._metrics = metrics
         self._positions: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}  # as of the last commit
         self._uncommitted = 0
         self._touched = False  # work without records: a timer fired, stream time moved
         self._table_names = sorted(table.name for table in stores.tables)
@@ -79,6 +80,12 @@ class Checkpoint:
     def positions(self) -> Mapping[TopicPartition, int]:
         """The next offset to process per source partition, as far as the task processed."""
         return self._positions
+
+    @property
+    def committed(self) -> Mapping[TopicPartition, int]:
+        """The offsets the last commit of this task committed (what a purge may delete up to:
+        the next owner starts there)."""
+        return self._committed
 
     @property
     def uncommitted(self) -> int:
@@ -134,6 +141,7 @@ class Checkpoint:
         meta = offset_metadata(stream_time, self._table_names)
         offsets = {tp: OffsetAndMetadata(pos, meta) for tp, pos in self._positions.items()}
         await self._sink.commit(offsets)
+        self._committed.update(self._positions)
         self._metrics.committed.inc()
         # Step 4
         self._stores.persist(checkpoints)

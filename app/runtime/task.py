@@ -172,6 +172,11 @@ class Task:
         return self._checkpoint.positions
 
     @property
+    def committed_positions(self) -> Mapping[TopicPartition, int]:
+        """The offsets this task committed last, per source partition."""
+        return self._checkpoint.committed
+
+    @property
     def has_work(self) -> bool:
         return not self._checkpoint.empty()
 

@@ -32,6 +32,7 @@ from onceflow.runtime.clients import Clients
 from onceflow.runtime.compat import membership_current, request_rejoin, watch_membership
 from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
 from onceflow.runtime.metrics import Metrics
+from onceflow.runtime.purge import RepartitionPurger
 from onceflow.runtime.sinks import (
     AtLeastOnceSink,
     FencedAtLeastOnceSink,
@@ -137,6 +138,7 @@ class Worker:
             await self._setup()
             self._spawn(self._watch_changelogs())
             self._spawn(StateCleaner.of(self.app, self.settings).run(self._owned, self._stop))
+            self._spawn(self._purge_repartitions())
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
             try:
                 await self._loop_task
@@ -392,6 +394,24 @@ class Worker:
         loop_task = self._loop_task
         if loop_task is not None and loop_task is not asyncio.current_task():
             loop_task.cancel()
+
+    async def _purge_repartitions(self) -> None:
+        """Delete what the running tasks committed past in repartition topics, every
+        ``ONCEFLOW_REPARTITION_PURGE_INTERVAL_MS`` (``runtime/purge.py``)."""
+        topics = [t.name for t in self.app.repartition_topics]
+        if not topics:
+            return
+        client = self.clients.admin()
+        try:
+            await self.clients.start(client)
+            purger = RepartitionPurger(client, topics)
+            await purger.run(
+                lambda: [t for t in self.tasks.values() if t.state is TaskState.RUNNING],
+                self._stop,
+                self.settings.repartition_purge_interval_ms / 1000,
+            )
+        finally:
+            await client.close()
 
     async def _watch_changelogs(self) -> None:
         """Stop the worker with ``ChangelogMissingError`` when a changelog topic disappears, or

@@ -40,7 +40,7 @@ from onceflow.settings import Settings
 from onceflow.state.memory import InMemoryStorePartition
 from onceflow.tables import Table, WindowedTable, WindowValue
 from onceflow.testing._sink import DeadLetter, InMemorySink, Output, RecordOptions
-from onceflow.topics import Topic
+from onceflow.topics import RepartitionTopic, Topic
 from onceflow.topology import AnyTable, App
 from onceflow.window_ranges import RangeTable
 
@@ -48,6 +48,7 @@ __all__ = ["TableView", "TestDriver"]
 
 TopicRef = Topic[Any, Any] | str
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_HOPS = 1_000_000  # records handed from handler to handler for one driver call
 
 
 def _no_broker(*_: Any, **__: Any) -> NoReturn:
@@ -118,6 +119,7 @@ class TestDriver:
         if self.settings.app_id:
             app.with_app_id(self.settings.app_id)
         self.app, self.auto_commit, self._partitions = app, auto_commit, partitions
+        self._internal = {t.name for t in app.repartition_topics}
         self._clock = clock or (lambda: time.time_ns() // 1_000_000)
         self._wall_offset_ms = 0  # moved on by advance_time(wall_clock=...)
         self.metrics = Metrics(app.app_id, eos=self.settings.eos)
@@ -142,6 +144,7 @@ class TestDriver:
             sink = InMemorySink(self._place, self._publish, self._count)
             self._tasks[key] = self._new_task(*key, sink)
         self._closed = False
+        self._hops: list[Output] = []  # committed records of topics the app reads, to process
 
     def _count(self, topic: str) -> int:
         if isinstance(self._partitions, int):
@@ -151,6 +154,9 @@ class TestDriver:
         if topic == self.app.dlq_topic:
             return max(self.group_partitions.values(), default=1)
         declared = self.app.topics.get(topic)
+        if isinstance(declared, RepartitionTopic):
+            counts = {t: self._count(t) for t in self.app.handlers if t not in self._internal}
+            return self.app.repartition_partitions(declared, counts)
         return declared.partitions if declared and declared.partitions else 1
 
     def _new_task(self, group: str, partition: int, sink: InMemorySink) -> Task:
@@ -187,6 +193,8 @@ class TestDriver:
 
     def _publish(self, out: Output) -> None:
         self._committed[out.topic].append(out)
+        if out.topic in self.app.handlers:  # a repartition hop (or any topic the app reads)
+            self._hops.append(out)
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -211,15 +219,48 @@ class TestDriver:
         name = self._source(topic).name
         p = options.get("partition")
         p = self._partition_of(name, key) if p is None else p
-        task = self.task(p, self.app.handlers[name].group)
         offset, ts = next(self._offsets[(name, p)]), self._millis(options.get("timestamp"))
-        headers, sizes = list(options.get("headers") or ()), (len(key or b""), len(value or b""))
+        headers = list(options.get("headers") or ())
+        await self._process(name, p, offset, ts, key, value, headers)
+        await self._follow_hops()
+
+    async def _process(
+        self,
+        name: str,
+        p: int,
+        offset: int,
+        ts: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[Header],
+    ) -> None:
+        task = self.task(p, self.app.handlers[name].group)
+        sizes = (len(key or b""), len(value or b""))
         record = ConsumerRecord(name, p, offset, ts, 0, key, value, None, *sizes, headers)
         self.metrics.records_consumed.labels(self.app.app_id, name, str(p)).inc()
         await self._run(task, task.process(TopicPartition(name, p), [record]))
         await self._run(task, task.settle())  # retries wait out their backoff here
         if self.auto_commit:
             await self._run(task, task.commit())
+
+    async def _follow_hops(self) -> None:
+        """Process the committed records of topics the app reads (repartition topics), in the
+        order they were committed, until none is left — as the worker's consumer would read
+        them, ``read_committed``."""
+        processed = 0
+        while self._hops:
+            out = self._hops.pop(0)
+            await self._process(
+                out.topic, out.partition, out.offset, out.timestamp, out.key, out.value,
+                list(out.headers),
+            )  # fmt: skip
+            processed += 1
+            if processed > MAX_HOPS:
+                self._hops.clear()
+                raise OnceflowError(
+                    f"more than {MAX_HOPS} records went from handler to handler for one input: "
+                    f"does a handler send to its own source topic ({out.topic!r})?"
+                )
 
     async def advance_time(
         self,
@@ -247,11 +288,14 @@ class TestDriver:
                 await self._run(self._tasks[(g, p)], self._tasks[(g, p)].run_wall_clock())
             if self.auto_commit:
                 await self._run(self._tasks[(g, p)], self._tasks[(g, p)].commit())
+        await self._follow_hops()
 
     async def commit(self) -> None:
-        """Commit every task's open work (only needed with ``auto_commit=False``)."""
+        """Commit every task's open work (only needed with ``auto_commit=False``), then process
+        what that committed to topics the app reads."""
         for task in list(self._tasks.values()):
             await self._run(task, task.commit())
+        await self._follow_hops()
 
     async def _run(self, task: Task, step: Coroutine[Any, Any, Any]) -> None:
         try:
