@@ -80,7 +80,9 @@ class Expected:
 
 
 class Oracle(Protocol):
-    """What one test app must output, and how its outputs name their inputs."""
+    """What one test app must output, and how its outputs name their inputs. An oracle may set
+    ``order_by_group = True``: outputs are then in order within their group (and partition)
+    only, for apps whose outputs of different groups interleave freely (a repartition hop)."""
 
     name: str
 
@@ -216,7 +218,8 @@ class History:
         outputs = sorted(self.outputs, key=lambda e: (e.partition, e.offset))
         matcher = _Matcher(self.oracle, self.oracle.expect(inputs))
         matched = [pair for out in outputs if (pair := matcher.match(out)) is not None]
-        anomalies = [*matcher.anomalies, *matcher.losses(), *_out_of_order(matched)]
+        by_group = getattr(self.oracle, "order_by_group", False)
+        anomalies = [*matcher.anomalies, *matcher.losses(), *_out_of_order(matched, by_group)]
         anomalies += _hanging(self.ends)
         return Report(
             oracle=self.oracle.name,
@@ -285,22 +288,24 @@ class _Matcher:
         ]
 
 
-def _out_of_order(matched: list[tuple[Event, Expected]]) -> list[Anomaly]:
-    """Per partition, each matched output must come from a later input than the ones before."""
+def _out_of_order(matched: list[tuple[Event, Expected]], by_group: bool = False) -> list[Anomaly]:
+    """Per partition (``by_group``: per partition and group), each matched output must come
+    from a later input than the ones before."""
     anomalies = []
-    latest: dict[int, Event] = {}  # per partition, the latest input whose output was seen
+    latest: dict[Hashable, Event] = {}  # the latest input whose output was seen
     for out, expected in matched:
         source = expected.input
         if out.partition != source.partition:
             detail = f"{out}: output of input {source}, on another partition"
             anomalies.append(Anomaly("out_of_order", out.partition, detail))
             continue
-        before = latest.get(out.partition)
+        where = (out.partition, expected.group) if by_group else out.partition
+        before = latest.get(where)
         if before is not None and source.offset < before.offset:
             detail = f"{out}: output of input {source}, after the output of input {before}"
             anomalies.append(Anomaly("out_of_order", out.partition, detail))
         else:
-            latest[out.partition] = source
+            latest[where] = source
     return anomalies
 
 

@@ -100,6 +100,17 @@ async def end_offsets(bootstrap: str, topic: str, isolation: Isolation) -> dict[
         await consumer.stop()
 
 
+async def start_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The log start offset per partition (where DeleteRecords and retention moved it)."""
+    partitions = await partitions_of(bootstrap, topic)
+    consumer = await _consumer(bootstrap, "read_uncommitted")
+    try:
+        starts = await consumer.beginning_offsets(partitions)
+        return {tp.partition: offset for tp, offset in starts.items()}
+    finally:
+        await consumer.stop()
+
+
 async def read_to_end(
     bootstrap: str, topic: str, isolation: Isolation = "read_committed"
 ) -> list[ConsumerRecord[bytes, bytes]]:

@@ -1,5 +1,6 @@
 """What the chaos tests' apps must output: inputs for the stateful app, and one oracle per app
-for ``history.History`` (tests/apps/echo.py, tests/apps/aggregates.py and tests/apps/finals.py).
+for ``history.History`` (tests/apps/echo.py, tests/apps/aggregates.py, tests/apps/finals.py and
+tests/apps/page_counts.py).
 
 Neither app carries its input's offset to the output (no headers), so outputs are matched by
 what they do carry: echo by its (key, value) bytes, aggregates by key and running count.
@@ -192,3 +193,44 @@ def expected_ticks(inputs: Sequence[Event], group: str = "0") -> dict[str, list[
                 stream_time = ts
         ticks[f"{group}_{p}"] = fired
     return ticks
+
+
+# -- re-keying across a repartition topic (tests/apps/page_counts.py) ---------------------------
+
+
+class PageCountsOracle:
+    """tests/apps/page_counts.py: inputs keyed by user carry a page; after the hop, each page's
+    outputs are its running count 1..n, once each, in order, on the page's sink partition.
+
+    Which input gets which count depends on how the hop interleaved the upstream partitions, so
+    an output names (page, count), not an input; the expected "input" of count k is a stand-in
+    on the output's partition, ordered by k within its page (``order_by_group``)."""
+
+    name = "page-counts"
+    order_by_group = True
+
+    def __init__(self, sink_partitions: int) -> None:
+        self.sink_partitions = sink_partitions
+
+    def expect(self, inputs: Sequence[Event]) -> list[Expected]:
+        from onceflow.partitioner import partition_for_key
+
+        totals: dict[bytes | None, int] = defaultdict(int)
+        for e in inputs:
+            totals[e.value] += 1
+        expected = []
+        for page, n in sorted(totals.items(), key=lambda kv: kv[0] or b""):
+            p = partition_for_key(page or b"", self.sink_partitions)
+            for k in range(1, n + 1):
+                stand_in = Event(p, k, page, str(k).encode())
+                expected.append(Expected(stand_in, (page, k), page, str(k).encode()))
+        return expected
+
+    def identify(self, output: Event) -> tuple[Hashable, Hashable]:
+        value = (output.value or b"").decode(errors="replace")
+        return ((output.key, int(value)) if value.isdigit() else None), output.key
+
+    def explain(self, output: Event, blamed: Expected | None) -> str:
+        if blamed is None:
+            return "more counts than this page had inputs"
+        return f"count {output.value!r} is not the next one (expected {blamed.value!r})"
