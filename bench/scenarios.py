@@ -60,6 +60,9 @@ class Scenario:
     load: float = 0.5  # latency scenarios: offered load, a fraction of echo-eos's median
     # False: the app emits final results, fewer than its inputs (checked: some, at most one each)
     output_per_record: bool = True
+    # Transactional runs are done when this topic's offsets are committed ("{app_id}" is
+    # replaced): the last hop of a pipeline; None: the input topic.
+    watch: str | None = None
 
     @property
     def transactional(self) -> bool:
@@ -71,6 +74,7 @@ SUMCOUNT = "bench.apps.sumcount"
 WINDOWED = "onceflow.examples.windowed_count"
 WINDOWED_CLOSE = "bench.apps.windowed_close"
 SESSIONS = "bench.apps.sessions"
+REKEY = "bench.apps.rekey"
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -96,6 +100,9 @@ SCENARIOS: dict[str, Scenario] = {
                  WINDOWED_CLOSE, output_per_record=False),
         Scenario("session-eos", "throughput", "session-window count per key, exactly_once",
                  SESSIONS),
+        Scenario("rekey-eos", "throughput",
+                 "re-key through a repartition topic, two hops, exactly_once", REKEY,
+                 watch="{app_id}-rekey-repartition"),
         Scenario("sum-100k", "throughput", "sum/count, 100k keys x2, exactly_once", SUMCOUNT,
                  keys=100_000, quick_keys=10_000, stateful=True),
         Scenario("sum-1m", "throughput", "sum/count, 1M keys x2, exactly_once", SUMCOUNT,
@@ -260,6 +267,8 @@ async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
             cpu_at_release = cpu_mark(ctx, procs)
         # Transactional runs count committed input offsets, the others the output's end offsets.
         watched = inp if scenario.transactional else out
+        if scenario.transactional and scenario.watch:
+            watched = scenario.watch.format(app_id=app_id)
         source: ProgressSource = "committed" if scenario.transactional else "output"
         async with Progress(ctx.bootstrap, source, app_id, watched, PARTITIONS) as progress:
             first, done = await _watch(progress, procs, total, 120 + total / 500)
