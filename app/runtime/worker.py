@@ -32,6 +32,7 @@ from onceflow.runtime.clients import Clients
 from onceflow.runtime.compat import membership_current, request_rejoin, watch_membership
 from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
 from onceflow.runtime.metrics import Metrics
+from onceflow.runtime.ordering import by_timestamp
 from onceflow.runtime.purge import RepartitionPurger
 from onceflow.runtime.sinks import (
     AtLeastOnceSink,
@@ -301,7 +302,7 @@ class Worker:
         await self._each(per_task, self._process_task)
 
     async def _process_task(self, task: Task, work: list[tuple[TopicPartition, list[Any]]]) -> None:
-        for tp, records in work:
+        for tp, records in by_timestamp(work):  # several partitions: in timestamp order
             await task.process(tp, records)
 
     async def _commit_all(self) -> None:
