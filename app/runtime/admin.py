@@ -123,8 +123,15 @@ class TopicAdmin:
                 "create them (`onceflow topics create MODULE`) and restart"
             )
         for topic in app.repartition_topics:
-            if topic.name not in counts:
-                counts[topic.name] = app.repartition_partitions(topic, counts)
+            planned = app.repartition_partitions(topic, counts)
+            found = counts.setdefault(topic.name, planned)
+            if found != planned:
+                raise ConfigurationError(
+                    f"repartition topic {topic.name!r} has {found} partitions, but it should "
+                    f"have {planned} (declared, or those of the sources it is co-partitioned "
+                    "with): stop the app, let it drain and delete the topic (the worker "
+                    f"recreates it), or declare partitions={found}"
+                )
         result = {}
         for group, topics in groups.items():
             found = {t: counts[t] for t in topics}
