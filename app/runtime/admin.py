@@ -124,13 +124,13 @@ class TopicAdmin:
             )
         for topic in app.repartition_topics:
             planned = app.repartition_partitions(topic, counts)
-            found = counts.setdefault(topic.name, planned)
-            if found != planned:
+            existing = counts.setdefault(topic.name, planned)
+            if existing != planned:
                 raise ConfigurationError(
-                    f"repartition topic {topic.name!r} has {found} partitions, but it should "
+                    f"repartition topic {topic.name!r} has {existing} partitions, but it should "
                     f"have {planned} (declared, or those of the sources it is co-partitioned "
                     "with): stop the app, let it drain and delete the topic (the worker "
-                    f"recreates it), or declare partitions={found}"
+                    f"recreates it), or declare partitions={existing}"
                 )
         result = {}
         for group, topics in groups.items():
