@@ -11,7 +11,7 @@ import onceflow
 
 PUBLIC = {
     "App", "ChangelogMissingError", "ConfigurationError", "Context", "CopartitioningError",
-    "Handler", "HandlerFailedError", "Hopping", "OnceflowError", "Serde", "SerdeError",
+    "GlobalTable", "Handler", "HandlerFailedError", "Hopping", "OnceflowError", "Serde", "SerdeError",
     "Session", "SessionTable", "Settings", "Sliding", "SlidingWindowedTable",
     "StateError", "StoreCorruptError", "StoreLockedError", "Table",
     "TaskFencedError", "TaskScope", "Topic", "TopicNotFoundError", "Tumbling", "WindowValue",
