@@ -60,6 +60,7 @@ class GlobalProgress:
     positions: dict[int, int] = field(default_factory=dict)
     ends: dict[int, int] = field(default_factory=dict)
     loaded: bool = False
+    read: int = 0  # records read by the load at start
     skipped: int = 0  # records that could not be applied (null key, bad key or value)
 
     @property
@@ -145,13 +146,11 @@ class GlobalTables:
         started = time.monotonic()
         await self._load(on_progress)
         for name, progress in self.progress.items():
+            keys = await asyncio.to_thread(self._stores[name].approximate_size)
             log.info(
-                "global table %s loaded: %d partitions, %s, in %.1fs",
-                name,
-                len(progress.ends),
-                f"{self._stores[name].approximate_size()} keys",
-                time.monotonic() - started,
-            )
+                "global table %s loaded: %d partitions, read %d records, %d keys, in %.1fs",
+                name, len(progress.ends), progress.read, keys, time.monotonic() - started,
+            )  # fmt: skip
 
     async def _read_metadata(self) -> None:
         topics = sorted(self._by_topic)
@@ -233,6 +232,7 @@ class GlobalTables:
             by_table: dict[str, list[tuple[bytes, bytes | None]]] = {}
             for tp, records in fetched.items():
                 table = self._by_topic[tp.topic]
+                self.progress[table.name].read += len(records)
                 by_table.setdefault(table.name, []).extend(self._applicable(table, records))
             await self._note_positions()
             for name in list(pending) + [n for n in by_table if n not in pending]:
