@@ -148,8 +148,9 @@ class GlobalTables:
         for name, progress in self.progress.items():
             keys = await asyncio.to_thread(self._stores[name].approximate_size)
             log.info(
-                "global table %s loaded: %d partitions, read %d records, %d keys, in %.1fs",
+                "global table %s loaded: %d partitions, read %d records, %d keys, in %.1fs (store %s)",
                 name, len(progress.ends), progress.read, keys, time.monotonic() - started,
+                self._stores[name].path,
             )  # fmt: skip
 
     async def _read_metadata(self) -> None:
