@@ -18,7 +18,6 @@ recreated or repartitioned stops the worker (``GlobalTopicChangedError``); the r
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,11 +28,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from onceflow.errors import GlobalTopicChangedError, TopicNotFoundError
 from onceflow.global_tables import GlobalTable
-from onceflow.runtime.admin import TopicAdmin
 from onceflow.runtime.clients import Clients
-from onceflow.runtime.protocol import TopicIdsUnsupportedError, topic_ids
+from onceflow.runtime.global_topics import changed, describe, layout_of, mismatch
 from onceflow.settings import Settings
 from onceflow.state.sqlite.global_store import GlobalStorePartition, open_global_store
 from onceflow.state.typing import StorePartition
@@ -122,7 +119,9 @@ class GlobalTables:
         called after each batch (the worker counts it as a sign of life)."""
         if not self.tables:
             return
-        await self._read_metadata()
+        self._counts, self._ids = await describe(
+            self._clients, self.settings.replication_factor, self._by_topic
+        )
         for table in self.tables.values():
             directory = global_dir(self.settings, self.app.app_id, table.name)
             store, wiped = await asyncio.to_thread(open_global_store, directory)
@@ -148,31 +147,11 @@ class GlobalTables:
         for name, progress in self.progress.items():
             keys = await asyncio.to_thread(self._stores[name].approximate_size)
             log.info(
-                "global table %s loaded: %d partitions, read %d records, %d keys, in %.1fs (store %s)",
+                "global table %s loaded: %d partitions, read %d records, %d keys, in %.1fs "
+                "(store %s)",
                 name, len(progress.ends), progress.read, keys, time.monotonic() - started,
                 self._stores[name].path,
             )  # fmt: skip
-
-    async def _read_metadata(self) -> None:
-        topics = sorted(self._by_topic)
-        client = self._clients.admin()
-        try:
-            await self._clients.start(client)
-            admin = TopicAdmin(client, replication_factor=self.settings.replication_factor)
-            self._counts = await admin.partition_counts(topics)
-            missing = [t for t in topics if t not in self._counts]
-            if missing:
-                names = ", ".join(f"{t!r} (global table {self._by_topic[t].name})" for t in missing)
-                raise TopicNotFoundError(
-                    f"global table topic(s) {names} do not exist on the cluster; create them "
-                    "(their producer owns them) and restart"
-                )
-            try:
-                self._ids = await topic_ids(client, topics)
-            except TopicIdsUnsupportedError:
-                self._ids = {}  # a recreated topic then shows by its offsets only
-        finally:
-            await client.close()
 
     async def _seek(
         self,
@@ -182,13 +161,14 @@ class GlobalTables:
     ) -> None:
         store = self._stores[table.name]
         count = self._counts[table.topic]
-        why = await asyncio.to_thread(self._mismatch, table, store, count, ends)
+        topic_id = self._ids.get(table.topic)
+        why = await asyncio.to_thread(mismatch, table, store, count, ends, topic_id)
         if why is not None:
             log.warning("global table %s: %s; reloading it from the beginning", table.name, why)
             await asyncio.to_thread(store.wipe)
-        store.set_layout(json.dumps(table.layout(), sort_keys=True).encode())
-        if table.topic in self._ids:
-            store.set_changelog_topic_id(self._ids[table.topic])
+        store.set_layout(layout_of(table))
+        if topic_id is not None:
+            store.set_changelog_topic_id(topic_id)
         progress = self.progress[table.name]
         positions = store.positions
         assert self._consumer is not None
@@ -198,31 +178,6 @@ class GlobalTables:
             self._consumer.seek(tp, start)
             progress.positions[p] = start
             progress.ends[p] = ends[tp]
-
-    def _mismatch(
-        self,
-        table: GlobalTable[Any, Any],
-        store: GlobalStorePartition,
-        count: int,
-        ends: dict[TopicPartition, int],
-    ) -> str | None:
-        """Why ``store`` cannot continue from its positions (None: it can)."""
-        recorded_id, current_id = store.changelog_topic_id, self._ids.get(table.topic)
-        if recorded_id is not None and current_id is not None and recorded_id != current_id:
-            return f"topic {table.topic!r} was recreated (topic id {recorded_id} -> {current_id})"
-        layout = json.dumps(table.layout(), sort_keys=True).encode()
-        if store.layout is not None and store.layout != layout:
-            return f"layout changed ({store.layout.decode(errors='replace')} -> {layout.decode()})"
-        for p, position in sorted(store.positions.items()):
-            if p >= count:
-                return f"topic {table.topic!r} has {count} partitions, the store read partition {p}"
-            end = ends[TopicPartition(table.topic, p)]
-            if position > end:
-                return (
-                    f"position {position} of partition {p} is beyond the topic's end offset {end} "
-                    "(the topic was recreated or truncated)"
-                )
-        return None
 
     async def _load(self, on_progress: Callable[[], None]) -> None:
         assert self._consumer is not None
@@ -292,10 +247,18 @@ class GlobalTables:
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the stores up to date until ``stop``: apply records to the write buffers as they
         come, flush buffers and positions every commit interval, check the topics every
-        ``check_interval_s``. A changed topic calls ``on_fatal``."""
+        ``check_interval_s``. A changed topic, or a store that cannot be written (the table
+        would silently stop following its topic), calls ``on_fatal``."""
         if not self.tables or self._consumer is None:
             return
-        consumer = self._consumer
+        try:
+            error = await self._follow(self._consumer, stop)
+        except Exception as exc:
+            error = exc
+        if error is not None and self._on_fatal is not None:
+            self._on_fatal(error)
+
+    async def _follow(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> Exception | None:
         interval = max(0.1, self.settings.effective_commit_interval_ms / 1000)
         last_flush = last_check = time.monotonic()
         while not stop.is_set():
@@ -319,8 +282,13 @@ class GlobalTables:
                 last_flush = time.monotonic()
             if now - last_check >= self._check_interval_s:
                 last_check = now
-                if not await self._topics_unchanged():
-                    return
+                error = await changed(
+                    self._clients, self.settings.replication_factor, self._by_topic,
+                    self._counts, self._ids,
+                )  # fmt: skip
+                if error is not None:
+                    return error
+        return None
 
     async def flush(self) -> None:
         """Write every store's buffered records with the positions they reach, in one SQLite
@@ -336,38 +304,6 @@ class GlobalTables:
             store.set_positions(progress.positions)
             total = sum(progress.positions.values())
             await asyncio.to_thread(store.flush, total, seal=False)
-
-    async def _topics_unchanged(self) -> bool:
-        """Whether every global topic still exists with its partitions and topic id; if not,
-        report it through ``on_fatal``. Broker errors count as unchanged (logged)."""
-        client = self._clients.admin()
-        try:
-            await client.start()
-            admin = TopicAdmin(client, replication_factor=self.settings.replication_factor)
-            counts = await admin.partition_counts(self._by_topic)
-            ids = await topic_ids(client, self._by_topic) if self._ids else {}
-        except (KafkaError, TimeoutError, TopicIdsUnsupportedError) as exc:
-            log.debug("global topic check failed: %r", exc)
-            return True
-        finally:
-            await client.close()
-        for topic, table in self._by_topic.items():
-            why = None
-            if topic not in counts:
-                why = "was deleted"
-            elif counts[topic] != self._counts[topic]:
-                why = f"has {counts[topic]} partitions, not {self._counts[topic]}"
-            elif topic in self._ids and ids.get(topic, self._ids[topic]) != self._ids[topic]:
-                why = f"was recreated (topic id {self._ids[topic]} -> {ids[topic]})"
-            if why is not None:
-                changed = GlobalTopicChangedError(
-                    f"topic {topic!r} of global table {table.name!r} {why} while the worker "
-                    "ran; stopping: a restart reloads the table from the topic as it is now"
-                )
-                if self._on_fatal is not None:
-                    self._on_fatal(changed)
-                return False
-        return True
 
     async def close(self) -> None:
         """Flush what was applied (a clean stop resumes from there), stop the consumer, close
