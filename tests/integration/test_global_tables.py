@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from conftest import NewTopicFactory
 from kafka_helpers import create_topics, unique_name
@@ -164,3 +165,60 @@ async def test_a_recreated_topic_is_reloaded(
     assert "loaded: 3 partitions, read 10 records, 10 keys" in log
     assert (await again.get("/tables/countries/keys/c5")).json()["value"] == "new-5"
     assert (await again.get("/tables/countries/keys/c200")).status_code == 404
+
+
+async def test_a_topic_deleted_while_running_stops_the_worker(
+    bootstrap_servers: str, topics: dict[str, str], start: Start
+) -> None:
+    countries_topic = topics["ONCEFLOW_TEST_GLOBAL"]
+    await produce(bootstrap_servers, countries_topic, countries(10, "v1"))
+    worker = start()
+    await worker.wait_ready()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([countries_topic])
+    finally:
+        await admin.close()
+    code = await asyncio.to_thread(worker.wait, 60)  # the topics are checked every 10 s
+    assert code not in (None, 0)
+    log = worker.log_text()
+    assert f"topic '{countries_topic}' of global table 'countries' was deleted while the" in log
+
+
+async def test_aborted_records_never_reach_the_table(
+    bootstrap_servers: str, topics: dict[str, str], start: Start
+) -> None:
+    countries_topic = topics["ONCEFLOW_TEST_GLOBAL"]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, transactional_id=unique_name("countries-writer")
+    )
+    await producer.start()
+    try:
+
+        async def transaction(value: bytes, *, commit: bool) -> None:
+            await producer.begin_transaction()
+            for i in range(20):
+                await producer.send_and_wait(countries_topic, value, key=f"c{i}".encode())
+            await (producer.commit_transaction() if commit else producer.abort_transaction())
+
+        await transaction(b"committed-1", commit=True)
+        await transaction(b"aborted-1", commit=False)
+        worker = start()
+        await worker.wait_ready()  # loaded over the aborted transaction
+        assert await values_of(worker) == {"committed-1"}
+        await transaction(b"aborted-2", commit=False)
+        await asyncio.sleep(2)  # many flushes later
+        assert await values_of(worker) == {"committed-1"}
+        await transaction(b"committed-2", commit=True)
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + 30
+    while (values := await values_of(worker)) != {"committed-2"}:
+        assert time.monotonic() < deadline and values <= {"committed-1", "committed-2"}, values
+        await asyncio.sleep(0.2)
+
+
+async def values_of(worker: HttpWorker) -> set[str]:
+    answers = [await worker.get(f"/tables/countries/keys/c{i}") for i in range(20)]
+    return {a.json()["value"] for a in answers}
