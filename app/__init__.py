@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         TopicNotFoundError,
         WrongPartitionError,
     )
+    from onceflow.global_tables import GlobalTable
     from onceflow.scope import TaskScope
     from onceflow.serdes import Serde, resolve_serde
     from onceflow.sessions import SessionTable
@@ -66,6 +67,7 @@ _WHERE = {
     "TaskFencedError": "onceflow.errors",
     "TopicNotFoundError": "onceflow.errors",
     "WrongPartitionError": "onceflow.errors",
+    "GlobalTable": "onceflow.global_tables",
     "TaskScope": "onceflow.scope",
     "Serde": "onceflow.serdes",
     "resolve_serde": "onceflow.serdes",
@@ -99,6 +101,7 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "CopartitioningError",
+    "GlobalTable",
     "Handler",
     "HandlerFailedError",
     "Hopping",

@@ -22,6 +22,7 @@ docs/architecture.md, *Failures*)::
     ├── TaskCorruptedError                 retriable  the open transaction cannot be committed
     ├── RestoreCancelledError              cancelled  the task was revoked while it restored
     ├── ChangelogMissingError              fatal      a changelog was deleted, recreated, truncated
+    ├── GlobalTopicChangedError            fatal      a global table's topic changed while running
     └── HandlerFailedError                 fatal      a handler kept failing under policy ``fail``
 
 * **fatal**: the operator must act; the worker stops and ``onceflow worker`` exits non-zero.
@@ -49,6 +50,7 @@ __all__ = [
     "ConfigurationError",
     "CopartitioningError",
     "Disposition",
+    "GlobalTopicChangedError",
     "HandlerFailedError",
     "OnceflowError",
     "RecordRejectedError",
@@ -152,6 +154,14 @@ class ChangelogMissingError(OnceflowError):
     """A changelog topic lost records a store applied: it was deleted under the running app, or
     recreated or truncated since (a store's checkpoint is beyond its end). Fatal: restoring
     from it would silently diverge; the message says how to restore or accept the loss."""
+
+    disposition = "fatal"
+
+
+class GlobalTopicChangedError(OnceflowError):
+    """A global table's topic was deleted, recreated or repartitioned while the worker ran.
+    Fatal: the restart reloads the table from the topic as it is then (a global table holds no
+    state of the app's own), or reports the topic missing."""
 
     disposition = "fatal"
 

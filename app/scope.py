@@ -50,3 +50,7 @@ class TaskScope(Protocol):
     def windowed_store(self, name: str) -> WindowedStorePartition:
         """The task's partition of windowed table ``name``."""
         ...
+
+    def global_store(self, name: str) -> StorePartition:
+        """The worker's store of global table ``name`` (all partitions of its topic)."""
+        ...

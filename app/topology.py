@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar, cast, overload
 from onceflow import naming
 from onceflow.context import Context
 from onceflow.errors import ConfigurationError
+from onceflow.global_tables import GlobalTable
 from onceflow.serdes import Serde, resolve_serde
 from onceflow.sessions import SessionTable
 from onceflow.sliding import SlidingWindowedTable
@@ -89,6 +90,7 @@ class App:
         self.handlers: dict[str, Handler] = {}
         self.tables: dict[str, AnyTable] = {}
         self.timers: list[Timer] = []
+        self.global_tables: dict[str, GlobalTable[Any, Any]] = {}
 
     # -- declarations --------------------------------------------------------------------------
 
@@ -239,6 +241,32 @@ class App:
         self.tables[name] = table
         return table
 
+    def global_table(
+        self,
+        topic: str,
+        *,
+        name: str | None = None,
+        default: Any = None,
+        key_serde: str | Serde[Any] = "str",
+        value_serde: str | Serde[Any] = "json",
+    ) -> GlobalTable[Any, Any]:
+        """Declare a global table: every worker holds all partitions of ``topic`` (written by
+        someone else), loaded before it joins its group and kept up to date in the background;
+        any handler reads any key with ``get(ctx, key)`` (``GlobalTable``). ``name`` (default:
+        the topic's) names it in ``/tables/{name}`` and in ``state_dir/<app_id>/global/``."""
+        table_name = self._table_name(topic if name is None else name)
+        if any(t.topic == topic for t in self.global_tables.values()):
+            raise ConfigurationError(f"topic {topic!r} already feeds a global table")
+        table: GlobalTable[Any, Any] = GlobalTable(
+            table_name,
+            topic=topic,
+            key_serde=resolve_serde(key_serde),
+            value_serde=resolve_serde(value_serde),
+            default=default,
+        )
+        self.global_tables[table_name] = table
+        return table
+
     @overload
     def windowed_table(
         self,
@@ -355,7 +383,7 @@ class App:
         return table
 
     def _table_name(self, name: str) -> str:
-        if name in self.tables:
+        if name in self.tables or name in self.global_tables:
             raise ConfigurationError(f"table {name!r} is declared twice")
         if not name or "/" in name or name.startswith("."):
             raise ConfigurationError(f"table name {name!r} must be a plain word (used in paths)")

@@ -22,6 +22,10 @@ __all__ = ["health_routes", "liveness", "readiness"]
 def readiness(worker: WorkerView) -> str | None:
     """Why ``worker`` is not ready to serve its tasks, or None when it is."""
     phase = worker.phase
+    if phase == "starting" and worker.app.global_tables:
+        loading = worker.global_tables.loading()
+        if loading is not None:
+            return loading  # "loading global table countries: 1234 records left"
     if phase in ("starting", "joining"):
         return "joining group" if phase == "joining" else "starting"
     if phase != "running":

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 from fastapi import HTTPException, Request, Response
 
+from onceflow.http._global_queries import global_lookup
 from onceflow.http._types import KeyValue, TaskView, Window, WindowedKeyValue, WorkerView
 from onceflow.partitioner import partition_for_key
 from onceflow.serdes import parse_text_key, render_value
@@ -89,6 +90,8 @@ class KeyQueries:
         self, request: Request, table_name: str, text: str, from_ms: int | None, to_ms: int | None
     ) -> KeyValue | WindowedKeyValue | Response:
         """Answer for ``text`` (the key as typed) in ``table_name``: locally, proxied, or raise."""
+        if table_name in self._worker.app.global_tables:  # every instance holds all of it
+            return await global_lookup(self._worker, table_name, text, self._in_reader)
         table = self._table(table_name)
         key, key_bytes = _parse_key(table, text)
         worker = self._worker
@@ -126,7 +129,7 @@ class KeyQueries:
         tables = self._worker.app.tables
         table = tables.get(name)
         if table is None:
-            known = ", ".join(sorted(tables)) or "(none)"
+            known = ", ".join(sorted([*tables, *self._worker.app.global_tables])) or "(none)"
             raise HTTPException(404, f"unknown table {name!r}; tables: {known}")
         return table
 
@@ -217,6 +220,12 @@ class KeyQueries:
             raise unavailable(revoked)  # its store may be the next owner's by now
         self._check_member()  # the membership may have lapsed during the read
         return result
+
+    async def _in_reader(self, read: Callable[[bytes], T], arg: bytes) -> T:
+        """``read(arg)`` in a reader thread (SQLite)."""
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="onceflow-query")
+        return await asyncio.get_running_loop().run_in_executor(self._readers, read, arg)
 
     def _not_found(self, detail: str) -> HTTPException:
         # The owner's "no such key" is an answer like any other: name who gave it.

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from onceflow.errors import ConfigurationError, OnceflowError
+from onceflow.http._global_queries import global_infos
 from onceflow.http._health import health_routes
 from onceflow.http._queries import KEEP_ALIVE_S, OWNER, KeyQueries
 from onceflow.http._types import (
@@ -78,7 +79,7 @@ def create_api(worker: WorkerView, *, client: httpx.AsyncClient | None = None) -
         return JSONResponse({"detail": "internal error; see the worker log"}, status_code=500)
 
     def openapi() -> dict[str, Any]:
-        return _with_table_names(api, sorted(worker.app.tables))
+        return _with_table_names(api, sorted([*worker.app.tables, *worker.app.global_tables]))
 
     api.openapi = openapi  # type: ignore[method-assign]
     return api
@@ -104,7 +105,10 @@ def _table_routes(worker: WorkerView, queries: KeyQueries) -> APIRouter:
     @router.get("/tables", response_model=Tables, responses={401: {"model": Error}})
     async def tables() -> Tables:
         """The app's tables and the partitions this instance owns."""
-        return Tables(tables=[_table_info(worker, name) for name in sorted(worker.app.tables)])
+        infos = [_table_info(worker, name) for name in sorted(worker.app.tables)]
+        if worker.app.global_tables:
+            infos = sorted([*infos, *global_infos(worker)], key=lambda info: info.name)
+        return Tables(tables=infos)
 
     @router.get(
         "/tables/{table}/keys/{key:path}",

@@ -20,6 +20,7 @@ from onceflow.topology import App
 __all__ = [
     "AssignorView",
     "Error",
+    "GlobalTablesView",
     "KeyValue",
     "KeyValueReader",
     "NotOk",
@@ -103,6 +104,19 @@ class AssignorView(Protocol):
     def owned(self) -> Sequence[TaskKey]: ...
 
 
+class GlobalTablesView(Protocol):
+    """The worker's global tables (``onceflow.runtime.global_tables.GlobalTables``)."""
+
+    def loading(self) -> str | None:
+        """Why they are not loaded yet (readiness), or None."""
+        ...
+
+    def store(self, name: str) -> KeyValueReader: ...
+    def partitions(self, name: str) -> list[int]:
+        """The topic partitions table ``name`` holds (empty before the start read them)."""
+        ...
+
+
 class WorkerView(Protocol):
     """The worker (``onceflow.runtime.Worker``) as the HTTP API sees it."""
 
@@ -124,6 +138,10 @@ class WorkerView(Protocol):
     def metrics(self) -> Metrics: ...
     @property
     def assignor(self) -> AssignorView: ...
+    @property
+    def global_tables(self) -> GlobalTablesView:
+        """Read only when the app declares global tables."""
+        ...
 
     def membership(self) -> tuple[bool, str]:
         """Whether this instance is a current member of its group; if not, why (then its tasks
@@ -160,11 +178,13 @@ class TableInfo(BaseModel):
     """One table of the app and the partitions this instance serves."""
 
     name: str
-    kind: Literal["table", "windowed", "session", "sliding"]
+    kind: Literal["table", "windowed", "session", "sliding", "global"]
     key_serde: str
     value_serde: str
-    group: str = Field(description="task group whose tasks own the table's partitions")
-    changelog_topic: str
+    group: str = Field(
+        description="task group whose tasks own the table's partitions ('' for a global table)"
+    )
+    changelog_topic: str = Field(description="a global table's: its source topic, its only copy")
     num_partitions: int | None = Field(description="partitions of the group (None before start)")
     partitions: list[int] = Field(description="partitions owned here and running: queryable")
     restoring: list[int] = Field(description="partitions owned here, not running yet")

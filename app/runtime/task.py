@@ -85,12 +85,14 @@ class Task:
         delete_retention_ms: Mapping[str, int] | None = None,
         changelog_ids: Mapping[str, str] | None = None,
         clock_ms: Callable[[], int] | None = None,
+        global_stores: Mapping[str, StorePartition] | None = None,
     ) -> None:
         """``delete_retention_ms``: per changelog topic, how long it keeps tombstones; a store
         out of sync with its changelog for longer is restored from the beginning.
         ``changelog_ids``: per changelog topic, its topic id; a store whose checkpoint was
         recorded with another is refused (the topic was recreated). ``clock_ms``: the wall
-        clock of wall-clock timers, epoch ms (default: the system's)."""
+        clock of wall-clock timers, epoch ms (default: the system's). ``global_stores``: the
+        worker's global table stores, by table name (docs/architecture.md, *Global tables*)."""
         self.app = app
         self.group = group
         self.partition = partition
@@ -111,6 +113,7 @@ class Task:
         self._metrics = metrics
         self._delete_retention_ms = dict(delete_retention_ms or {})
         self._changelog_ids = dict(changelog_ids or {})
+        self._global_stores = global_stores or {}
         self._tables = app.tables_of(group)
         self._stores = TaskStores(self._tables, partition)
         labels = (app.app_id,)
@@ -154,6 +157,9 @@ class Task:
 
     def windowed_store(self, name: str) -> WindowedStorePartition:
         return self._stores.windowed_store(name)
+
+    def global_store(self, name: str) -> StorePartition:
+        return self._global_stores[name]
 
     # -- what the worker reads -------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from onceflow.runtime.cleanup import StateCleaner
 from onceflow.runtime.clients import Clients
 from onceflow.runtime.compat import membership_current, request_rejoin, watch_membership
 from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
+from onceflow.runtime.global_tables import GlobalTables
 from onceflow.runtime.metrics import Metrics
 from onceflow.runtime.ordering import by_timestamp
 from onceflow.runtime.purge import RepartitionPurger
@@ -107,6 +108,15 @@ class Worker:
         self._backoff = Backoff(self.settings.retry_backoff_ms / 1000, time.monotonic)
         self._waiting: set[TaskKey] = set()  # tasks paused while a record waits for its retry
         self._loop_task: asyncio.Task[None] | None = None
+        # Loaded before joining the group, then kept up to date (docs/architecture.md, *Global
+        # tables*); a topic that changes under it stops the worker.
+        self.global_tables = GlobalTables(
+            app,
+            self.settings,
+            self.clients,
+            check_interval_s=topic_check_interval_s,
+            on_fatal=lambda exc: self._fatal(exc, "global tables"),
+        )
 
     # -- public --------------------------------------------------------------------------------
 
@@ -138,6 +148,7 @@ class Worker:
         try:
             await self._setup()
             self._spawn(self._watch_changelogs())
+            self._spawn(self.global_tables.run(self._stop))
             self._spawn(StateCleaner.of(self.app, self.settings).run(self._owned, self._stop))
             self._spawn(self._purge_repartitions())
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
@@ -169,6 +180,7 @@ class Worker:
             self.changelog_ids = await admin.changelog_ids(self.app)
         finally:
             await admin_client.close()
+        await self.global_tables.start(on_progress=self._alive)
         s = self.settings
         self._consumer = self.clients.consumer(
             group_id=self.app.app_id,
@@ -214,11 +226,17 @@ class Worker:
         if self._consumer is not None:
             with contextlib.suppress(KafkaError, TimeoutError):
                 await asyncio.wait_for(self._consumer.stop(), grace or 1)
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(self.global_tables.close(), grace or 1)
         if self._shared_producer is not None:
             with contextlib.suppress(KafkaError, TimeoutError):
                 await asyncio.wait_for(self._shared_producer.stop(), grace or 1)
         self.phase = "stopped"
         log.info("worker stopped")
+
+    def _alive(self) -> None:
+        """Progress outside the loop (the global tables' load) counts for liveness."""
+        self.last_loop_at = time.monotonic()
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -497,6 +515,7 @@ class Worker:
             metrics=self.metrics,
             delete_retention_ms=self.delete_retention_ms,
             changelog_ids=self.changelog_ids,
+            global_stores=self.global_tables.stores,
         )
         self.tasks[key] = task
         self.consumer.pause(*task.tps)

@@ -27,11 +27,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, Self, Unpack
+from typing import Any, NoReturn, Self, Unpack, overload
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from onceflow.errors import ConfigurationError, CopartitioningError, OnceflowError
+from onceflow.global_tables import GlobalTable
 from onceflow.partitioner import partition_for_key
 from onceflow.records import Header, OutgoingRecord
 from onceflow.runtime import Metrics, Task
@@ -39,6 +40,7 @@ from onceflow.serdes import Serde
 from onceflow.settings import Settings
 from onceflow.state.memory import InMemoryStorePartition
 from onceflow.tables import Table, WindowedTable, WindowValue
+from onceflow.testing._globals import GlobalView, InMemoryGlobals
 from onceflow.testing._sink import DeadLetter, InMemorySink, Output, RecordOptions
 from onceflow.topics import RepartitionTopic, Topic
 from onceflow.topology import AnyTable, App
@@ -137,6 +139,7 @@ class TestDriver:
         self._round_robin: dict[str, itertools.count[int]] = defaultdict(itertools.count)
         self._stores: dict[tuple[str, int], dict[str, InMemoryStorePartition]] = {}
         self._tasks: dict[tuple[str, int], Task] = {}
+        self._globals = InMemoryGlobals(app)
         for key in ((g, p) for g, n in self.group_partitions.items() for p in range(n)):
             self._stores[key] = {
                 t.name: InMemoryStorePartition(t.name) for t in app.tables_of(key[0])
@@ -171,6 +174,7 @@ class TestDriver:
             settings=self.settings,
             metrics=self.metrics,
             clock_ms=self.clock,
+            global_stores=self._globals.stores,
         )
         # start() would fence, seek and restore: here everything is in memory already
         task.adopt(self._stores[(group, partition)], sink.committed_offsets)
@@ -193,16 +197,27 @@ class TestDriver:
 
     def _publish(self, out: Output) -> None:
         self._committed[out.topic].append(out)
+        self._globals.apply(out.topic, out.key, out.value)  # a global table's topic: it reads it
         if out.topic in self.app.handlers:  # a repartition hop (or any topic the app reads)
             self._hops.append(out)
 
     # -- input ---------------------------------------------------------------------------------
 
     async def send(
-        self, topic: TopicRef, key: Any, value: Any, **options: Unpack[RecordOptions]
+        self,
+        topic: TopicRef | GlobalTable[Any, Any],
+        key: Any,
+        value: Any,
+        **options: Unpack[RecordOptions],
     ) -> None:
         """Serialize ``key`` and ``value`` with the topic's serdes and process the record (then
-        commit, with ``auto_commit``)."""
+        commit, with ``auto_commit``). To a global table (or its topic): update the table, which
+        every task reads from then on."""
+        if (table := self._globals.table_of(topic)) is not None:
+            k, v = table.key_serde.serialize(key), _ser(table.value_serde, value)
+            self._globals.apply(table.topic, k, v)
+            return
+        assert not isinstance(topic, GlobalTable)  # table_of() found every global table
         source = self._source(topic)
         key_bytes = None if key is None else source.key_serde.serialize(key)
         value_bytes = None if value is None else source.value_serde.serialize(value)
@@ -353,8 +368,14 @@ class TestDriver:
             for o in self._committed.get(self.app.dlq_topic, [])
         ]
 
-    def table(self, table: AnyTable | str) -> TableView:
-        """Committed state of ``table`` (an App table or its name)."""
+    @overload
+    def table(self, table: AnyTable | str) -> TableView: ...
+    @overload
+    def table(self, table: GlobalTable[Any, Any]) -> GlobalView: ...
+    def table(self, table: AnyTable | GlobalTable[Any, Any] | str) -> TableView | GlobalView:
+        """Committed state of ``table`` (an App table, a global table, or its name)."""
+        if _name(table) in self.app.global_tables:
+            return self._globals.view(_name(table))
         if _name(table) not in self.app.tables:
             raise ConfigurationError(
                 f"unknown table {_name(table)!r}; tables: {list(self.app.tables)}"
@@ -401,8 +422,12 @@ def _delta_ms(delta: timedelta | int) -> int:
     return millis
 
 
-def _name(ref: TopicRef | AnyTable) -> str:
+def _name(ref: TopicRef | AnyTable | GlobalTable[Any, Any]) -> str:
     return ref if isinstance(ref, str) else ref.name
+
+
+def _ser(serde: Serde[Any], value: Any) -> bytes | None:
+    return None if value is None else serde.serialize(value)
 
 
 def _de(serde: Serde[Any], data: bytes | None) -> Any:

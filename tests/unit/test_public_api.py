@@ -11,8 +11,8 @@ import onceflow
 
 PUBLIC = {
     "App", "ChangelogMissingError", "ConfigurationError", "Context", "CopartitioningError",
-    "Handler", "HandlerFailedError", "Hopping", "OnceflowError", "Serde", "SerdeError",
-    "Session", "SessionTable", "Settings", "Sliding", "SlidingWindowedTable",
+    "GlobalTable", "Handler", "HandlerFailedError", "Hopping", "OnceflowError", "Serde",
+    "SerdeError", "Session", "SessionTable", "Settings", "Sliding", "SlidingWindowedTable",
     "StateError", "StoreCorruptError", "StoreLockedError", "Table",
     "TaskFencedError", "TaskScope", "Topic", "TopicNotFoundError", "Tumbling", "WindowValue",
     "WindowedTable", "WrongPartitionError", "load_settings", "resolve_serde",
