@@ -63,6 +63,7 @@ class Scenario:
     # Transactional runs are done when this topic's offsets are committed ("{app_id}" is
     # replaced): the last hop of a pipeline; None: the input topic.
     watch: str | None = None
+    groups: int = 1  # task groups: the workers own PARTITIONS tasks per group
 
     @property
     def transactional(self) -> bool:
@@ -102,7 +103,7 @@ SCENARIOS: dict[str, Scenario] = {
                  SESSIONS),
         Scenario("rekey-eos", "throughput",
                  "re-key through a repartition topic, two hops, exactly_once", REKEY,
-                 watch="{app_id}-rekey-repartition"),
+                 watch="{app_id}-rekey-repartition", groups=2),
         Scenario("sum-100k", "throughput", "sum/count, 100k keys x2, exactly_once", SUMCOUNT,
                  keys=100_000, quick_keys=10_000, stateful=True),
         Scenario("sum-1m", "throughput", "sum/count, 1M keys x2, exactly_once", SUMCOUNT,
@@ -261,7 +262,7 @@ async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
             await backlog.fill(numbered(keys, total))
             filled = time.monotonic() - filled
             procs = start_workers(ctx, scenario, app_id, inp, out)
-            startup = await wait_ready(procs, PARTITIONS)
+            startup = await wait_ready(procs, PARTITIONS * scenario.groups)
             stop_profile = await ctx.on_release(procs) if ctx.on_release else None
             released = await backlog.release()
             cpu_at_release = cpu_mark(ctx, procs)
