@@ -68,16 +68,23 @@ async def _create_topics(app: App, settings: Settings, partitions: int, rf: int)
     await client.start()
     try:
         admin = TopicAdmin(client, replication_factor=rf)
-        existing = await admin.partition_counts(app.handlers)
+        sources = [t for topics in app.groups().values() for t in topics]
+        tables = {t.topic for t in app.source_tables()}  # compacted: a table keeps every key
+        existing = await admin.partition_counts(sources)
         factor = await admin.resolve_replication_factor()  # -1: the broker's default
         wanted = [
-            NewTopic(name, app.topics[name].partitions or partitions, factor)
-            for name in app.handlers
+            NewTopic(
+                name,
+                app.topics[name].partitions or partitions,
+                factor,
+                topic_configs={"cleanup.policy": "compact"} if name in tables else {},
+            )
+            for name in sources
             if name not in existing
         ]
         if wanted:
             await client.create_topics(wanted)
-        for name in app.handlers:
+        for name in sources:
             state = "exists" if name in existing else "created"
             print(f"{name}: {state}")
     finally:

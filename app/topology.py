@@ -17,6 +17,7 @@ from onceflow.errors import ConfigurationError
 from onceflow.serdes import Serde, resolve_serde
 from onceflow.sessions import SessionTable
 from onceflow.sliding import SlidingWindowedTable
+from onceflow.source_tables import SourceTable
 from onceflow.tables import Table, WindowedTable
 from onceflow.timers import Timer, TimerFn
 from onceflow.topics import Topic
@@ -33,6 +34,7 @@ AnyTable = (
     | WindowedTable[Any, Any]
     | SessionTable[Any, Any]
     | SlidingWindowedTable[Any, Any]
+    | SourceTable[Any, Any]
 )
 
 
@@ -180,6 +182,43 @@ class App:
         self.tables[name] = table
         return table
 
+    def source_table(
+        self,
+        topic: str | Topic[Any, Any],
+        *,
+        name: str | None = None,
+        key_serde: str | Serde[Any] | None = None,
+        value_serde: str | Serde[Any] | None = None,
+        default: Any = None,
+        group: str = DEFAULT_GROUP,
+    ) -> SourceTable[Any, Any]:
+        """Declare a table fed by ``topic`` (a compacted topic, co-partitioned with the sources
+        of task ``group``): the latest value per key, a tombstone deletes. Handlers of the group
+        read it with ``get`` (a stream-table join). The topic is its changelog; ``name``
+        (default: the topic's name) names its store and HTTP route. Serdes: the declared
+        topic's, else "str" keys and "json" values (``onceflow.source_tables``)."""
+        declared = topic if isinstance(topic, Topic) else self.topics.get(topic)
+        if declared is not None and (key_serde is not None or value_serde is not None):
+            raise ConfigurationError(
+                f"source table of topic {declared.name!r}: the topic is declared with its "
+                "serdes; pass them to app.topic() or here, not both"
+            )
+        if declared is None:
+            declared = self.topic(
+                str(topic), key_serde=key_serde or "str", value_serde=value_serde or "json"
+            )
+        table: SourceTable[Any, Any] = SourceTable(
+            self._table_name(name or declared.name),
+            topic=declared.name,
+            app_id=self.app_id,
+            key_serde=declared.key_serde,
+            value_serde=declared.value_serde,
+            default=default,
+            group=group,
+        )
+        self.tables[table.name] = table
+        return table
+
     @overload
     def windowed_table(
         self,
@@ -308,6 +347,8 @@ class App:
         """Rename the app (``ONCEFLOW_APP_ID``) before it runs; tables follow the new id."""
         self.app_id = app_id
         for table in self.tables.values():
+            if isinstance(table, SourceTable):
+                continue  # its changelog is its topic, whatever the app's name
             table.changelog_topic = naming.changelog_topic(app_id, table.name)
 
     @property
@@ -315,11 +356,25 @@ class App:
         return naming.dlq_topic(self.app_id)
 
     def groups(self) -> dict[str, list[str]]:
-        """Task group -> its source topic names, in declaration order."""
+        """Task group -> its source topic names, in declaration order (the topics of its
+        source tables last: a task consumes them too)."""
         groups: dict[str, list[str]] = {}
         for topic, handler in self.handlers.items():
             groups.setdefault(handler.group, []).append(topic)
+        for table in self.source_tables():
+            groups.setdefault(table.group, []).append(table.topic)
         return groups
+
+    def group_of(self, topic: str) -> str:
+        """The task group that consumes ``topic`` (a handler's source or a source table's)."""
+        handler = self.handlers.get(topic)
+        if handler is not None:
+            return handler.group
+        return next(t.group for t in self.source_tables() if t.topic == topic)
+
+    def source_tables(self) -> list[SourceTable[Any, Any]]:
+        """The tables fed by a topic, in declaration order."""
+        return [t for t in self.tables.values() if isinstance(t, SourceTable)]
 
     def timers_of(self, group: str) -> list[Timer]:
         return [t for t in self.timers if t.group == group]
@@ -335,11 +390,35 @@ class App:
                     f"handlers (groups: {', '.join(map(repr, groups)) or 'none'}): a timer runs "
                     "in the tasks of its group"
                 )
+        self._validate_source_tables(groups)
         for table in self.tables.values():
             if isinstance(table, WindowedTable) and table.emit == "close" and not table.closers:
                 raise ConfigurationError(
                     f"windowed table {table.name!r} has emit='close' but no on_close coroutine "
                     "(decorate one with @<table>.on_close): its final results would go nowhere"
+                )
+
+    def _validate_source_tables(self, groups: dict[str, list[str]]) -> None:
+        """A source table's topic feeds the table only, once; its group has handlers."""
+        fed: dict[str, str] = {}
+        for table in self.source_tables():
+            if table.topic in self.handlers:
+                raise ConfigurationError(
+                    f"topic {table.topic!r} feeds source table {table.name!r} and has handler "
+                    f"{self.handlers[table.topic].name}: a task applies its records to the "
+                    "table, no handler sees them. Read the table from the handlers of the "
+                    "other topics instead"
+                )
+            if table.topic in fed:
+                raise ConfigurationError(
+                    f"topic {table.topic!r} feeds source tables {fed[table.topic]!r} and "
+                    f"{table.name!r}; declare one and read it from both places"
+                )
+            fed[table.topic] = table.name
+            if not any(t in self.handlers for t in groups.get(table.group, ())):
+                raise ConfigurationError(
+                    f"source table {table.name!r} is in task group {table.group!r}, which has "
+                    "no handlers: declare it with the group= of the handlers that read it"
                 )
 
     def tables_of(self, group: str) -> list[AnyTable]:

@@ -160,7 +160,7 @@ class TableInfo(BaseModel):
     """One table of the app and the partitions this instance serves."""
 
     name: str
-    kind: Literal["table", "windowed", "session", "sliding"]
+    kind: Literal["table", "windowed", "session", "sliding", "source"]
     key_serde: str
     value_serde: str
     group: str = Field(description="task group whose tasks own the table's partitions")

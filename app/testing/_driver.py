@@ -37,6 +37,7 @@ from onceflow.records import Header, OutgoingRecord
 from onceflow.runtime import Metrics, Task
 from onceflow.serdes import Serde
 from onceflow.settings import Settings
+from onceflow.source_tables import SourceTable
 from onceflow.state.memory import InMemoryStorePartition
 from onceflow.tables import Table, WindowedTable, WindowValue
 from onceflow.testing._sink import DeadLetter, InMemorySink, Output, RecordOptions
@@ -69,7 +70,7 @@ class TableView:
         """The key's committed value, or ``default`` when it has none."""
         task, data = self._task(key)
         table = self._table
-        if not isinstance(table, Table):
+        if not isinstance(table, Table | SourceTable):
             raise ConfigurationError(f"table {table.name!r} is windowed: use windows()")
         raw = task.store(table.name).committed_get(table.store_key(data))
         raw = table.visible(raw, task.committed_stream_time)  # a ttl table: what queries see
@@ -211,7 +212,7 @@ class TestDriver:
         name = self._source(topic).name
         p = options.get("partition")
         p = self._partition_of(name, key) if p is None else p
-        task = self.task(p, self.app.handlers[name].group)
+        task = self.task(p, self.app.group_of(name))
         offset, ts = next(self._offsets[(name, p)]), self._millis(options.get("timestamp"))
         headers, sizes = list(options.get("headers") or ()), (len(key or b""), len(value or b""))
         record = ConsumerRecord(name, p, offset, ts, 0, key, value, None, *sizes, headers)
@@ -268,8 +269,9 @@ class TestDriver:
 
     def _source(self, topic: TopicRef) -> Topic[Any, Any]:
         name = _name(topic)
-        if name not in self.app.handlers:
-            sources = ", ".join(sorted(self.app.handlers)) or "(none)"
+        fed = {t.topic for t in self.app.source_tables()}  # a source table's topic updates it
+        if name not in self.app.handlers and name not in fed:
+            sources = ", ".join(sorted({*self.app.handlers, *fed})) or "(none)"
             raise ConfigurationError(f"topic {name!r} has no handler; the sources are {sources}")
         return self.app.topics[name]
 

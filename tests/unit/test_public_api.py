@@ -12,7 +12,7 @@ import onceflow
 PUBLIC = {
     "App", "ChangelogMissingError", "ConfigurationError", "Context", "CopartitioningError",
     "Handler", "HandlerFailedError", "Hopping", "OnceflowError", "Serde", "SerdeError",
-    "Session", "SessionTable", "Settings", "Sliding", "SlidingWindowedTable",
+    "Session", "SessionTable", "Settings", "Sliding", "SlidingWindowedTable", "SourceTable",
     "StateError", "StoreCorruptError", "StoreLockedError", "Table",
     "TaskFencedError", "TaskScope", "Topic", "TopicNotFoundError", "Tumbling", "WindowValue",
     "WindowedTable", "WrongPartitionError", "load_settings", "resolve_serde",
