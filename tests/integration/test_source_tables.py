@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 from kafka_helpers import end_offsets, load_kafka_local, partitions_of
 from workers import AppUnderTest, WorkerProcess, app_under_test, collect, produce
 
@@ -175,3 +177,42 @@ async def test_a_table_topic_with_another_partition_count_is_refused(
     assert code == 1, log[-3000:]
     assert "CopartitioningError" in log or "different partition counts" in log, log[-3000:]
     assert f"'{orders}': 2, '{table}': 3" in log, log[-3000:]
+
+
+async def test_a_store_ahead_of_reset_offsets_is_rebuilt_up_to_them(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    orders = await new_topic("orders")
+    table = await new_topic("customers", config=COMPACT)
+    sink = await new_topic("enriched")
+    aut = app_under_test(
+        bootstrap_servers, "tests.apps.enrich", orders, sink, tmp_path, ONCEFLOW_TEST_TABLE=table
+    )
+    group = aut.env["ONCEFLOW_TEST_APP_ID"]
+    await produce(bootstrap_servers, table, [(c.encode(), f"{c}-v1".encode()) for c in CUSTOMERS])
+    worker = aut.spawn(0)
+    try:
+        await wait_committed(bootstrap_servers, group, table)
+    finally:
+        stop(worker)
+    # The operator moves the group's offset of the table back: the store (checkpoint 11) holds
+    # records the group has not committed any more.
+    resetter = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await resetter.start()
+    try:
+        resetter.assign([TopicPartition(table, 0)])
+        await resetter.commit({TopicPartition(table, 0): 5})
+    finally:
+        await resetter.stop()
+    worker = aut.spawn(1)
+    try:
+        await wait_committed(bootstrap_servers, group, table)
+        joined = await join_round(aut, orders, "r1", worker, 0)
+        assert joined == {c: f"{c}-v1" for c in CUSTOMERS}
+        log = worker.log_text()
+        assert "its checkpoint 11 is at or beyond the task's committed offset 5" in log, log[-3000:]
+        assert restored(worker) == {0: (5, 0)}
+    finally:
+        stop(worker)
