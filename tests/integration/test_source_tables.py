@@ -7,17 +7,27 @@ count than the orders is refused (docs/architecture.md, *Tables fed by a topic*)
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
-from kafka_helpers import end_offsets, load_kafka_local, partitions_of
-from workers import AppUnderTest, WorkerProcess, app_under_test, collect, produce
+from kafka_helpers import REPO, end_offsets, load_kafka_local, partitions_of, unique_name
+from workers import (
+    AppUnderTest,
+    WorkerProcess,
+    app_under_test,
+    collect,
+    onceflow_command,
+    produce,
+)
 
 from onceflow.partitioner import partition_for_key
 
@@ -216,3 +226,32 @@ async def test_a_store_ahead_of_reset_offsets_is_rebuilt_up_to_them(
         assert restored(worker) == {0: (5, 0)}
     finally:
         stop(worker)
+
+
+async def test_topics_create_makes_the_table_topic_compacted(
+    bootstrap_servers: str, tmp_path: Path
+) -> None:
+    orders, table, sink = (unique_name(p) for p in ("orders", "customers", "enriched"))
+    env = {
+        **os.environ,
+        "ONCEFLOW_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "ONCEFLOW_TEST_INPUT": orders,
+        "ONCEFLOW_TEST_OUTPUT": sink,
+        "ONCEFLOW_TEST_TABLE": table,
+    }
+    command = [*onceflow_command(), "topics", "create", "tests.apps.enrich"]
+    done = await asyncio.to_thread(
+        subprocess.run, command, env=env, cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{orders}: created" in done.stdout and f"{table}: created" in done.stdout
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, table, configs={"cleanup.policy": None})
+        [response] = await admin.describe_configs([resource])
+        entries = {e[0]: e[1] for e in response.resources[0][4]}
+        assert entries["cleanup.policy"] == "compact"
+        await admin.delete_topics([orders, table])
+    finally:
+        await admin.close()
