@@ -14,6 +14,7 @@ topic's producer does.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from onceflow.errors import ConfigurationError
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from onceflow.context import Context
     from onceflow.serdes import Serde
 
-__all__ = ["SourceTable"]
+__all__ = ["SourceTable", "validate_source_tables"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -120,3 +121,31 @@ class SourceTable(TableBase[K, V]):
         if value is not None:
             self.value_serde.deserialize(value)
         return True
+
+
+def validate_source_tables(
+    tables: Iterable[SourceTable[Any, Any]],
+    handlers: Mapping[str, str],
+    groups: Mapping[str, list[str]],
+) -> None:
+    """A source table's topic feeds that table only (``handlers``: topic -> handler name), and
+    its task group has handlers (``groups``: ``App.groups()``)."""
+    fed: dict[str, str] = {}
+    for table in tables:
+        if table.topic in handlers:
+            raise ConfigurationError(
+                f"topic {table.topic!r} feeds source table {table.name!r} and has handler "
+                f"{handlers[table.topic]}: a task applies its records to the table, no handler "
+                "sees them. Read the table from the handlers of the other topics instead"
+            )
+        if table.topic in fed:
+            raise ConfigurationError(
+                f"topic {table.topic!r} feeds source tables {fed[table.topic]!r} and "
+                f"{table.name!r}; declare one and read it from both places"
+            )
+        fed[table.topic] = table.name
+        if not any(t in handlers for t in groups.get(table.group, ())):
+            raise ConfigurationError(
+                f"source table {table.name!r} is in task group {table.group!r}, which has no "
+                "handlers: declare it with the group= of the handlers that read it"
+            )

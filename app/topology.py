@@ -17,7 +17,7 @@ from onceflow.errors import ConfigurationError
 from onceflow.serdes import Serde, resolve_serde
 from onceflow.sessions import SessionTable
 from onceflow.sliding import SlidingWindowedTable
-from onceflow.source_tables import SourceTable
+from onceflow.source_tables import SourceTable, validate_source_tables
 from onceflow.tables import Table, WindowedTable
 from onceflow.timers import Timer, TimerFn
 from onceflow.topics import Topic
@@ -198,6 +198,7 @@ class App:
         (default: the topic's name) names its store and HTTP route. Serdes: the declared
         topic's, else "str" keys and "json" values (``onceflow.source_tables``)."""
         declared = topic if isinstance(topic, Topic) else self.topics.get(topic)
+        table_name = self._table_name(name or (topic.name if isinstance(topic, Topic) else topic))
         if declared is not None and (key_serde is not None or value_serde is not None):
             raise ConfigurationError(
                 f"source table of topic {declared.name!r}: the topic is declared with its "
@@ -207,8 +208,9 @@ class App:
             declared = self.topic(
                 str(topic), key_serde=key_serde or "str", value_serde=value_serde or "json"
             )
+        self.topics.setdefault(declared.name, declared)  # a Topic made elsewhere: known now
         table: SourceTable[Any, Any] = SourceTable(
-            self._table_name(name or declared.name),
+            table_name,
             topic=declared.name,
             app_id=self.app_id,
             key_serde=declared.key_serde,
@@ -390,35 +392,13 @@ class App:
                     f"handlers (groups: {', '.join(map(repr, groups)) or 'none'}): a timer runs "
                     "in the tasks of its group"
                 )
-        self._validate_source_tables(groups)
+        handlers = {topic: h.name for topic, h in self.handlers.items()}
+        validate_source_tables(self.source_tables(), handlers, groups)
         for table in self.tables.values():
             if isinstance(table, WindowedTable) and table.emit == "close" and not table.closers:
                 raise ConfigurationError(
                     f"windowed table {table.name!r} has emit='close' but no on_close coroutine "
                     "(decorate one with @<table>.on_close): its final results would go nowhere"
-                )
-
-    def _validate_source_tables(self, groups: dict[str, list[str]]) -> None:
-        """A source table's topic feeds the table only, once; its group has handlers."""
-        fed: dict[str, str] = {}
-        for table in self.source_tables():
-            if table.topic in self.handlers:
-                raise ConfigurationError(
-                    f"topic {table.topic!r} feeds source table {table.name!r} and has handler "
-                    f"{self.handlers[table.topic].name}: a task applies its records to the "
-                    "table, no handler sees them. Read the table from the handlers of the "
-                    "other topics instead"
-                )
-            if table.topic in fed:
-                raise ConfigurationError(
-                    f"topic {table.topic!r} feeds source tables {fed[table.topic]!r} and "
-                    f"{table.name!r}; declare one and read it from both places"
-                )
-            fed[table.topic] = table.name
-            if not any(t in self.handlers for t in groups.get(table.group, ())):
-                raise ConfigurationError(
-                    f"source table {table.name!r} is in task group {table.group!r}, which has "
-                    "no handlers: declare it with the group= of the handlers that read it"
                 )
 
     def tables_of(self, group: str) -> list[AnyTable]:
