@@ -282,6 +282,7 @@ class TaskStores:
                 table.name: delivered[tp]
                 for table in self.tables
                 if (tp := TopicPartition(table.changelog_topic, self.partition)) in delivered
+                and not isinstance(table, SourceTable)  # a handler may send to its topic
             },
             **source_checkpoints(self.tables, self.partition, positions or {}),
         }

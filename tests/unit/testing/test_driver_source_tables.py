@@ -165,3 +165,23 @@ async def test_the_table_topic_needs_the_group_partition_count() -> None:
     app, _ = enrich_app()
     with pytest.raises(CopartitioningError, match="'orders': 3, 'customers': 2"):
         TestDriver(app, partitions={"orders": 3, "customers": 2})
+
+
+async def test_sending_to_the_table_topic_is_not_a_checkpoint() -> None:
+    """A handler may write the table's topic (the table sees it once the task consumes it); what
+    it produces there says nothing about what the store applied."""
+    app = App("writer")
+    orders = app.topic("orders", key_serde="str", value_serde="str")
+    customers = app.source_table("customers", key_serde="str", value_serde="str")
+    topic = app.topics["customers"]
+
+    @app.handler(orders)
+    async def register(ctx: Context, key: str, value: str) -> None:
+        await ctx.send(topic, key, value)
+
+    async with TestDriver(app) as driver:
+        await driver.send(orders, "c1", "Ann")
+        assert [o.value for o in driver.read(topic)] == ["Ann"]
+        assert driver.table(customers).get("c1") is None  # not consumed (the driver's input)
+        store = driver.task(0).store(customers.name)
+    assert store.checkpoint is None
