@@ -55,7 +55,8 @@ async def test_join_exact_under_kill_9_zombie_and_rebalance(
         bootstrap_servers, "tests.apps.enrich", source, sink, tmp_path, state_dirs=3,
         ONCEFLOW_TEST_TABLE=table, ONCEFLOW_COMMIT_INTERVAL_MS=700,
     )  # fmt: skip
-    await produce(bootstrap_servers, table, table_updates(CUSTOMERS, 1))  # a first value each
+    first = [(f"c{i}".encode(), f"c{i}#first".encode()) for i in range(CUSTOMERS)]
+    await produce(bootstrap_servers, table, first)  # a value each, then updates as orders come
     workers = [app.spawn(0), app.spawn(1)]
     producing = asyncio.gather(
         produce(bootstrap_servers, source, orders(n, 2), rate=2000),
