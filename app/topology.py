@@ -372,7 +372,10 @@ class App:
         handler = self.handlers.get(topic)
         if handler is not None:
             return handler.group
-        return next(t.group for t in self.source_tables() if t.topic == topic)
+        for table in self.source_tables():
+            if table.topic == topic:
+                return table.group
+        raise KeyError(f"topic {topic!r} is not a source of this app")
 
     def source_tables(self) -> list[SourceTable[Any, Any]]:
         """The tables fed by a topic, in declaration order."""
