@@ -14,6 +14,11 @@ which the output then fails to match (an aborted read: an uncommitted table upda
 or committed ones went missing).
 
 Table values must be unique (``<key>#<n>``), so a value names the table record it came from.
+
+``by_time=True`` fixes each order's position by time instead (Kafka Streams' semantics, for a
+task that takes its records in timestamp order: issue 15 item 4): the table as of the order's
+timestamp, every table record of the partition with a timestamp at or before it applied (the
+table's timestamps must not go back within a partition).
 """
 
 from __future__ import annotations
@@ -33,11 +38,17 @@ class JoinOracle:
 
     name = "join"
 
-    def __init__(self, table: Sequence[Event], outputs: Sequence[Event] = ()) -> None:
+    def __init__(
+        self, table: Sequence[Event], outputs: Sequence[Event] = (), *, by_time: bool = False
+    ) -> None:
+        self.by_time = by_time
+        self._times: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
         # (partition, key) -> the key's table records, in offset order: offsets, values
         self._offsets: dict[tuple[int, bytes | None], list[int]] = defaultdict(list)
         self._values: dict[tuple[int, bytes | None], list[str | None]] = defaultdict(list)
         for e in sorted(table, key=lambda e: (e.partition, e.offset)):
+            self._times[e.partition][0].append(e.timestamp)
+            self._times[e.partition][1].append(e.offset)
             self._offsets[(e.partition, e.key)].append(e.offset)
             self._values[(e.partition, e.key)].append(None if e.value is None else e.value.decode())
         self._shown: dict[bytes, str] = {}  # order -> the customer value of its first output
@@ -51,6 +62,11 @@ class JoinOracle:
         position: dict[int, int] = defaultdict(int)  # per partition, the last order's
         for e in inputs:
             order = e.value or b""
+            if self.by_time:  # the one position its time gives
+                at = self.position_at_time(e.partition, e.timestamp)
+                want = self.value_at(e.partition, e.key, at).encode()
+                expected.append(Expected(e, order, e.key, order + b"|" + want))
+                continue
             at = position[e.partition]
             shown = self._shown.get(order)
             q = None if shown is None else self.earliest(e.partition, e.key, shown, at)
@@ -75,6 +91,13 @@ class JoinOracle:
             f"joined with {got!r}, which the table did not hold for key {output.key!r} at any "
             f"position from that of the previous order's join on (there: {want!r})"
         )
+
+    def position_at_time(self, partition: int, timestamp: int) -> int:
+        """The position after every table record of ``partition`` stamped at or before
+        ``timestamp`` (the offset of the first one stamped after it)."""
+        times, offsets = self._times[partition]
+        i = bisect.bisect_right(times, timestamp)
+        return offsets[i] if i < len(offsets) else INFINITY
 
     def value_at(self, partition: int, key: bytes | None, q: int) -> str:
         """The key's value after the partition's table records below offset ``q``."""

@@ -52,3 +52,28 @@ def test_a_position_that_goes_back_is_an_aborted_read() -> None:
 def test_duplicates_and_losses_are_found() -> None:
     report = _check(["a#1", "a#1", "a#2"], extra=[("o0", "a#1")])
     assert report.count("duplicates") == 1 and report.count("losses") == 1
+
+
+def test_by_time_each_order_sees_the_table_as_of_its_timestamp() -> None:
+    table = [Event(0, i, e.key, e.value, timestamp=100 * (i + 1)) for i, e in enumerate(TABLE)]
+    orders = [
+        Event(0, i, b"a", f"o{i}".encode(), timestamp=t) for i, t in enumerate([50, 300, 450])
+    ]
+    outputs = [
+        Event(0, 10 + i, b"a", f"o{i}|{v}".encode())
+        for i, v in enumerate(["<absent>", "a#2", "<absent>"])  # as of 50, 300 (a#2 @ 300), 450
+    ]
+    history = History(JoinOracle(table, outputs, by_time=True))
+    history.add_inputs(orders)
+    history.add_outputs(outputs)
+    history.check().assert_clean()
+    # Positions that never go back are not enough by time: o1 had to see a#2, not a#1.
+    late = [*outputs[:1], Event(0, 11, b"a", b"o1|a#1"), outputs[2]]
+    history = History(JoinOracle(table, late, by_time=True))
+    history.add_inputs(orders)
+    history.add_outputs(late)
+    assert history.check().count("aborted_reads") == 1
+    history = History(JoinOracle(table, late))
+    history.add_inputs(orders)
+    history.add_outputs(late)
+    history.check().assert_clean()
