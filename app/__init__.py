@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from onceflow.sessions import SessionTable
     from onceflow.settings import Settings, load_settings
     from onceflow.sliding import SlidingWindowedTable
+    from onceflow.source_tables import SourceTable
     from onceflow.tables import Table, WindowedTable, WindowValue
     from onceflow.topics import Topic
     from onceflow.topology import App, Handler
@@ -75,6 +76,7 @@ _WHERE = {
     "Settings": "onceflow.settings",
     "load_settings": "onceflow.settings",
     "SlidingWindowedTable": "onceflow.sliding",
+    "SourceTable": "onceflow.source_tables",
     "Table": "onceflow.tables",
     "WindowedTable": "onceflow.tables",
     "WindowValue": "onceflow.tables",
@@ -113,6 +115,7 @@ __all__ = [
     "Settings",
     "Sliding",
     "SlidingWindowedTable",
+    "SourceTable",
     "StateError",
     "StoreCorruptError",
     "StoreLockedError",

@@ -69,11 +69,17 @@ async def _create_topics(app: App, settings: Settings, partitions: int, rf: int)
     try:
         admin = TopicAdmin(client, replication_factor=rf)
         internal = {t.name for t in app.repartition_topics}
-        sources = [name for name in app.handlers if name not in internal]
+        sources = [t for topics in app.groups().values() for t in topics if t not in internal]
+        tables = {t.topic for t in app.source_tables()}  # compacted: a table keeps every key
         existing = await admin.partition_counts(sources)
         factor = await admin.resolve_replication_factor()  # -1: the broker's default
         wanted = [
-            NewTopic(name, app.topics[name].partitions or partitions, factor)
+            NewTopic(
+                name,
+                app.topics[name].partitions or partitions,
+                factor,
+                topic_configs={"cleanup.policy": "compact"} if name in tables else {},
+            )
             for name in sources
             if name not in existing
         ]

@@ -18,6 +18,7 @@ from onceflow.global_tables import GlobalTable
 from onceflow.serdes import Serde, resolve_serde
 from onceflow.sessions import SessionTable
 from onceflow.sliding import SlidingWindowedTable
+from onceflow.source_tables import SourceTable, validate_source_tables
 from onceflow.tables import Table, WindowedTable
 from onceflow.timers import Timer, TimerFn
 from onceflow.topics import RepartitionTopic, Topic
@@ -34,6 +35,7 @@ AnyTable = (
     | WindowedTable[Any, Any]
     | SessionTable[Any, Any]
     | SlidingWindowedTable[Any, Any]
+    | SourceTable[Any, Any]
 )
 
 
@@ -267,6 +269,45 @@ class App:
         self.global_tables[table_name] = table
         return table
 
+    def source_table(
+        self,
+        topic: str | Topic[Any, Any],
+        *,
+        name: str | None = None,
+        key_serde: str | Serde[Any] | None = None,
+        value_serde: str | Serde[Any] | None = None,
+        default: Any = None,
+        group: str = DEFAULT_GROUP,
+    ) -> SourceTable[Any, Any]:
+        """Declare a table fed by ``topic`` (a compacted topic, co-partitioned with the sources
+        of task ``group``): the latest value per key, a tombstone deletes. Handlers of the group
+        read it with ``get`` (a stream-table join). The topic is its changelog; ``name``
+        (default: the topic's name) names its store and HTTP route. Serdes: the declared
+        topic's, else "str" keys and "json" values (``onceflow.source_tables``)."""
+        declared = topic if isinstance(topic, Topic) else self.topics.get(topic)
+        table_name = self._table_name(name or (topic.name if isinstance(topic, Topic) else topic))
+        if declared is not None and (key_serde is not None or value_serde is not None):
+            raise ConfigurationError(
+                f"source table of topic {declared.name!r}: the topic is declared with its "
+                "serdes; pass them to app.topic() or here, not both"
+            )
+        if declared is None:
+            declared = self.topic(
+                str(topic), key_serde=key_serde or "str", value_serde=value_serde or "json"
+            )
+        self.topics.setdefault(declared.name, declared)  # a Topic made elsewhere: known now
+        table: SourceTable[Any, Any] = SourceTable(
+            table_name,
+            topic=declared.name,
+            app_id=self.app_id,
+            key_serde=declared.key_serde,
+            value_serde=declared.value_serde,
+            default=default,
+            group=group,
+        )
+        self.tables[table.name] = table
+        return table
+
     @overload
     def windowed_table(
         self,
@@ -395,6 +436,8 @@ class App:
         """Rename the app (``ONCEFLOW_APP_ID``) before it runs; tables follow the new id."""
         self.app_id = app_id
         for table in self.tables.values():
+            if isinstance(table, SourceTable):
+                continue  # its changelog is its topic, whatever the app's name
             table.changelog_topic = naming.changelog_topic(app_id, table.name)
         for topic in self.repartition_topics:  # their names hold the app id: rename, re-key
             old = topic.name
@@ -410,11 +453,28 @@ class App:
         return naming.dlq_topic(self.app_id)
 
     def groups(self) -> dict[str, list[str]]:
-        """Task group -> its source topic names, in declaration order."""
+        """Task group -> its source topic names, in declaration order (the topics of its
+        source tables last: a task consumes them too)."""
         groups: dict[str, list[str]] = {}
         for topic, handler in self.handlers.items():
             groups.setdefault(handler.group, []).append(topic)
+        for table in self.source_tables():
+            groups.setdefault(table.group, []).append(table.topic)
         return groups
+
+    def group_of(self, topic: str) -> str:
+        """The task group that consumes ``topic`` (a handler's source or a source table's)."""
+        handler = self.handlers.get(topic)
+        if handler is not None:
+            return handler.group
+        for table in self.source_tables():
+            if table.topic == topic:
+                return table.group
+        raise KeyError(f"topic {topic!r} is not a source of this app")
+
+    def source_tables(self) -> list[SourceTable[Any, Any]]:
+        """The tables fed by a topic, in declaration order."""
+        return [t for t in self.tables.values() if isinstance(t, SourceTable)]
 
     def timers_of(self, group: str) -> list[Timer]:
         return [t for t in self.timers if t.group == group]
@@ -437,6 +497,8 @@ class App:
                     f"repartition topic {topic.base_name!r} has no handler: what is sent to it "
                     "would never be read (register one with @app.handler)"
                 )
+        handlers = {topic: h.name for topic, h in self.handlers.items()}
+        validate_source_tables(self.source_tables(), handlers, groups)
         for table in self.tables.values():
             if isinstance(table, WindowedTable) and table.emit == "close" and not table.closers:
                 raise ConfigurationError(

@@ -64,6 +64,8 @@ class Scenario:
     # replaced): the last hop of a pipeline; None: the input topic.
     watch: str | None = None
     groups: int = 1  # task groups: the workers own PARTITIONS tasks per group
+    # True: a compacted ``<input>-table`` topic, one value per key, fills a source table first
+    table: bool = False
 
     @property
     def transactional(self) -> bool:
@@ -76,6 +78,7 @@ WINDOWED = "onceflow.examples.windowed_count"
 WINDOWED_CLOSE = "bench.apps.windowed_close"
 SESSIONS = "bench.apps.sessions"
 REKEY = "bench.apps.rekey"
+JOIN = "bench.apps.join"
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -104,6 +107,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("rekey-eos", "throughput",
                  "re-key through a repartition topic, two hops, exactly_once", REKEY,
                  watch="{app_id}-rekey-repartition", groups=2),
+        Scenario("join-eos", "throughput",
+                 "stream-table join with a source table (10k keys), exactly_once", JOIN,
+                 table=True),
         Scenario("sum-100k", "throughput", "sum/count, 100k keys x2, exactly_once", SUMCOUNT,
                  keys=100_000, quick_keys=10_000, stateful=True),
         Scenario("sum-1m", "throughput", "sum/count, 1M keys x2, exactly_once", SUMCOUNT,
@@ -249,12 +255,28 @@ async def _watch(
     raise TimeoutError(f"{total} records not processed within {timeout:.0f}s")
 
 
+async def fill_table(ctx: RunContext, topic: str, keys: int) -> None:
+    """A compacted table topic with one value (100 bytes) per key, not transactional."""
+    await create_topics(ctx.bootstrap, [topic], PARTITIONS, {"cleanup.policy": "compact"})
+    async with Backlog(ctx.bootstrap, topic, PARTITIONS, transactional=False) as backlog:
+        await backlog.fill(numbered(keys, keys))
+
+
+async def _wait_committed(
+    ctx: RunContext, group: str, topic: str, total: int, procs: list[Proc]
+) -> None:
+    async with Progress(ctx.bootstrap, "committed", group, topic, PARTITIONS) as progress:
+        await _watch(progress, procs, total, 120 + total / 500)
+
+
 async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
     """One timed run: records/s from the backlog's release to the last committed output."""
     total, keys = ctx.records_of(scenario), ctx.keys_of(scenario)
     app_id = unique(f"bench-{scenario.name}")
     inp, out = f"{app_id}-in", f"{app_id}-out"
     await create_topics(ctx.bootstrap, [inp, out], PARTITIONS)
+    if scenario.table:
+        await fill_table(ctx, f"{inp}-table", keys)
     procs: list[Proc] = []
     try:
         async with Backlog(ctx.bootstrap, inp, PARTITIONS, transactional=True) as backlog:
@@ -263,6 +285,8 @@ async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
             filled = time.monotonic() - filled
             procs = start_workers(ctx, scenario, app_id, inp, out)
             startup = await wait_ready(procs, PARTITIONS * scenario.groups)
+            if scenario.table:  # the table loaded before the clock starts
+                await _wait_committed(ctx, app_id, f"{inp}-table", keys, procs)
             stop_profile = await ctx.on_release(procs) if ctx.on_release else None
             released = await backlog.release()
             cpu_at_release = cpu_mark(ctx, procs)

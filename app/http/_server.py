@@ -43,6 +43,7 @@ from onceflow.http._types import (
 )
 from onceflow.sessions import SessionTable
 from onceflow.sliding import SlidingWindowedTable
+from onceflow.source_tables import SourceTable
 from onceflow.tables import WindowedTable
 from onceflow.topology import AnyTable
 
@@ -161,7 +162,9 @@ def _table_info(worker: WorkerView, name: str) -> TableInfo:
     )
 
 
-def _kind(table: AnyTable) -> Literal["table", "windowed", "session", "sliding"]:
+def _kind(table: AnyTable) -> Literal["table", "windowed", "session", "sliding", "source"]:
+    if isinstance(table, SourceTable):
+        return "source"
     if isinstance(table, SessionTable):
         return "session"
     if isinstance(table, SlidingWindowedTable):

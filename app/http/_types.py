@@ -178,7 +178,7 @@ class TableInfo(BaseModel):
     """One table of the app and the partitions this instance serves."""
 
     name: str
-    kind: Literal["table", "windowed", "session", "sliding", "global"]
+    kind: Literal["table", "windowed", "session", "sliding", "global", "source"]
     key_serde: str
     value_serde: str
     group: str = Field(

@@ -29,6 +29,7 @@ from onceflow.runtime.checkpoint import tables_of
 from onceflow.runtime.compat import send_admin_request
 from onceflow.runtime.protocol import TopicIdsUnsupportedError, topic_ids
 from onceflow.runtime.topic_config import widen_retention
+from onceflow.source_tables import SourceTable
 from onceflow.topology import App
 
 __all__ = ["DEFAULT_DELETE_RETENTION_MS", "InternalTopic", "TopicAdmin", "internal_topics"]
@@ -55,8 +56,8 @@ class InternalTopic:
 
 
 def internal_topics(app: App, partitions: dict[str, int]) -> list[InternalTopic]:
-    """The changelog of every table (partitions = its group's), the repartition topics (their
-    reading group's) and the dead-letter topic."""
+    """The changelog of every table (partitions = its group's; none for a source table), the
+    repartition topics (their reading group's) and the dead-letter topic."""
     topics = []
     for topic in app.repartition_topics:
         # Kafka Streams' settings: no time-based deletion (records keep their input's event
@@ -69,6 +70,8 @@ def internal_topics(app: App, partitions: dict[str, int]) -> list[InternalTopic]
             raise ConfigurationError(
                 f"table {table.name!r} is in task group {table.group!r}, which has no handler"
             )
+        if isinstance(table, SourceTable):
+            continue  # its topic is its changelog: a source of the group, checked as such
         config = {"cleanup.policy": "compact"}
         retention = getattr(table, "retention_ms", None)
         if retention is not None:

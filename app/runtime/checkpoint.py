@@ -136,7 +136,7 @@ class Checkpoint:
         except (TaskFencedError, TaskCorruptedError):
             self._metrics.producer_errors.inc()
             raise
-        checkpoints = self._stores.checkpoints(delivered)
+        checkpoints = self._stores.checkpoints(delivered, self._positions)
         # Step 3
         meta = offset_metadata(stream_time, self._table_names)
         offsets = {tp: OffsetAndMetadata(pos, meta) for tp, pos in self._positions.items()}

@@ -83,12 +83,18 @@ async def restore_partition(
     batch_records: int = BATCH_RECORDS,
     fetch_bytes: int = FETCH_BYTES,
     topic_id: str | None = None,
+    until: int | None = None,
 ) -> RestoreProgress:
     """Bring ``store`` up to the end of its changelog partition; return the final progress.
 
     ``topic_id``: the changelog topic's id (None: unknown, the broker predates topic ids). The
     store's checkpoint must have been recorded with it (or with none); it records it with its
     next checkpoint.
+
+    ``until``: stop before this offset instead of the end (a source table's topic: the task's
+    committed offset; docs/architecture.md, *Tables fed by a topic*). A store whose checkpoint
+    is at or beyond it holds records the task never committed: it is wiped and restored from
+    the beginning.
 
     Memory: the consumer holds at most one fetch response (``fetch_bytes``) and the batch being
     applied, ``batch_records`` decoded records (~300 bytes each for small records, aiokafka's
@@ -114,6 +120,9 @@ async def restore_partition(
             )
         consumer.assign([tp])
         begin, end = await _offsets(consumer, tp)
+        if until is not None:
+            await asyncio.to_thread(_wipe_ahead, store, progress, until, end)
+            end = min(end, until)
         start = await asyncio.to_thread(_start_offset, store, progress, topic, begin, end, topic_id)
         progress.start_offset = progress.position = start
         progress.end_offset = end
@@ -156,6 +165,22 @@ def _start_offset(
     return max(start, begin)
 
 
+def _wipe_ahead(store: Restorable, progress: RestoreProgress, until: int, end: int) -> None:
+    """Wipe a store whose checkpoint is at or beyond ``until`` (and within the log: beyond it,
+    ``_start_offset`` stops the worker): it holds records past the offsets the task committed
+    (the group's offsets were reset), which Invariant 1 forbids."""
+    checkpoint = store.checkpoint
+    if checkpoint is None or checkpoint < until or checkpoint >= end:
+        return
+    reason = (
+        f"its checkpoint {checkpoint} is at or beyond the task's committed offset {until} "
+        "(the group's offsets were reset?): restoring from the beginning up to that offset"
+    )
+    log.warning("store %s partition %d wiped: %s", progress.store, progress.partition, reason)
+    store.wipe()
+    progress.wiped_because = progress.wiped_because or reason
+
+
 def _check_topic_id(
     store: Restorable, progress: RestoreProgress, topic: str, topic_id: str
 ) -> None:
@@ -195,7 +220,10 @@ async def _copy(
         if position >= progress.end_offset:
             return
         fetched = await consumer.getmany(tp, timeout_ms=200, max_records=batch_records)
+        # A restore that ends before the log end (``until``) leaves out what it fetched beyond.
         records = fetched.get(tp, [])
+        if records and records[-1].offset >= progress.end_offset:
+            records = [r for r in records if r.offset < progress.end_offset]
         if not records:
             continue
         batch = [(r.key, r.value) for r in records]

@@ -27,6 +27,8 @@ from aiokafka.structs import TopicPartition
 from onceflow.runtime.cleanup import last_in_sync, mark_in_sync
 from onceflow.runtime.layout import WindowsFrom, reconcile
 from onceflow.runtime.restore import RestoreProgress, restore_partition
+from onceflow.runtime.source_tables import SourceRestore, source_checkpoints
+from onceflow.source_tables import SourceTable
 from onceflow.state.ranges import RangeStorePartition
 from onceflow.state.sqlite.lock import TaskLock
 from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
@@ -81,10 +83,12 @@ class TaskStores:
 
     def attach(
         self, table: AnyTable, store: StorePartition, *, copy_bytes: int = 2 * 2**20
-    ) -> StorePartition | WindowedStorePartition | TtlStorePartition:
+    ) -> StorePartition | WindowedStorePartition | TtlStorePartition | SourceRestore:
         """Give the task ``store`` as its partition of ``table``; returns what restores it.
         ``copy_bytes`` bounds a session or sliding-window table's per-key copies."""
         self._stores[table.name] = store
+        if isinstance(table, SourceTable):  # restored from its topic, record by record as fed
+            return SourceRestore(table, store)
         if isinstance(table, RangeTable):  # found by range reads: a per-key copy serves them
             ranges = RangeStorePartition(
                 store, segment_interval_ms=table.segment_interval_ms, max_bytes=copy_bytes
@@ -115,11 +119,13 @@ class TaskStores:
         delete_retention_ms: int | None = None,
         changelog_topic_id: str | None = None,
         stream_time: int = -1,
+        until: int | None = None,
     ) -> None:
         """Open the table's SQLite store (wiped if corrupt, if it was out of sync with its
         changelog for longer than the changelog's ``delete_retention_ms``, or if its rows are
         laid out for another definition of the table: ``layout.reconcile``) and bring it up to
-        the end of its changelog partition, checking that its checkpoint is of the topic with
+        the end of its changelog partition (``until``: up to that offset, a source table's
+        committed one), checking that its checkpoint is of the topic with
         ``changelog_topic_id`` (``restore_partition``). Windows expired at ``stream_time`` (the
         task's, -1 if none) are not restored."""
         path = Path(settings.state_dir) / app_id / table.name / str(self.partition)
@@ -159,6 +165,7 @@ class TaskStores:
             progress,
             on_batch=_progress_reporter(gauge, metrics.restored_records.labels(*labels)),
             topic_id=changelog_topic_id,
+            until=until,
         )
         gauge.set(0)
         self._synced(table.name)
@@ -251,6 +258,8 @@ class TaskStores:
         for table in self.tables:
             windowed = self._windowed.get(table.name)
             ttl = self._ttl.get(table.name)
+            if isinstance(table, SourceTable):
+                continue  # its topic is its changelog: nothing to send
             if windowed is not None:
                 records = windowed.pending_changelog()
             elif ttl is not None:
@@ -261,12 +270,21 @@ class TaskStores:
                 self._behind.add(table.name)  # until the flush of this commit wrote them
             yield table, records
 
-    def checkpoints(self, delivered: Mapping[TopicPartition, int]) -> dict[str, int]:
-        """Per table, the offset of the last changelog record the commit wrote."""
+    def checkpoints(
+        self,
+        delivered: Mapping[TopicPartition, int],
+        positions: Mapping[TopicPartition, int] | None = None,
+    ) -> dict[str, int]:
+        """Per table, the offset of the last changelog record the commit wrote (a source table:
+        of the last record of its topic the task consumed, from ``positions``)."""
         return {
-            table.name: delivered[tp]
-            for table in self.tables
-            if (tp := TopicPartition(table.changelog_topic, self.partition)) in delivered
+            **{
+                table.name: delivered[tp]
+                for table in self.tables
+                if (tp := TopicPartition(table.changelog_topic, self.partition)) in delivered
+                and not isinstance(table, SourceTable)  # a handler may send to its topic
+            },
+            **source_checkpoints(self.tables, self.partition, positions or {}),
         }
 
     def persist(self, checkpoints: dict[str, int]) -> None:

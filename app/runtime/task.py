@@ -35,6 +35,7 @@ from onceflow.runtime.effects import Effects
 from onceflow.runtime.metrics import BatchedHistogram
 from onceflow.runtime.punctuation import Punctuator
 from onceflow.runtime.retries import Held
+from onceflow.runtime.source_tables import TableFeed
 from onceflow.runtime.stores import AnyTable, TaskStores
 
 if TYPE_CHECKING:
@@ -116,6 +117,8 @@ class Task:
         self._global_stores = global_stores or {}
         self._tables = app.tables_of(group)
         self._stores = TaskStores(self._tables, partition)
+        self._feed = TableFeed(self._tables)  # source tables, fed by their topics' records
+        self._committed: dict[TopicPartition, int] = {}  # the offsets the task started from
         labels = (app.app_id,)
         self._checkpoint = Checkpoint(
             sink,
@@ -214,6 +217,7 @@ class Task:
                 delete_retention_ms=self._delete_retention_ms.get(table.changelog_topic),
                 changelog_topic_id=self._changelog_ids.get(table.changelog_topic),
                 stream_time=self.stream_time,
+                until=self._feed.until(table, self._committed, self.partition),
             )
         self._check_closing()
         # Step 4
@@ -254,6 +258,7 @@ class Task:
             meta = committed.get(tp)
             if meta is not None and meta.offset >= 0:
                 consumer.seek(tp, meta.offset)
+                self._committed[tp] = meta.offset
                 self.stream_time = max(self.stream_time, stream_time_of(meta.metadata))
             else:
                 await consumer.seek_to_beginning(tp)
@@ -292,6 +297,9 @@ class Task:
         await self._run(tp, records)
 
     async def _run(self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        if tp.topic in self._feed:
+            await self._feed_table(tp, records)
+            return
         handler = self.app.handlers[tp.topic]
         await self.sink.begin()
         tables = self._tables_keyed_like(tp.topic)
@@ -336,6 +344,16 @@ class Task:
                 self._effects.take(ctx)
         if done:
             await self._finish(tp, records[done - 1].offset + 1, done)
+
+    async def _feed_table(
+        self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
+        """Apply records of a source table's topic to its store in the open transaction; their
+        offsets commit with the task's (docs/architecture.md, *Tables fed by a topic*). They do
+        not move stream time: the table's topic is not a stream of events."""
+        await self.sink.begin()
+        self._feed.apply(records, self._stores.apply, self._effects.dead_letter)
+        await self._finish(tp, records[-1].offset + 1, len(records))
 
     async def retry_held(self) -> None:
         """Try the waiting record's handler again (on a fresh Context: a failed attempt's effects

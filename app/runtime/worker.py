@@ -197,7 +197,8 @@ class Worker:
             await self._shared_producer.start()
         await self._consumer.start()
         watch_membership(self._consumer)
-        self._consumer.subscribe(sorted(self.app.handlers), listener=_Listener(self))
+        sources = sorted(t for topics in self.app.groups().values() for t in topics)
+        self._consumer.subscribe(sources, listener=_Listener(self))
         self.phase = "joining"
         log.info(
             "joining group %r as %s (%s, commit every %d ms)",
@@ -311,7 +312,7 @@ class Worker:
         per_task: dict[TaskKey, list[tuple[TopicPartition, list[Any]]]] = {}
         consumed = self.metrics.records_consumed
         for tp, records in batch.items():
-            key = (self.app.handlers[tp.topic].group, tp.partition)
+            key = (self.app.group_of(tp.topic), tp.partition)
             task = self.tasks.get(key)
             consumed.labels(self.app.app_id, tp.topic, str(tp.partition)).inc(len(records))
             # Records of a task that is not running are dropped: its start seeks explicitly.
@@ -492,7 +493,7 @@ class Worker:
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.metrics.rebalances.labels(self.app.app_id).inc()
-        keys = {(self.app.handlers[tp.topic].group, tp.partition) for tp in assigned}
+        keys = {(self.app.group_of(tp.topic), tp.partition) for tp in assigned}
         async with self._lock:
             self._assigned = keys
             for key in sorted(keys - self.tasks.keys()):

@@ -38,6 +38,7 @@ from onceflow.records import Header, OutgoingRecord
 from onceflow.runtime import Metrics, Task
 from onceflow.serdes import Serde
 from onceflow.settings import Settings
+from onceflow.source_tables import SourceTable
 from onceflow.state.memory import InMemoryStorePartition
 from onceflow.tables import Table, WindowedTable, WindowValue
 from onceflow.testing._globals import GlobalView, InMemoryGlobals
@@ -72,7 +73,7 @@ class TableView:
         """The key's committed value, or ``default`` when it has none."""
         task, data = self._task(key)
         table = self._table
-        if not isinstance(table, Table):
+        if not isinstance(table, Table | SourceTable):
             raise ConfigurationError(f"table {table.name!r} is windowed: use windows()")
         raw = task.store(table.name).committed_get(table.store_key(data))
         raw = table.visible(raw, task.committed_stream_time)  # a ttl table: what queries see
@@ -148,6 +149,7 @@ class TestDriver:
             self._tasks[key] = self._new_task(*key, sink)
         self._closed = False
         self._hops: list[Output] = []  # committed records of topics the app reads, to process
+        self._read = {t for topics in app.groups().values() for t in topics}
 
     def _count(self, topic: str) -> int:
         if isinstance(self._partitions, int):
@@ -198,7 +200,7 @@ class TestDriver:
     def _publish(self, out: Output) -> None:
         self._committed[out.topic].append(out)
         self._globals.apply(out.topic, out.key, out.value)  # a global table's topic: it reads it
-        if out.topic in self.app.handlers:  # a repartition hop (or any topic the app reads)
+        if out.topic in self._read:  # a repartition hop (or any topic the app's tasks read)
             self._hops.append(out)
 
     # -- input ---------------------------------------------------------------------------------
@@ -249,7 +251,7 @@ class TestDriver:
         value: bytes | None,
         headers: list[Header],
     ) -> None:
-        task = self.task(p, self.app.handlers[name].group)
+        task = self.task(p, self.app.group_of(name))
         sizes = (len(key or b""), len(value or b""))
         record = ConsumerRecord(name, p, offset, ts, 0, key, value, None, *sizes, headers)
         self.metrics.records_consumed.labels(self.app.app_id, name, str(p)).inc()
@@ -327,8 +329,9 @@ class TestDriver:
 
     def _source(self, topic: TopicRef) -> Topic[Any, Any]:
         name = _name(topic)
-        if name not in self.app.handlers:
-            sources = ", ".join(sorted(self.app.handlers)) or "(none)"
+        fed = {t.topic for t in self.app.source_tables()}  # a source table's topic updates it
+        if name not in self.app.handlers and name not in fed:
+            sources = ", ".join(sorted({*self.app.handlers, *fed})) or "(none)"
             raise ConfigurationError(f"topic {name!r} has no handler; the sources are {sources}")
         return self.app.topics[name]
 
@@ -353,7 +356,9 @@ class TestDriver:
 
     def read_all(self) -> dict[str, list[Output]]:
         """``read`` of every topic written to, changelogs left out."""
-        changelogs = {t.changelog_topic for t in self.app.tables.values()}
+        changelogs = {
+            t.changelog_topic for t in self.app.tables.values() if not isinstance(t, SourceTable)
+        }
         return {t: self.read(t) for t in list(self._committed) if t not in changelogs}
 
     def clear(self) -> None:
