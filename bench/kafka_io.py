@@ -108,17 +108,23 @@ class Backlog:
             p = self._partition_of[key] = partition_for_key(key, self.partitions)
         return p
 
-    async def fill(self, records: Iterable[tuple[bytes, bytes]]) -> int:
-        """Send ``records`` and wait until the broker has them all (not yet visible)."""
+    async def fill(
+        self, records: Iterable[tuple[bytes, bytes]], *, event_step_ms: int | None = None
+    ) -> int:
+        """Send ``records`` and wait until the broker has them all (not yet visible). With
+        ``event_step_ms``, record ``i``'s timestamp is ``i * event_step_ms`` after a recent
+        start (event time spread as in a stream of that rate); else the time it was added."""
         batches: dict[int, Any] = {}
         futures = []
-        for key, value in records:
+        start = int(time.time() * 1000) - 2 * 3_600_000  # recent: within topic retention
+        for i, (key, value) in enumerate(records):
+            ts = None if event_step_ms is None else start + i * event_step_ms
             p = self._partition(key)
             batch = batches.get(p) or batches.setdefault(p, self._producer.create_batch())
-            if batch.append(key=key, value=value, timestamp=None) is None:
+            if batch.append(key=key, value=value, timestamp=ts) is None:
                 futures.append(await self._producer.send_batch(batch, self.topic, partition=p))
                 batch = batches[p] = self._producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
+                batch.append(key=key, value=value, timestamp=ts)
             self.count += 1
         for p, batch in batches.items():
             if batch.record_count():

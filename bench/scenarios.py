@@ -64,6 +64,7 @@ class Scenario:
     # replaced): the last hop of a pipeline; None: the input topic.
     watch: str | None = None
     groups: int = 1  # task groups: the workers own PARTITIONS tasks per group
+    event_step_ms: int | None = None  # the input's event times, this far apart (else: fill time)
     # True: a compacted ``<input>-table`` topic, one value per key, fills a source table first
     table: bool = False
 
@@ -100,8 +101,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("windowed-eos", "throughput", "windowed_count (reference app), exactly_once",
                  WINDOWED),
         Scenario("windowed-close-eos", "throughput",
-                 "windowed count, 1 s windows, emit='close' (final results), exactly_once",
-                 WINDOWED_CLOSE, output_per_record=False),
+                 "windowed count, 1 s windows, emit='close' (final results), 1 ms of event time "
+                 "per record, exactly_once", WINDOWED_CLOSE, output_per_record=False,
+                 event_step_ms=1),
         Scenario("session-eos", "throughput", "session-window count per key, exactly_once",
                  SESSIONS),
         Scenario("rekey-eos", "throughput",
@@ -281,7 +283,7 @@ async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
     try:
         async with Backlog(ctx.bootstrap, inp, PARTITIONS, transactional=True) as backlog:
             filled = time.monotonic()
-            await backlog.fill(numbered(keys, total))
+            await backlog.fill(numbered(keys, total), event_step_ms=scenario.event_step_ms)
             filled = time.monotonic() - filled
             procs = start_workers(ctx, scenario, app_id, inp, out)
             startup = await wait_ready(procs, PARTITIONS * scenario.groups)
