@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from onceflow import naming
-from onceflow.errors import ChangelogMissingError, OnceflowError
+from onceflow.errors import OnceflowError
 from onceflow.runtime.admin import TopicAdmin, internal_topics
 from onceflow.runtime.assignor import TaskAssignor, TaskKey
 from onceflow.runtime.cleanup import StateCleaner
@@ -34,7 +34,6 @@ from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revi
 from onceflow.runtime.global_tables import GlobalTables
 from onceflow.runtime.metrics import Metrics
 from onceflow.runtime.ordering import by_timestamp
-from onceflow.runtime.purge import RepartitionPurger
 from onceflow.runtime.sinks import (
     AtLeastOnceSink,
     FencedAtLeastOnceSink,
@@ -42,6 +41,7 @@ from onceflow.runtime.sinks import (
     TransactionalSink,
 )
 from onceflow.runtime.task import Task, TaskState
+from onceflow.runtime.watches import purge_repartitions, watch_changelogs
 from onceflow.settings import Settings, load_settings
 from onceflow.topology import App
 
@@ -147,10 +147,24 @@ class Worker:
         changelog topic deleted)."""
         try:
             await self._setup()
-            self._spawn(self._watch_changelogs())
+            self._spawn(
+                watch_changelogs(
+                    self.clients, self.app, self.partitions, self.changelog_ids,
+                    replication_factor=self.settings.replication_factor,
+                    interval_s=self.topic_check_interval_s,
+                    stop=self._stop,
+                    on_fatal=lambda exc: self._fatal(exc, "worker"),
+                )
+            )  # fmt: skip
             self._spawn(self.global_tables.run(self._stop))
             self._spawn(StateCleaner.of(self.app, self.settings).run(self._owned, self._stop))
-            self._spawn(self._purge_repartitions())
+            self._spawn(
+                purge_repartitions(
+                    self.clients, self.app, self._running,
+                    interval_s=self.settings.repartition_purge_interval_ms / 1000,
+                    stop=self._stop,
+                )
+            )  # fmt: skip
             self._loop_task = asyncio.get_running_loop().create_task(self._loop())
             try:
                 await self._loop_task
@@ -415,46 +429,8 @@ class Worker:
         if loop_task is not None and loop_task is not asyncio.current_task():
             loop_task.cancel()
 
-    async def _purge_repartitions(self) -> None:
-        """Delete what the running tasks committed past in repartition topics, every
-        ``ONCEFLOW_REPARTITION_PURGE_INTERVAL_MS`` (``runtime/purge.py``)."""
-        topics = [t.name for t in self.app.repartition_topics]
-        if not topics:
-            return
-        client = self.clients.admin()
-        try:
-            await self.clients.start(client)
-            purger = RepartitionPurger(client, topics)
-            await purger.run(
-                lambda: [t for t in self.tasks.values() if t.state is TaskState.RUNNING],
-                self._stop,
-                self.settings.repartition_purge_interval_ms / 1000,
-            )
-        finally:
-            await client.close()
-
-    async def _watch_changelogs(self) -> None:
-        """Stop the worker with ``ChangelogMissingError`` when a changelog topic disappears, or
-        is recreated (its topic id is not the one seen at start), even while its tasks are idle:
-        every ``topic_check_interval_s``, two Metadata requests."""
-        client = self.clients.admin()
-        try:
-            await client.start()
-            admin = TopicAdmin(client, replication_factor=self.settings.replication_factor)
-            while not self._stop.is_set():
-                await asyncio.sleep(self.topic_check_interval_s)
-                try:
-                    await admin.check_changelogs(self.app, self.partitions, self.changelog_ids)
-                except ChangelogMissingError as exc:
-                    self._fatal(exc, "worker")
-                    return
-                except (KafkaError, TimeoutError) as exc:
-                    # The broker is unreachable: the consumer and producers report that.
-                    log.debug("changelog check failed: %r", exc)
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("cannot watch the changelog topics: %r", exc)
-        finally:
-            await client.close()
+    def _running(self) -> list[Task]:
+        return [t for t in self.tasks.values() if t.state is TaskState.RUNNING]
 
     def _owned(self) -> set[TaskKey] | None:
         """The tasks whose stores stay: owned, starting, or assigned and waiting to be rebuilt.
