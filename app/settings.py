@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     state_cleanup_delay_ms: int = Field(default=600_000, ge=0)
     # How often the records every reader committed are deleted from repartition topics.
     repartition_purge_interval_ms: int = Field(default=30_000, ge=100)
+    # How long a task with several partitions waits for one with nothing fetched before it goes
+    # on in timestamp order without it (Kafka Streams' max.task.idle.ms); 0: never waits.
+    max_task_idle_ms: int = Field(default=0, ge=0)
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_enabled: bool = True

@@ -33,7 +33,7 @@ from onceflow.runtime.compat import membership_current, request_rejoin, watch_me
 from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
 from onceflow.runtime.global_tables import GlobalTables
 from onceflow.runtime.metrics import Metrics
-from onceflow.runtime.ordering import by_timestamp
+from onceflow.runtime.ordering import HeldInputs, by_timestamp
 from onceflow.runtime.sinks import (
     AtLeastOnceSink,
     FencedAtLeastOnceSink,
@@ -107,6 +107,8 @@ class Worker:
         self._rebalances = 0
         self._backoff = Backoff(self.settings.retry_backoff_ms / 1000, time.monotonic)
         self._waiting: set[TaskKey] = set()  # tasks paused while a record waits for its retry
+        # With ONCEFLOW_MAX_TASK_IDLE_MS > 0: what each task fetched and has not handled yet
+        self._inputs: HeldInputs[TaskKey, Task] = HeldInputs(self.settings.max_task_idle_ms)
         self._loop_task: asyncio.Task[None] | None = None
         # Loaded before joining the group, then kept up to date (docs/architecture.md, *Global
         # tables*); a topic that changes under it stops the worker.
@@ -265,6 +267,9 @@ class Worker:
                 (d for t in self.tasks.values() for d in (t.retry_due, t.wall_clock_due) if d),
                 default=None,
             )
+            idle_at = self._inputs.due
+            if idle_at is not None:
+                next_at = idle_at if next_at is None else min(next_at, idle_at)
             if next_at is not None:
                 wait_ms = max(1, min(wait_ms, int((next_at - now) * 1000)))
             try:
@@ -276,7 +281,7 @@ class Worker:
                 await asyncio.sleep(0.5)
                 continue
             async with self._lock:
-                if batch:
+                if batch or self._inputs.holding:
                     await self._process(batch)
                 await self._retry_due()
                 await self._wall_clock_due()
@@ -332,7 +337,16 @@ class Worker:
             # Records of a task that is not running are dropped: its start seeks explicitly.
             if task is not None and task.state is TaskState.RUNNING:
                 per_task.setdefault(key, []).append((tp, records))
-        await self._each(per_task, self._process_task)
+        # ONCEFLOW_MAX_TASK_IDLE_MS > 0: a task may hold records back for a partition with none
+        running = {k: t for k, t in self.tasks.items() if t.state is TaskState.RUNNING}
+        await self._each(self._inputs.ready(running, per_task, self._caught_up), self._process_task)
+
+    def _caught_up(self, task: Task, tp: TopicPartition) -> bool:
+        """Whether ``task`` has handled every record of ``tp`` there is to fetch now."""
+        consumer = self.consumer
+        end = consumer.last_stable_offset(tp) if self.settings.eos else consumer.highwater(tp)
+        position = task.positions.get(tp)
+        return end is not None and position is not None and position >= end
 
     async def _process_task(self, task: Task, work: list[tuple[TopicPartition, list[Any]]]) -> None:
         for tp, records in by_timestamp(work):  # several partitions: in timestamp order
