@@ -1,19 +1,19 @@
-"""``Wrapped``: what a store wrapper (windowed, ttl) passes straight to the store partition it
-keeps its rows in — the changelog checkpoint and topic id a restore reads and records, and the
-open state."""
+"""What a store wrapper (windowed, ttl, a restore filter) passes straight to the store it wraps:
+the changelog checkpoint and topic id a restore reads and records, the wipe, and the open
+state."""
 
 from __future__ import annotations
 
-from onceflow.state.typing import StorePartition
+from onceflow.state.typing import Restorable, StorePartition
 
-__all__ = ["Wrapped"]
+__all__ = ["Wrapped", "WrappedRestorable"]
 
 
-class Wrapped:
-    """The part of ``Restorable`` and of the store's state that a wrapper delegates to
-    ``inner``; transactions are ``inner``'s too."""
+class WrappedRestorable:
+    """The part of ``Restorable`` a wrapper delegates to ``inner``: it only changes how
+    ``restore_batch`` applies records."""
 
-    inner: StorePartition
+    inner: Restorable
 
     @property
     def checkpoint(self) -> int | None:
@@ -28,6 +28,13 @@ class Wrapped:
     def set_changelog_topic_id(self, topic_id: str) -> None:
         """See ``Restorable.set_changelog_topic_id``."""
         self.inner.set_changelog_topic_id(topic_id)
+
+
+class Wrapped(WrappedRestorable):
+    """``WrappedRestorable`` over a whole store partition, with its open state; transactions
+    are ``inner``'s too."""
+
+    inner: StorePartition
 
     @property
     def has_pending(self) -> bool:

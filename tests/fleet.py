@@ -1,6 +1,7 @@
-"""A fleet of up to three workers of one app, and the random faults the soaks inject into it:
-kill -9, SIGSTOP past the session timeout then SIGCONT, SIGTERM rolling restarts, scaling
-1 -> 3 -> 1. Every action keeps at least one worker alive."""
+"""The faults chaos tests inject into workers of one app: ``Fleet``, up to three workers and the
+random faults the soaks inject (kill -9, SIGSTOP past the session timeout then SIGCONT, SIGTERM
+rolling restarts, scaling 1 -> 3 -> 1; every action keeps at least one worker alive), and
+``Schedule``, the fixed schedule of the feature chaos tests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import signal
 from collections.abc import Callable
 
 import psutil
-from workers import WorkerProcess
+from workers import WorkerProcess, wait_until_processing
 
 
 class Fleet:
@@ -63,3 +64,53 @@ class Fleet:
             for w in self.workers
             if w.alive and w.proc
         ]
+
+
+class Schedule:
+    """The fault schedule of the feature chaos tests (final results, re-keying, joins), on two
+    workers ``spawn(0)`` and ``spawn(1)``: a kill -9 mid-transaction, a SIGSTOP zombie past its
+    session timeout woken up after ``zombie_s``, another kill -9 and a scale-up (``strike``);
+    then, once the input is all produced, a graceful scale-down to one worker (``settle``).
+    ``faults`` counts what was injected, for the history line."""
+
+    def __init__(self, spawn: Callable[[int], WorkerProcess], pause_s: float = 3.0) -> None:
+        self._spawn = spawn
+        self._pause_s = pause_s
+        self.workers = [spawn(0), spawn(1)]
+        self.faults: dict[str, int] = {}
+
+    def _note(self, fault: str) -> None:
+        self.faults[fault] = self.faults.get(fault, 0) + 1
+
+    async def strike(self, zombie_s: float = 10.0) -> None:
+        workers, spawn = self.workers, self._spawn
+        await wait_until_processing(workers[0])
+        await asyncio.sleep(2)
+        workers[0].kill()  # kill -9 mid-transaction
+        self._note("kill -9")
+        workers[0] = spawn(3)
+        await wait_until_processing(workers[0])
+        zombie = workers[1]
+        zombie.signal(signal.SIGSTOP)  # past the session timeout: its tasks move
+        self._note("SIGSTOP zombie")
+        workers[1] = spawn(4)
+        await asyncio.sleep(zombie_s)
+        zombie.signal(signal.SIGCONT)  # wakes up believing it owns tasks: fenced
+        workers.append(zombie)
+        await asyncio.sleep(self._pause_s)
+        workers[0].kill()
+        self._note("kill -9")
+        workers[0] = spawn(6)
+        workers.append(spawn(5))  # scale up
+        self._note("scale-up")
+
+    async def settle(self) -> None:
+        """After the last input: scale down to the first worker, gracefully."""
+        await asyncio.sleep(self._pause_s)
+        for w in self.workers[1:]:
+            w.stop()
+        self._note("scale-down")
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()

@@ -31,6 +31,7 @@ from typing import Any
 from onceflow.errors import ConfigurationError
 from onceflow.state.sqlite.partition import SqliteStorePartition
 from onceflow.state.windowed import WindowedStorePartition
+from onceflow.state.wrapped import WrappedRestorable
 
 __all__ = ["WindowsFrom", "decode", "describe_change", "encode", "reconcile"]
 
@@ -120,25 +121,14 @@ def _check_kind(recorded: Mapping[str, Any], layout: Mapping[str, Any], table: s
         )
 
 
-class WindowsFrom:
+class WindowsFrom(WrappedRestorable):
     """A windowed store as a changelog restore drives it (``Restorable``), leaving out the
     windows that start before ``min_start``: those the table's retention has expired at the
     task's stream time (a commit would drop them; the changelog keeps them a day longer)."""
 
     def __init__(self, store: WindowedStorePartition, min_start: int) -> None:
-        self.store = store
+        self.inner = self.store = store
         self.min_start = min_start
-
-    @property
-    def checkpoint(self) -> int | None:
-        return self.store.checkpoint
-
-    @property
-    def changelog_topic_id(self) -> str | None:
-        return self.store.changelog_topic_id
-
-    def set_changelog_topic_id(self, topic_id: str) -> None:
-        self.store.set_changelog_topic_id(topic_id)
 
     def restore_batch(
         self, records: Sequence[tuple[bytes, bytes | None]], last_offset: int

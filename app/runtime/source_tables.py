@@ -30,6 +30,7 @@ from aiokafka.structs import TopicPartition
 
 from onceflow.errors import SerdeError
 from onceflow.source_tables import SourceTable
+from onceflow.state.wrapped import WrappedRestorable
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -98,7 +99,7 @@ def source_checkpoints(
     }
 
 
-class SourceRestore:
+class SourceRestore(WrappedRestorable):
     """What restores a source table's store from its topic: the store, applying only the
     records processing would apply (``SourceTable.accepts``)."""
 
@@ -106,17 +107,6 @@ class SourceRestore:
         self.table = table
         self.inner = inner
         self.skipped = 0
-
-    @property
-    def checkpoint(self) -> int | None:
-        return self.inner.checkpoint
-
-    @property
-    def changelog_topic_id(self) -> str | None:
-        return self.inner.changelog_topic_id
-
-    def set_changelog_topic_id(self, topic_id: str) -> None:
-        self.inner.set_changelog_topic_id(topic_id)
 
     def wipe(self) -> None:
         self.inner.wipe()

@@ -337,9 +337,10 @@ class Worker:
             # Records of a task that is not running are dropped: its start seeks explicitly.
             if task is not None and task.state is TaskState.RUNNING:
                 per_task.setdefault(key, []).append((tp, records))
-        # ONCEFLOW_MAX_TASK_IDLE_MS > 0: a task may hold records back for a partition with none
-        running = {k: t for k, t in self.tasks.items() if t.state is TaskState.RUNNING}
-        await self._each(self._inputs.ready(running, per_task, self._caught_up), self._process_task)
+        if self.settings.max_task_idle_ms > 0:  # a task may hold records back (HeldInputs)
+            running = {k: t for k, t in self.tasks.items() if t.state is TaskState.RUNNING}
+            per_task = self._inputs.ready(running, per_task, self._caught_up)
+        await self._each(per_task, self._process_task)
 
     def _caught_up(self, task: Task, tp: TopicPartition) -> bool:
         """Whether ``task`` has handled every record of ``tp`` there is to fetch now."""

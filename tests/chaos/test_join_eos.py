@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from fleet import Schedule
 from history import Event, History
 from join_oracle import JoinOracle
 from kafka_helpers import read_to_end
-from workers import app_under_test, collect, produce, wait_until_processing
+from workers import app_under_test, collect, produce
 
 pytestmark = pytest.mark.chaos
 
@@ -57,47 +56,24 @@ async def test_join_exact_under_kill_9_zombie_and_rebalance(
     )  # fmt: skip
     first = [(f"c{i}".encode(), f"c{i}#first".encode()) for i in range(CUSTOMERS)]
     await produce(bootstrap_servers, table, first)  # a value each, then updates as orders come
-    workers = [app.spawn(0), app.spawn(1)]
+    schedule = Schedule(app.spawn)
     producing = asyncio.gather(
         produce(bootstrap_servers, source, orders(n, 2), rate=2000),
         produce(bootstrap_servers, table, table_updates(updates, 3), rate=1000),
     )
-    faults: dict[str, int] = defaultdict(int)
     try:
-        await wait_until_processing(workers[0])
-        await asyncio.sleep(2)
-        workers[0].kill()  # kill -9 mid-transaction
-        faults["kill -9"] += 1
-        workers[0] = app.spawn(3)
-        await wait_until_processing(workers[0])
-        zombie = workers[1]
-        zombie.signal(signal.SIGSTOP)  # past the session timeout: its tasks move
-        faults["SIGSTOP zombie"] += 1
-        workers[1] = app.spawn(4)
-        await asyncio.sleep(10)
-        zombie.signal(signal.SIGCONT)  # wakes up believing it owns tasks: fenced
-        workers.append(zombie)
-        await asyncio.sleep(3)
-        workers[0].kill()
-        faults["kill -9"] += 1
-        workers[0] = app.spawn(6)
-        workers.append(app.spawn(5))  # scale up
-        faults["scale-up"] += 1
+        await schedule.strike()
         produced, _ = await producing
-        await asyncio.sleep(3)
-        for w in workers[1:]:  # scale down to one, gracefully
-            w.stop()
-        faults["scale-down"] += 1
-        await collect(bootstrap_servers, sink, n, timeout=180, workers=workers[:1])
+        await schedule.settle()
+        await collect(bootstrap_servers, sink, n, timeout=180, workers=schedule.workers[:1])
     finally:
-        for w in workers:
-            w.stop()
-    history = History(JoinOracle([]), faults=dict(faults), produced=produced)
+        schedule.stop()
+    history = History(JoinOracle([]), faults=schedule.faults, produced=produced)
     await history.load(bootstrap_servers, source, sink)
     customers = [Event.of(r) for r in await read_to_end(bootstrap_servers, table)]
     history.oracle = oracle = JoinOracle(customers, history.outputs)
     report = history.check()
-    print(f"history {oracle.name}: {report.summary()} ({dict(faults)})")
+    print(f"history {oracle.name}: {report.summary()} ({schedule.faults})")
     report.assert_clean()
     # Not a vacuous join: most orders found a value, and the positions moved through the table.
     joined = [o for o in history.outputs if not (o.value or b"").endswith(b"|<absent>")]

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from fleet import Schedule
 from history import check_run
 from kafka_helpers import start_offsets
 from oracle import PageCountsOracle
@@ -24,7 +23,6 @@ from workers import (
     assert_no_hanging_transactions,
     collect,
     produce,
-    wait_until_processing,
 )
 
 pytestmark = pytest.mark.chaos
@@ -49,42 +47,19 @@ async def test_counts_across_a_repartition_hop_exact_under_kill_9_zombie_and_reb
         ONCEFLOW_COMMIT_INTERVAL_MS=500, ONCEFLOW_REPARTITION_PURGE_INTERVAL_MS=1000,
     )  # fmt: skip
     hop = f"{app.env['ONCEFLOW_TEST_APP_ID']}-by-page-repartition"
-    workers = [app.spawn(0), app.spawn(1)]
+    schedule = Schedule(app.spawn, pause_s=2)
     producing = asyncio.create_task(produce(bootstrap_servers, source, clicks(n, 3), rate=2000))
-    faults: dict[str, int] = defaultdict(int)
     try:
-        await wait_until_processing(workers[0])
-        await asyncio.sleep(2)
-        workers[0].kill()
-        faults["kill -9"] += 1
-        workers[0] = app.spawn(3)
-        await wait_until_processing(workers[0])
-        zombie = workers[1]
-        zombie.signal(signal.SIGSTOP)
-        faults["SIGSTOP zombie"] += 1
-        workers[1] = app.spawn(4)
-        await asyncio.sleep(10)
-        zombie.signal(signal.SIGCONT)
-        workers.append(zombie)
-        await asyncio.sleep(2)
-        workers[0].kill()
-        faults["kill -9"] += 1
-        workers[0] = app.spawn(6)
-        workers.append(app.spawn(5))
-        faults["scale-up"] += 1
+        await schedule.strike()
         produced = await producing
-        await asyncio.sleep(2)
-        for w in workers[1:]:
-            w.stop()
-        faults["scale-down"] += 1
-        await collect(bootstrap_servers, sink, n, timeout=180, workers=workers[:1])
+        await schedule.settle()
+        await collect(bootstrap_servers, sink, n, timeout=180, workers=schedule.workers[:1])
         await asyncio.sleep(3)  # a purge round after the last commit
         starts = await start_offsets(bootstrap_servers, hop)
     finally:
-        for w in workers:
-            w.stop()
+        schedule.stop()
     report = await check_run(
-        bootstrap_servers, source, sink, PageCountsOracle(4), faults=dict(faults),
+        bootstrap_servers, source, sink, PageCountsOracle(4), faults=schedule.faults,
         produced=produced,
     )  # fmt: skip
     report.assert_clean()

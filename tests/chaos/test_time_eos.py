@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from fleet import Fleet
+from fleet import Fleet, Schedule
 from history import Event, check_run
 from kafka_helpers import read_to_end, recent_window_start
 from oracle import FinalsOracle, expected_ticks
-from workers import app_under_test, collect, produce, wait_until_processing
+from workers import app_under_test, collect, produce
 
 pytestmark = pytest.mark.chaos
 
@@ -53,43 +52,20 @@ async def test_final_results_and_timers_exact_under_kill_9_zombie_and_rebalance(
         bootstrap_servers, "tests.apps.finals", source, sink, tmp_path, state_dirs=3,
         ONCEFLOW_TEST_TICKS=ticks, ONCEFLOW_COMMIT_INTERVAL_MS=700,
     )  # fmt: skip
-    workers = [app.spawn(0), app.spawn(1)]
+    schedule = Schedule(app.spawn)
     producing = asyncio.create_task(
         produce(bootstrap_servers, source, finals_inputs(n, 5), rate=2000)
     )
-    faults: dict[str, int] = defaultdict(int)
     try:
-        await wait_until_processing(workers[0])
-        await asyncio.sleep(2)
-        workers[0].kill()  # kill -9 mid-transaction
-        faults["kill -9"] += 1
-        workers[0] = app.spawn(3)
-        await wait_until_processing(workers[0])
-        zombie = workers[1]
-        zombie.signal(signal.SIGSTOP)  # past the session timeout: its tasks move
-        faults["SIGSTOP zombie"] += 1
-        workers[1] = app.spawn(4)
-        await asyncio.sleep(10)
-        zombie.signal(signal.SIGCONT)  # wakes up believing it owns tasks: fenced
-        workers.append(zombie)
-        await asyncio.sleep(3)
-        workers[0].kill()
-        faults["kill -9"] += 1
-        workers[0] = app.spawn(6)
-        workers.append(app.spawn(5))  # scale up
-        faults["scale-up"] += 1
+        await schedule.strike()
         produced = await producing
-        await asyncio.sleep(3)
-        for w in workers[1:]:  # scale down to one, gracefully
-            w.stop()
-        faults["scale-down"] += 1
+        await schedule.settle()
         inputs = [Event.of(r) for r in await read_to_end(bootstrap_servers, source)]
         want = len(FinalsOracle().expect(sorted(inputs, key=lambda e: (e.partition, e.offset))))
-        await collect(bootstrap_servers, sink, want, timeout=180, workers=workers[:1])
+        await collect(bootstrap_servers, sink, want, timeout=180, workers=schedule.workers[:1])
     finally:
-        for w in workers:
-            w.stop()
-    await _check_finals_and_ticks(bootstrap_servers, source, sink, ticks, faults, produced)
+        schedule.stop()
+    await _check_finals_and_ticks(bootstrap_servers, source, sink, ticks, schedule.faults, produced)
 
 
 async def _check_finals_and_ticks(
