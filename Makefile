@@ -65,8 +65,11 @@ bench: venv
 
 # The reference app end to end: a local broker unless ONCEFLOW_BOOTSTRAP_SERVERS is set, the
 # worker, a demo producer, and the counts as they change. RUN_ARGS="--seconds 30" stops by itself.
+# The demo's state lives with the dev broker it started: a fresh broker never meets the
+# checkpoints of an older one's changelogs (the worker would rightly refuse them).
 run: venv
-	@if [[ -z "$${ONCEFLOW_BOOTSTRAP_SERVERS:-}" ]]; then $(MAKE) --no-print-directory kafka-up; fi
+	@if [[ -z "$${ONCEFLOW_BOOTSTRAP_SERVERS:-}" ]]; then $(MAKE) --no-print-directory kafka-up; \
+	  export ONCEFLOW_STATE_DIR="$${ONCEFLOW_STATE_DIR:-$(DEV_BROKER_DIR)/demo-state}"; fi; \
 	$(BIN)/python scripts/run_demo.py $(RUN_ARGS)
 
 kafka-up:

@@ -99,14 +99,17 @@ async def main(seconds: float | None) -> int:
         loop.add_signal_handler(sig, stop.set)
     if seconds:
         loop.call_later(seconds, stop.set)
+    exited = asyncio.ensure_future(worker.wait())
+    exited.add_done_callback(lambda _: stop.set())  # a worker that stops ends the demo
     try:
         await asyncio.gather(
             produce_clicks(bootstrap, "input-topic", stop),
             show_outputs(bootstrap, "output-topic", port, stop),
         )
     finally:
-        worker.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(worker.wait(), 60)
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(exited, 60)
         print(f"worker exited with {code}")
     return code
 
