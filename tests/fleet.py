@@ -64,6 +64,17 @@ class Fleet:
             action = "scale-down"
         self._note(action)
 
+    async def strike_until(
+        self, rng: random.Random, seconds: float, producing: asyncio.Task[int]
+    ) -> int:
+        """Random faults every 3-8 s for ``seconds`` or until ``producing`` is done; returns
+        what it produced."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not producing.done():
+            await asyncio.sleep(rng.uniform(3, 8))
+            await self.act(rng)
+        return await producing
+
     def rss_mb(self) -> list[float]:
         return [
             psutil.Process(w.proc.pid).memory_info().rss / 2**20
@@ -141,12 +152,8 @@ async def soak(
     rng = random.Random(seed)
     await asyncio.sleep(5)
     rss_start = fleet.rss_mb()
-    deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline and not producing.done():
-            await asyncio.sleep(rng.uniform(3, 8))
-            await fleet.act(rng)
-        produced = await producing
+        produced = await fleet.strike_until(rng, seconds, producing)
         rss_end = fleet.rss_mb()
         await collect(bootstrap, sink, n, timeout=300, workers=fleet.workers)
     finally:

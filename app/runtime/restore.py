@@ -28,7 +28,13 @@ from onceflow.errors import ChangelogMissingError, RestoreCancelledError
 from onceflow.runtime.compat import cluster_metadata
 from onceflow.state.typing import Restorable
 
-__all__ = ["ConsumerFactory", "RestoreProgress", "restore_partition", "start_offset"]
+__all__ = [
+    "ConsumerFactory",
+    "RestoreProgress",
+    "changelog_reader",
+    "restore_partition",
+    "start_offset",
+]
 
 log = logging.getLogger("onceflow.restore")
 ConsumerFactory = Callable[..., AIOKafkaConsumer]
@@ -72,6 +78,21 @@ async def _offsets(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int,
     return begin, end
 
 
+def changelog_reader(
+    consumer_factory: ConsumerFactory, fetch_bytes: int = FETCH_BYTES
+) -> AIOKafkaConsumer:
+    """A consumer that reads changelogs as restores and standbys do: no group, committed
+    records only, from the log start when asked for an offset retention removed."""
+    return consumer_factory(
+        group_id=None,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=fetch_bytes,
+        fetch_max_bytes=fetch_bytes,
+    )
+
+
 async def restore_partition(
     consumer_factory: ConsumerFactory,
     topic: str,
@@ -101,14 +122,7 @@ async def restore_partition(
     ``ConsumerRecord`` included); a worker restores all its store partitions at once.
     """
     tp = TopicPartition(topic, partition)
-    consumer = consumer_factory(
-        group_id=None,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=fetch_bytes,
-        fetch_max_bytes=fetch_bytes,
-    )
+    consumer = changelog_reader(consumer_factory, fetch_bytes)
     await consumer.start()
     try:
         cluster = await cluster_metadata(consumer)

@@ -31,7 +31,12 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from onceflow.errors import ChangelogMissingError, StateError
-from onceflow.runtime.restore import BATCH_RECORDS, FETCH_BYTES, RestoreProgress, start_offset
+from onceflow.runtime.restore import (
+    BATCH_RECORDS,
+    RestoreProgress,
+    changelog_reader,
+    start_offset,
+)
 from onceflow.runtime.stores import TaskStores
 from onceflow.source_tables import SourceTable
 from onceflow.state.windowed import WindowedStorePartition, parse_changelog_key
@@ -256,14 +261,7 @@ class Standbys:
         return self._consumer
 
     async def start(self) -> None:
-        self._consumer = self._consumer_factory(
-            group_id=None,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=FETCH_BYTES,
-            fetch_max_bytes=FETCH_BYTES,
-        )
+        self._consumer = changelog_reader(self._consumer_factory)
         await self._consumer.start()
 
     def positions(self) -> dict[TaskKey, int]:
