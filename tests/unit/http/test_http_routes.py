@@ -110,6 +110,7 @@ class FakeWorker:
         self.metrics = Metrics(self.app.app_id, eos=True)
         self.http_port: int | None = None
         self.tasks: dict[tuple[str, int], FakeTask] = {}
+        self.standbys: dict[tuple[str, int], Any] = {}  # see test_http_stale.py
         self.assignor = FakeAssignor(url)
         self.current: tuple[bool, str] = (True, "current")
         for p in range(PARTITIONS):
