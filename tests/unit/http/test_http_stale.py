@@ -293,16 +293,22 @@ async def test_a_table_the_standby_does_not_keep_is_not_answered_from_it(
         assert response.headers[OWNER] == OTHER
 
 
-async def test_not_answered_from_the_standby_while_the_membership_is_not_current(
-    worker: FakeWorker, client: httpx.AsyncClient, stores: dict[str, Any]
+@pytest.mark.parametrize("phase", ["running", "rebalancing"])
+async def test_the_standby_answers_through_rebalances_and_a_lapsed_membership(
+    worker: FakeWorker, client: httpx.AsyncClient, stores: dict[str, Any], phase: str
 ) -> None:
+    """A copy's answer is the changelog's committed state with its lag: the group does not
+    matter to it. Without stale_ok the same instance answers 503."""
     key = key_on(2)
     stores["sum"].restore_batch([(key.encode(), int64(7))], 0)
     worker.current = (False, "no heartbeat confirmed for 8.2s, beyond the session timeout (6s)")
+    worker.phase = phase
     response = await client.get(f"/tables/sum/keys/{key}?stale_ok=true")
-    assert (response.status_code, response.headers["retry-after"]) == (503, "1")
-    assert "group membership of this instance is not current" in response.json()["detail"]
-    assert LAG not in response.headers
+    assert (response.status_code, response.json()["value"]) == (200, 7)
+    assert response.headers[LAG] == str(worker.standbys[("0", 2)].table_lag("sum"))
+    fresh = await client.get(f"/tables/sum/keys/{key}")
+    assert (fresh.status_code, fresh.headers["retry-after"]) == (503, "1")
+    assert LAG not in fresh.headers
 
 
 async def test_a_standby_closed_during_the_read_is_503(
