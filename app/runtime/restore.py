@@ -42,6 +42,8 @@ ConsumerFactory = Callable[..., AIOKafkaConsumer]
 BATCH_RECORDS = 10_000
 """Records per restore transaction. Beyond a few thousand the per-transaction cost (a commit,
 a thread hand-off) is amortized; more only grows the decoded batch held in memory."""
+POLL_MS = 20
+"""The longest a restore waits for one fetch before it looks at its position again."""
 FETCH_BYTES = 2 * 2**20
 """Bytes per fetch of a restore consumer (it reads one partition): ~70k records of a 12-byte key
 and an 8-byte value. The broker still returns a first record batch larger than this whole."""
@@ -233,7 +235,10 @@ async def _copy(
         progress.position = position
         if position >= progress.end_offset:
             return
-        fetched = await consumer.getmany(tp, timeout_ms=200, max_records=batch_records)
+        # A short wait: a tail of transaction markers returns no records, and getmany would
+        # sit out its whole timeout although the position moved past them (every restore of a
+        # store that was in sync ends with its last commit's marker).
+        fetched = await consumer.getmany(tp, timeout_ms=POLL_MS, max_records=batch_records)
         # A restore that ends before the log end (``until``) leaves out what it fetched beyond.
         records = fetched.get(tp, [])
         if records and records[-1].offset >= progress.end_offset:
