@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -179,3 +180,44 @@ async def test_ten_minute_soak_with_standbys(
         bootstrap_servers, new_topic, tmp_path, seconds=600, seed=23,
         ONCEFLOW_NUM_STANDBY_REPLICAS=1, ONCEFLOW_PROBING_REBALANCE_INTERVAL_MS=15000,
     )  # fmt: skip
+
+
+async def test_a_standby_that_is_behind_is_promoted_and_restores_its_tail(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    """The standby's worker is frozen (SIGSTOP; its session timeout is long) while the active
+    commits on; the active is then killed, and the group, its session over, waits for the
+    frozen member. Woken, that member is the only one: its copies are promoted behind, and
+    restore the rest as a tail."""
+    n = 40_000
+    app = await _aggregates(bootstrap_servers, new_topic, tmp_path)
+    first = app.spawn(0)
+    second = app.spawn(1, ONCEFLOW_SESSION_TIMEOUT_MS=60_000, ONCEFLOW_HEARTBEAT_INTERVAL_MS=1000)
+    producing = asyncio.create_task(
+        produce(bootstrap_servers, app.source, make_inputs(n, 4), rate=5000)
+    )
+    try:
+        await wait_until_processing(first)
+        await _wait_for(second, r"standby tasks \d")
+        await asyncio.sleep(2)
+        mark = len(second.log_text())
+        second.signal(signal.SIGSTOP)  # its copies stop following; its session runs on
+        await asyncio.sleep(4)
+        first.kill()  # its tasks wait for the frozen member
+        await asyncio.sleep(8)  # past the killed worker's session timeout (6 s)
+        second.signal(signal.SIGCONT)  # rejoins at once, its copies ~4 s behind
+        produced = await producing
+        await collect(bootstrap_servers, app.sink, n, timeout=120, workers=[second])
+    finally:
+        first.stop()
+        second.stop()
+    after = second.log_text()[mark:]
+    behind = [int(lag) for _, lag in _PROMOTED.findall(after)]
+    assert len(behind) == 3 and max(behind) > 0, after[-4000:]
+    tails = [int(r) for _, _, r, _ in _RESTORED.findall(after)]
+    assert sum(tails) > 0, after[-4000:]  # lags count commit markers too: no equality
+    report = await check_run(
+        bootstrap_servers, app.source, app.sink, AggregatesOracle(),
+        faults={"SIGSTOP": 1, "kill -9": 1}, produced=produced,
+    )  # fmt: skip
+    report.assert_clean()
