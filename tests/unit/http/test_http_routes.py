@@ -290,6 +290,7 @@ async def test_tables_list_kinds_serdes_and_owned_partitions(
         "num_partitions": PARTITIONS,
         "partitions": [0],
         "restoring": [1],
+        "standby": [],
         "window_size_ms": None,
     }
     assert tables["counts"]["kind"] == "windowed"

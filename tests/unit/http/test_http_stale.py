@@ -362,3 +362,12 @@ async def test_openapi_documents_stale_ok_and_the_lag_header(client: httpx.Async
     (param,) = [p for p in operation["get"]["parameters"] if p["name"] == "stale_ok"]
     assert (param["in"], param["required"], param["schema"]["type"]) == ("query", False, "boolean")
     assert "X-Onceflow-Standby-Lag" in param["description"]
+
+
+async def test_tables_lists_the_partitions_kept_as_standby(
+    worker: FakeWorker, client: httpx.AsyncClient
+) -> None:
+    worker.standbys[("0", 3)] = FakeStandby("0", 3, stores={}, lags={"counts": 0})
+    tables = {t["name"]: t for t in (await client.get("/tables")).json()["tables"]}
+    assert (tables["sum"]["partitions"], tables["sum"]["standby"]) == ([0, 1], [2])
+    assert tables["counts"]["standby"] == [2, 3]  # 0_3's copy keeps counts only
