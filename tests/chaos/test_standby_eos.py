@@ -33,7 +33,7 @@ _RESTORED = re.compile(r"restored (\w+) partition (\d+): (\d+) records from offs
 _STANDBY = re.compile(r"standby tasks (.*); warm-up tasks (.*)")
 _PROMOTED = re.compile(r"task (\w+) promoted from its standby here: (\d+) changelog records behind")
 _PLACED_BEHIND = re.compile(
-    r"task 0_\d: active on \S+ \((?:caught up, lag (\d+)|nobody caught up; it restores (\d+) "
+    r"task 0_\d: active on \S+ \((?:caught up, lag (\d+)|nobody caught up; it restores (\d+) )"
 )
 _BALANCED = re.compile(r"assigned 6 tasks to 3 members .*; balanced")
 
