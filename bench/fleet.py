@@ -1,0 +1,218 @@
+"""Several onceflow workers of one app, as a deployment runs them: each with its own state
+directory and HTTP port. Start them, kill one with SIGKILL, read each one's log from a mark on,
+scrape their metrics.
+
+Figures come from the logs (``assigned tasks ...``, ``restored <store> partition N: X records
+from offset Y in Zs``) and from ``/metrics`` (the standby gauges).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.kafka_io import unique
+from bench.procs import Proc, onceflow_worker
+from bench.scenarios import RunContext, Scenario, worker_env
+
+__all__ = ["Fleet", "Member", "Restored", "assignments", "restored_lines"]
+
+_ASSIGNED = re.compile(r"assigned tasks (.*)$")
+_RESTORED = re.compile(
+    r"restored (?P<store>\S+) partition (?P<p>\d+): (?P<n>\d+) records from offset (?P<o>\d+) "
+    r"in (?P<s>[\d.]+)s"
+)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """One ``restored ...`` log line."""
+
+    store: str
+    partition: int
+    records: int
+    offset: int
+    seconds: float
+
+
+def restored_lines(log: str) -> list[Restored]:
+    """Every restore a worker logged in ``log``."""
+    return [
+        Restored(m["store"], int(m["p"]), int(m["n"]), int(m["o"]), float(m["s"]))
+        for line in log.splitlines()
+        if (m := _RESTORED.search(line))
+    ]
+
+
+def assignments(log: str) -> list[list[str]]:
+    """Each ``assigned tasks`` line of ``log``, in order, as task ids (``0_3``)."""
+    out = []
+    for line in log.splitlines():
+        if m := _ASSIGNED.search(line):
+            out.append(sorted(t.strip() for t in m.group(1).split(",") if "_" in t))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Member:
+    """One worker of the fleet."""
+
+    index: int
+    proc: Proc
+    port: int
+    state_dir: Path
+    killed_at: float | None = None  # wall clock
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def mark(self) -> int:
+        """A position in the log: ``log_since`` reads what comes after it."""
+        return self.proc.log_path.stat().st_size if self.proc.log_path.exists() else 0
+
+    def log_since(self, mark: int = 0) -> str:
+        with self.proc.log_path.open("rb") as f:
+            f.seek(mark)
+            return f.read().decode(errors="replace")
+
+    def tasks(self) -> list[str]:
+        """Its active tasks, from its latest ``assigned tasks`` line."""
+        found = assignments(self.log_since())
+        return found[-1] if found else []
+
+    def kill(self) -> float:
+        """SIGKILL, as a crashed pod: no leave-group, no commit. Returns the wall-clock time."""
+        assert self.proc.popen is not None
+        self.proc.sample_rss()
+        self.killed_at = time.time()
+        self.proc.popen.send_signal(signal.SIGKILL)
+        self.proc.popen.wait(10)
+        return self.killed_at
+
+    async def metrics(self, client: httpx.AsyncClient) -> dict[str, float]:
+        """Its ``/metrics``, each sample summed over its labels (``name -> value``); empty
+        when the worker does not answer."""
+        try:
+            response = await client.get(f"{self.url}/metrics", timeout=5)
+        except httpx.HTTPError:
+            return {}
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+        return out
+
+
+class Fleet:
+    """The workers of one app id, started one by one; ``stop`` ends those still alive."""
+
+    def __init__(
+        self, ctx: RunContext, scenario: Scenario, app_id: str, inp: str, out: str
+    ) -> None:
+        self.ctx = ctx
+        self.scenario = scenario
+        self.env = worker_env(ctx, scenario, app_id, inp, out)
+        self.root = ctx.workdir / "state" / unique(app_id)
+        self.logs = ctx.workdir / "logs" / unique(app_id)
+        self.members: list[Member] = []
+
+    def start(self, extra_env: dict[str, str] | None = None) -> Member:
+        i = len(self.members)
+        port = _free_port()
+        state_dir = self.root / f"w{i}"
+        env = {
+            **self.env,
+            "ONCEFLOW_STATE_DIR": str(state_dir),
+            "ONCEFLOW_HTTP_PORT": str(port),
+            "ONCEFLOW_HTTP_HOST": "127.0.0.1",
+            "ONCEFLOW_ADVERTISED_URL": f"http://127.0.0.1:{port}",
+            **(extra_env or {}),
+        }
+        proc = onceflow_worker(
+            f"{self.scenario.name}[{i}]", str(self.scenario.module), env,
+            self.logs / f"worker-{i}.log", python=self.ctx.python,
+        ).start()  # fmt: skip
+        member = Member(i, proc, port, state_dir)
+        self.members.append(member)
+        return member
+
+    @property
+    def alive(self) -> list[Member]:
+        return [m for m in self.members if m.killed_at is None]
+
+    def procs(self, members: Iterable[Member] | None = None) -> list[Proc]:
+        return [m.proc for m in (self.alive if members is None else members)]
+
+    def check_alive(self) -> None:
+        for m in self.alive:
+            m.proc.check_alive()
+            m.proc.sample_rss()
+
+    async def metrics(self) -> list[dict[str, float]]:
+        """Every live member's metrics (see ``Member.metrics``)."""
+        async with httpx.AsyncClient() as client:
+            return list(await asyncio.gather(*(m.metrics(client) for m in self.alive)))
+
+    async def wait_standbys(
+        self, expected: int, max_lag: int, timeout: float
+    ) -> tuple[bool, float, dict[str, float]]:
+        """Wait until the live members hold ``expected`` standby tasks between them, none more
+        than ``max_lag`` records behind (the runtime's ``onceflow_standby_tasks`` and
+        ``onceflow_standby_lag_records``). Returns (caught up, seconds waited, last totals)."""
+        started = time.monotonic()
+        totals: dict[str, float] = {}
+        while time.monotonic() - started < timeout:
+            self.check_alive()
+            scraped = await self.metrics()
+            totals = {
+                "standby_tasks": sum(m.get("onceflow_standby_tasks", 0.0) for m in scraped),
+                "standby_lag_records_max": max(
+                    (m.get("onceflow_standby_lag_records", 0.0) for m in scraped), default=0.0
+                ),
+                "warmup_tasks": sum(m.get("onceflow_warmup_tasks", 0.0) for m in scraped),
+            }
+            if totals["standby_tasks"] >= expected and totals["standby_lag_records_max"] <= max_lag:
+                return True, time.monotonic() - started, totals
+            await asyncio.sleep(1.0)
+        return False, time.monotonic() - started, totals
+
+    def peak_rss_mb(self) -> float:
+        return max((m.proc.peak_rss for m in self.members), default=0) / 2**20
+
+    def stop(self) -> None:
+        """Stop the live members (SIGTERM) and delete the state directories."""
+        for m in self.alive:
+            m.proc.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per member: its assignments over the run and its restores (from its log)."""
+        out = []
+        for m in self.members:
+            log = m.log_since() if m.proc.log_path.exists() else ""
+            out.append({
+                "worker": m.index,
+                "killed": m.killed_at is not None,
+                "assignments": assignments(log),
+                "restores": [r.__dict__ for r in restored_lines(log)],
+                "log": str(m.proc.log_path),
+            })  # fmt: skip
+        return out

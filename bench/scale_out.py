@@ -1,0 +1,120 @@
+"""Scale-out: one worker holding the whole store (6 tasks), then two more join while input flows;
+how long any task stops, whether a new member restores a task's full store before running it,
+and whether the group ends balanced (2 tasks each) after the probing rebalances.
+
+Same app and store as ``bench.failover`` (``bench/apps/stamped_sum.py``, the shared 5M-record
+``sum`` changelog). One run:
+
+1. start one worker (empty state directory) and wait until it runs the 6 tasks (a full restore);
+2. offer ``--ha-rate`` stamped records/s; after ``SETTLE_S`` + the ``before`` window, start two
+   more workers at once (empty state directories);
+3. poll the logs every second until every live worker's latest assignment holds 2 tasks, all
+   running, unchanged for ``STABLE_S`` (or give up after ``max_s``); stop the input, wait for
+   every output.
+
+Figures: per output partition (= task), the longest stretch with no output from the joins on
+(``stop_s``; target ≤ 5 s) and, for reference, in the ``before`` window; the new members'
+``restored ...`` lines, a ``full_restores`` list of those that restored at least half of the
+partition's store; the assignments each worker logged; ``balanced`` and ``balanced_after_s``
+(joins -> the balanced assignment first held).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.failover import SETTLE_S, setting, start_fleet, windows
+from bench.fleet import Fleet, restored_lines
+from bench.kafka_io import count_committed, end_offsets
+from bench.observe import Traffic, longest_gap
+from bench.restore import Changelog
+from bench.scenarios import PARTITIONS, RunContext, Scenario
+
+__all__ = ["run_scale_out"]
+
+STABLE_S = 20.0  # a balanced assignment must hold this long (longer than a probing interval)
+JOINING = 2
+
+
+def balanced(fleet: Fleet) -> bool:
+    """Every live member runs ``PARTITIONS / members`` tasks of its latest assignment, and
+    together they run every task."""
+    members = fleet.alive
+    share = PARTITIONS // len(members)
+    running = [m.proc.running_tasks() for m in members]
+    if any(r is None or len(r) != share for r in running):
+        return False
+    return len(set().union(*(r for r in running if r is not None))) == PARTITIONS
+
+
+async def _until_balanced(fleet: Fleet, traffic: Traffic, max_s: float) -> float | None:
+    """Seconds until the balanced assignment first held (for ``STABLE_S``), None on timeout."""
+    started = time.monotonic()
+    since: float | None = None
+    while time.monotonic() - started < max_s:
+        fleet.check_alive()
+        traffic.check()
+        if balanced(fleet):
+            since = since or time.monotonic()
+            if time.monotonic() - since >= STABLE_S:
+                return since - started
+        else:
+            since = None
+        await asyncio.sleep(1.0)
+    return None
+
+
+async def run_scale_out(ctx: RunContext, scenario: Scenario, store: Changelog) -> dict[str, Any]:
+    """One scale-out run (module docstring)."""
+    before_s, _ = windows(ctx)
+    max_s = 300.0 if ctx.quick else 900.0
+    fleet, inp, out, start_figures = await start_fleet(ctx, scenario, store, 1)
+    traffic = Traffic(ctx.bootstrap, inp, out, PARTITIONS, ctx.ha_rate)
+    try:
+        await traffic.start()
+        await asyncio.sleep(SETTLE_S + before_s)
+        store_sizes = await end_offsets(ctx.bootstrap, store.topic, PARTITIONS)
+        joined = time.time()
+        for _ in range(JOINING):
+            fleet.start()
+        balanced_after = await _until_balanced(fleet, traffic, max_s)
+        metrics = await fleet.metrics()
+        sent = await traffic.finish(timeout=300)
+        peak_rss = fleet.peak_rss_mb()
+        workers = fleet.summary()
+        new_restores = [
+            {"worker": m.index, **r.__dict__}
+            for m in fleet.members[1:]
+            for r in restored_lines(m.log_since())
+        ]
+    finally:
+        await traffic.close()
+        fleet.stop()
+    seen, _ = await count_committed(ctx.bootstrap, out, PARTITIONS, timeout=120)
+    stops, baseline = {}, {}
+    for p, arrivals in traffic.output.arrivals.items():
+        received = [r for r, _ in arrivals]
+        stops[p] = longest_gap(received, joined, traffic.stopped_at).seconds
+        baseline[p] = longest_gap(received, joined - before_s, joined).seconds
+    full = [r for r in new_restores if r["records"] >= store_sizes[r["partition"]] / 2]
+    return {
+        "records": sent,
+        "rate": ctx.ha_rate,
+        "store_records": sum(store_sizes.values()),
+        "probing_interval_ms": setting(scenario, "PROBING_REBALANCE_INTERVAL_MS", 600_000),
+        "max_stop_s": max(stops.values()),
+        "task_stops_s": stops,
+        "before_max_stop_s": max(baseline.values()),
+        "new_member_restores": new_restores,
+        "full_restores": full,
+        "balanced": balanced_after is not None,
+        "balanced_after_s": balanced_after,
+        "probing_rebalances": sum(m.get("onceflow_probing_rebalances_total", 0.0) for m in metrics),
+        "output_records": seen,
+        "verified": seen == sent,
+        "peak_rss_mb": peak_rss,
+        **start_figures,
+        "workers": workers,
+    }
