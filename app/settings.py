@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     # How long a task with several partitions waits for one with nothing fetched before it goes
     # on in timestamp order without it (Kafka Streams' max.task.idle.ms); 0: never waits.
     max_task_idle_ms: int = Field(default=0, ge=0)
+    # High availability (docs/architecture.md, *High availability*): standby copies of each
+    # task's stores on other instances, and Kafka Streams' KIP-441 lag-aware assignment.
+    num_standby_replicas: int = Field(default=0, ge=0)
+    acceptable_recovery_lag: int = Field(default=10_000, ge=0)
+    max_warmup_replicas: int = Field(default=2, ge=1)
+    probing_rebalance_interval_ms: int = Field(default=600_000, ge=1000)
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_enabled: bool = True

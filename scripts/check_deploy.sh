@@ -149,8 +149,9 @@ helm_template() {
 
 # The chart refuses values that cannot work; each case must fail with its message.
 chart_guards() {
-    local case expect out
+    local case expect out count=0
     while IFS='|' read -r case expect; do
+        count=$((count + 1))
         # shellcheck disable=SC2086 # $case holds --set arguments
         if out=$("$HELM" template "$RELEASE" "$CHART" $case 2>&1); then
             echo "rendered although it should fail: --set $case"
@@ -167,8 +168,96 @@ chart_guards() {
 --set image.digest=latest|image.digest must look like sha256:
 --set kafka.securityProtocol=SSLv3|kafka.securityProtocol must be one of
 --set kafka.tls.existingSecret=ca|does not use TLS
+--set highAvailability.standbyReplicas=-1|highAvailability.standbyReplicas must be a whole number >= 0
+--set highAvailability.standbyReplicas=1.5|highAvailability.standbyReplicas must be a whole number >= 0
+--set highAvailability.acceptableRecoveryLag=many|highAvailability.acceptableRecoveryLag must be a whole number >= 0
+--set highAvailability.maxWarmupReplicas=0|highAvailability.maxWarmupReplicas must be a whole number >= 1
+--set highAvailability.probingRebalanceIntervalMs=500|highAvailability.probingRebalanceIntervalMs must be a whole number >= 1000
 EOF
-    echo "5 invalid value sets rejected" > "$WORK/summary"
+    echo "$count invalid value sets rejected" > "$WORK/summary"
+}
+
+# High availability: the values reach the worker's environment, static membership takes the pod
+# name, and NOTES.txt warns about standbys that cannot be placed and a PodDisruptionBudget wider
+# than the standbys. helm template does not render NOTES.txt: a copy of the chart includes it
+# in a manifest of its own.
+ha_notes() {
+    "$HELM" template "$RELEASE" "$WORK/notes-chart" --namespace "$NAMESPACE" \
+        --show-only templates/zz-notes.yaml "$@"
+}
+
+ha_settings() {
+    rm -rf "$WORK/notes-chart"
+    cp -r "$CHART" "$WORK/notes-chart"
+    # shellcheck disable=SC2016 # a Helm template, not a shell expansion
+    printf '%s\n' 'notes: |' '{{ include (print $.Template.BasePath "/NOTES.txt") . | indent 2 }}' \
+        > "$WORK/notes-chart/templates/zz-notes.yaml"
+    ha_notes --values "$CHART/ci/custom-values.yaml" > "$WORK/notes-custom.yaml"
+    ha_notes --set highAvailability.standbyReplicas=3 > "$WORK/notes-unplaceable.yaml"
+    ha_notes --set highAvailability.standbyReplicas=1 --set replicaCount=1 \
+        > "$WORK/notes-single.yaml"
+    ha_notes --set highAvailability.standbyReplicas=1 --set podDisruptionBudget.maxUnavailable=2 \
+        > "$WORK/notes-pdb.yaml"
+    "$LINTERS/python" - "$WORK" "$WORK/summary" <<'PY'
+import sys
+
+import yaml
+
+work, summary = sys.argv[1:]
+problems = []
+
+
+def worker_env(value_set):
+    with open(f"{work}/rendered/{value_set}/manifests.yaml") as fh:
+        docs = [d for d in yaml.safe_load_all(fh) if d]
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    (worker,) = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "worker"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in worker["env"]}
+
+
+def expect_env(value_set, want):
+    env = worker_env(value_set)
+    for name, value in want.items():
+        if env.get(name) != value:
+            problems.append(f"{value_set} values: {name}={env.get(name)!r}, expected {value!r}")
+
+
+expect_env("default", {
+    "ONCEFLOW_NUM_STANDBY_REPLICAS": "0",
+    "ONCEFLOW_ACCEPTABLE_RECOVERY_LAG": "10000",
+    "ONCEFLOW_MAX_WARMUP_REPLICAS": "2",
+    "ONCEFLOW_PROBING_REBALANCE_INTERVAL_MS": "600000",
+    "ONCEFLOW_GROUP_INSTANCE_ID": None,
+})
+expect_env("custom", {
+    "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
+    "ONCEFLOW_GROUP_INSTANCE_ID": "$(POD_NAME)",
+    "ONCEFLOW_NUM_STANDBY_REPLICAS": "1",
+    "ONCEFLOW_ACCEPTABLE_RECOVERY_LAG": "20000",
+    "ONCEFLOW_MAX_WARMUP_REPLICAS": "3",
+    "ONCEFLOW_PROBING_REBALANCE_INTERVAL_MS": "300000",
+    "ONCEFLOW_SESSION_TIMEOUT_MS": "90000",
+})
+
+UNPLACED = "stay unassigned until the group has more pods"
+PDB = "exceeds highAvailability.standbyReplicas"
+cases = [
+    ("custom", ["Standby replicas: 1 per task"], [UNPLACED, PDB]),
+    ("unplaceable", ["only 2 of each task's 3 standbys can be placed", UNPLACED], [PDB]),
+    ("single", ["no standby can be placed"], [PDB]),
+    ("pdb", ["podDisruptionBudget.maxUnavailable=2 " + PDB], [UNPLACED]),
+]
+for case, present, absent in cases:
+    with open(f"{work}/notes-{case}.yaml") as fh:
+        text = yaml.safe_load(fh)["notes"]
+    problems += [f"NOTES ({case}): missing {s!r}" for s in present if s not in text]
+    problems += [f"NOTES ({case}): unexpected {s!r}" for s in absent if s in text]
+
+print("\n".join(problems))
+with open(summary, "w") as fh:
+    fh.write(f"worker environment of default and custom values, {len(cases)} NOTES cases")
+sys.exit(1 if problems else 0)
+PY
 }
 
 # Strict schema validation (unknown fields fail) of every rendered document. The
@@ -236,6 +325,9 @@ for set in "${VALUE_SETS[@]}"; do
     check "helm template ($set values)" helm_template "$set"
 done
 check "helm template rejects invalid values" chart_guards
+if [[ -s $WORK/rendered/default/manifests.yaml && -s $WORK/rendered/custom/manifests.yaml ]]; then
+    check "high availability values (standbys, static membership, NOTES)" ha_settings
+fi
 for set in "${VALUE_SETS[@]}"; do
     [[ -s $WORK/rendered/$set/manifests.yaml ]] || continue
     for version in "${K8S_VERSIONS[@]}"; do

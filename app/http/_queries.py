@@ -22,19 +22,28 @@ from urllib.parse import quote
 
 import httpx
 from fastapi import HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 
 from onceflow.http._global_queries import global_lookup
-from onceflow.http._types import KeyValue, TaskView, Window, WindowedKeyValue, WorkerView
+from onceflow.http._types import (
+    KeyValue,
+    StandbyView,
+    TaskView,
+    Window,
+    WindowedKeyValue,
+    WorkerView,
+)
 from onceflow.partitioner import partition_for_key
 from onceflow.serdes import parse_text_key, render_value
 from onceflow.tables import WindowedTable
 from onceflow.topology import AnyTable
 from onceflow.window_ranges import RangeTable
 
-__all__ = ["FORWARDED", "OWNER", "KeyQueries"]
+__all__ = ["FORWARDED", "OWNER", "STANDBY_LAG", "KeyQueries"]
 
 log = logging.getLogger("onceflow.http")
 
+STANDBY_LAG = "X-Onceflow-Standby-Lag"  # an answer from a standby copy: records it lacks
 FORWARDED = "X-Onceflow-Forwarded"  # set on proxied requests: an owner never proxies them again
 OWNER = "X-Onceflow-Owner"  # the URL of the instance whose state answered
 MAX_PROXIED_BYTES = 16 * 1024 * 1024
@@ -87,9 +96,18 @@ class KeyQueries:
             self._readers = None
 
     async def lookup(
-        self, request: Request, table_name: str, text: str, from_ms: int | None, to_ms: int | None
+        self,
+        request: Request,
+        table_name: str,
+        text: str,
+        from_ms: int | None,
+        to_ms: int | None,
+        *,
+        stale_ok: bool = False,
     ) -> KeyValue | WindowedKeyValue | Response:
-        """Answer for ``text`` (the key as typed) in ``table_name``: locally, proxied, or raise."""
+        """Answer for ``text`` (the key as typed) in ``table_name``: locally, proxied, or raise.
+        ``stale_ok``: when this instance does not run the key's task but keeps a standby copy of
+        it, answer from that copy, with the records it lacks in ``X-Onceflow-Standby-Lag``."""
         if table_name in self._worker.app.global_tables:  # every instance holds all of it
             return await global_lookup(self._worker, table_name, text, self._in_reader)
         table = self._table(table_name)
@@ -104,6 +122,11 @@ class KeyQueries:
         task_key = (table.group, partition_for_key(key_bytes, count))
         task_id = f"{task_key[0]}_{task_key[1]}"
         task = worker.tasks.get(task_key)
+        if stale_ok and (task is None or task.state != "running"):
+            standby = worker.standbys.get(task_key)
+            if standby is not None and (lag := standby.table_lag(table.name)) is not None:
+                return await self._from_standby(task_key, standby, lag, table, key, key_bytes,
+                                                from_ms, to_ms)  # fmt: skip
         if task is not None:
             if task.state != "running":
                 raise unavailable(f"task {task_id} is {task.state} here; retry")
@@ -117,6 +140,29 @@ class KeyQueries:
             # The sender thinks this instance owns the task: one of us has a stale assignment.
             raise unavailable(f"task {task_id} is not owned here (assignment changing); retry")
         return await self._proxy(request, owner, task_id, table.name, text, from_ms, to_ms)
+
+    async def _from_standby(
+        self,
+        task_key: tuple[str, int],
+        standby: StandbyView,
+        lag: int,
+        table: AnyTable,
+        key: Any,
+        key_bytes: bytes,
+        from_ms: int | None,
+        to_ms: int | None,
+    ) -> Response:
+        """A stale answer, asked for: a standby's copy is committed state (read from the
+        changelog with read_committed) ``lag`` records behind the active's. It knows no stream
+        time, so windows and ttl keys that expired but were not deleted yet may show."""
+        headers = {OWNER: self._worker.assignor.advertised_url, STANDBY_LAG: str(lag)}
+        try:
+            answer = await self._local(task_key, standby, table, key, key_bytes, from_ms, to_ms)
+        except HTTPException as exc:
+            if exc.status_code == 404:
+                exc.headers = {**(exc.headers or {}), **headers}
+            raise
+        return JSONResponse(answer.model_dump(mode="json"), headers=headers)
 
     def _check_member(self) -> None:
         """503 unless this instance's group membership is current: a member the group may have
@@ -232,6 +278,10 @@ class KeyQueries:
         return HTTPException(404, detail, headers={OWNER: self._worker.assignor.advertised_url})
 
     def _still_running(self, task_key: tuple[str, int], task: TaskView) -> bool:
+        """Whether ``task`` still serves its key's partition here: running, or the standby copy
+        a stale read was answered from."""
+        if task.state == "standby":
+            return self._worker.standbys.get(task_key) is task
         return self._worker.tasks.get(task_key) is task and task.state == "running"
 
     # -- answering through the owner -----------------------------------------------------------

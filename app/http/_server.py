@@ -126,13 +126,20 @@ def _table_routes(worker: WorkerView, queries: KeyQueries) -> APIRouter:
         to_ms: Annotated[
             int | None, Query(alias="to", ge=0, le=_INT64_MAX, description="window start ≤ ms")
         ] = None,
+        stale_ok: Annotated[
+            bool,
+            Query(
+                description="may be answered from a standby copy here, behind the owner's "
+                "state by the records in the X-Onceflow-Standby-Lag header"
+            ),
+        ] = False,
     ) -> Any:
         """The key's committed value (windowed tables: its windows), from the key's owner.
 
         Answered here if this instance owns the key's partition, else by the owner (header
         ``X-Onceflow-Owner``); 503 with ``Retry-After`` while ownership is changing.
         """
-        answer = await queries.lookup(request, table, key, from_ms, to_ms)
+        answer = await queries.lookup(request, table, key, from_ms, to_ms, stale_ok=stale_ok)
         if isinstance(answer, Response):
             return answer
         own = worker.assignor.advertised_url

@@ -92,6 +92,14 @@ class TaskView(Protocol):
     def windowed_store(self, name: str) -> WindowReader: ...
 
 
+class StandbyView(TaskView, Protocol):
+    """A standby copy of a task (``onceflow.runtime.standby.StandbyTask``): ``state`` is
+    ``"standby"``, ``committed_stream_time`` -1 (a standby knows none)."""
+
+    def table_lag(self, table: str) -> int | None:
+        """Changelog records its copy of ``table`` lacks; None if it keeps none."""
+
+
 class AssignorView(Protocol):
     """The group assignor (``onceflow.runtime.assignor.TaskAssignor``): who owns which task, at
     which URL."""
@@ -130,6 +138,8 @@ class WorkerView(Protocol):
     def phase(self) -> str: ...
     @property
     def tasks(self) -> Mapping[TaskKey, TaskView]: ...
+    @property
+    def standbys(self) -> Mapping[TaskKey, StandbyView]: ...
     @property
     def partitions(self) -> Mapping[str, int]: ...
     @property

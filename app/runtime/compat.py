@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "abortable",
+    "before_assignment",
     "cluster_metadata",
     "committed_offsets",
     "fatal_transaction_error",
@@ -78,6 +79,21 @@ def request_rejoin(consumer: AIOKafkaConsumer) -> None:
     that follows gives it back to this member (Kafka Streams does the same on
     ``TaskMigratedException``)."""
     consumer._coordinator.request_rejoin()
+
+
+def before_assignment(consumer: AIOKafkaConsumer, hook: Callable[[], Awaitable[None]]) -> None:
+    """Await ``hook()`` each time this member, as the group's leader, is about to assign
+    (``_coordinator._perform_assignment``, a coroutine that calls the assignor's synchronous
+    ``assign``): the lag-aware assignor needs the changelogs' end offsets of that moment. Once
+    per started consumer; a failing hook is the hook's to handle (it must not raise)."""
+    coordinator = consumer._coordinator
+    perform = coordinator._perform_assignment
+
+    async def perform_assignment(response: Any) -> Any:
+        await hook()
+        return await perform(response)
+
+    coordinator._perform_assignment = perform_assignment
 
 
 def fatal_transaction_error(producer: AIOKafkaProducer) -> tuple[bool, BaseException | None]:

@@ -103,8 +103,37 @@ class Metrics:
             registry=r,
         )
         self.assigned_tasks = Gauge("onceflow_assigned_tasks", "Tasks owned", ["app"], registry=r)
+        self.standby_tasks = Gauge(
+            "onceflow_standby_tasks",
+            "Standby tasks kept here (warm-ups apart)",
+            ["app"],
+            registry=r,
+        )
+        self.warmup_tasks = Gauge(
+            "onceflow_warmup_tasks", "Warm-up tasks kept here", ["app"], registry=r
+        )
+        self.standby_lag = Gauge(
+            "onceflow_standby_lag_records",
+            "Changelog records a standby or warm-up copy lacks",
+            ["app", "task"],
+            registry=r,
+        )
+        self.standby_records = Counter(
+            "onceflow_standby_records",
+            "Changelog records applied by standby and warm-up copies",
+            ["app"],
+            registry=r,
+        )
+        self.probing_rebalances = Counter(
+            "onceflow_probing_rebalances",
+            "Rebalances this instance asked for to move tasks whose warm-up caught up",
+            ["app"],
+            registry=r,
+        )
         self.eos_enabled.labels(app_id).set(1 if eos else 0)
         self.assigned_tasks.labels(app_id).set(0)
+        self.standby_tasks.labels(app_id).set(0)
+        self.warmup_tasks.labels(app_id).set(0)
 
 
 class BatchedHistogram:

@@ -28,7 +28,7 @@ from onceflow.errors import ChangelogMissingError, RestoreCancelledError
 from onceflow.runtime.compat import cluster_metadata
 from onceflow.state.typing import Restorable
 
-__all__ = ["ConsumerFactory", "RestoreProgress", "restore_partition"]
+__all__ = ["ConsumerFactory", "RestoreProgress", "restore_partition", "start_offset"]
 
 log = logging.getLogger("onceflow.restore")
 ConsumerFactory = Callable[..., AIOKafkaConsumer]
@@ -123,7 +123,7 @@ async def restore_partition(
         if until is not None:
             await asyncio.to_thread(_wipe_ahead, store, progress, until, end)
             end = min(end, until)
-        start = await asyncio.to_thread(_start_offset, store, progress, topic, begin, end, topic_id)
+        start = await asyncio.to_thread(start_offset, store, progress, topic, begin, end, topic_id)
         progress.start_offset = progress.position = start
         progress.end_offset = end
         progress.started_at = time.monotonic()
@@ -136,7 +136,7 @@ async def restore_partition(
         await consumer.stop()
 
 
-def _start_offset(
+def start_offset(
     store: Restorable,
     progress: RestoreProgress,
     topic: str,
@@ -167,7 +167,7 @@ def _start_offset(
 
 def _wipe_ahead(store: Restorable, progress: RestoreProgress, until: int, end: int) -> None:
     """Wipe a store whose checkpoint is at or beyond ``until`` (and within the log: beyond it,
-    ``_start_offset`` stops the worker): it holds records past the offsets the task committed
+    ``start_offset`` stops the worker): it holds records past the offsets the task committed
     (the group's offsets were reset), which Invariant 1 forbids."""
     checkpoint = store.checkpoint
     if checkpoint is None or checkpoint < until or checkpoint >= end:

@@ -108,6 +108,39 @@ class TaskStores:
 
     # -- start -------------------------------------------------------------------------------
 
+    async def open(
+        self,
+        table: AnyTable,
+        *,
+        app_id: str,
+        settings: Settings,
+        delete_retention_ms: int | None = None,
+        lock_timeout_s: float = 30.0,
+    ) -> tuple[Restorable, str | None]:
+        """Open the table's SQLite store (wiped if corrupt, if it was out of sync with its
+        changelog for longer than the changelog's ``delete_retention_ms``, or if its rows are
+        laid out for another definition of the table: ``layout.reconcile``) and attach it;
+        returns what restores it and why it was wiped (None if it was not)."""
+        path = Path(settings.state_dir) / app_id / table.name / str(self.partition)
+        cache_bytes = int(settings.state_read_cache_mib * 2**20)
+        opened = await open_store_cancellable(
+            path,
+            cache_bytes=cache_bytes,
+            page_cache_mib=settings.state_page_cache_mib,
+            lock_timeout_s=lock_timeout_s,
+            delete_retention_ms=delete_retention_ms,
+            layout=table.layout(),
+        )
+        reason = opened.wiped_because
+        if opened.stale:
+            log.warning("store %s partition %d: %s", table.name, self.partition, reason)
+        elif reason:
+            log.warning("store %s partition %d wiped: %s", table.name, self.partition, reason)
+        self._dirs[table.name] = path
+        self._in_sync_at[table.name] = opened.in_sync_at
+        self._behind.add(table.name)
+        return self.attach(table, opened.store, copy_bytes=cache_bytes), reason
+
     async def open_and_restore(
         self,
         table: AnyTable,
@@ -121,31 +154,13 @@ class TaskStores:
         stream_time: int = -1,
         until: int | None = None,
     ) -> None:
-        """Open the table's SQLite store (wiped if corrupt, if it was out of sync with its
-        changelog for longer than the changelog's ``delete_retention_ms``, or if its rows are
-        laid out for another definition of the table: ``layout.reconcile``) and bring it up to
-        the end of its changelog partition (``until``: up to that offset, a source table's
-        committed one), checking that its checkpoint is of the topic with
-        ``changelog_topic_id`` (``restore_partition``). Windows expired at ``stream_time`` (the
-        task's, -1 if none) are not restored."""
-        path = Path(settings.state_dir) / app_id / table.name / str(self.partition)
-        cache_bytes = int(settings.state_read_cache_mib * 2**20)
-        opened = await open_store_cancellable(
-            path,
-            cache_bytes=cache_bytes,
-            page_cache_mib=settings.state_page_cache_mib,
-            delete_retention_ms=delete_retention_ms,
-            layout=table.layout(),
+        """``open`` the table's store and bring it up to the end of its changelog partition
+        (``until``: up to that offset, a source table's committed one), checking that its
+        checkpoint is of the topic with ``changelog_topic_id`` (``restore_partition``). Windows
+        expired at ``stream_time`` (the task's, -1 if none) are not restored."""
+        target, reason = await self.open(
+            table, app_id=app_id, settings=settings, delete_retention_ms=delete_retention_ms
         )
-        reason = opened.wiped_because
-        if opened.stale:
-            log.warning("store %s partition %d: %s", table.name, self.partition, reason)
-        elif reason:
-            log.warning("store %s partition %d wiped: %s", table.name, self.partition, reason)
-        self._dirs[table.name] = path
-        self._in_sync_at[table.name] = opened.in_sync_at
-        self._behind.add(table.name)
-        target: Restorable = self.attach(table, opened.store, copy_bytes=cache_bytes)
         # Windows a commit would expire at once are not restored.
         if (
             isinstance(target, WindowedStorePartition)
@@ -168,7 +183,7 @@ class TaskStores:
             until=until,
         )
         gauge.set(0)
-        self._synced(table.name)
+        self.synced(table.name)
         if progress.restored:
             log.info(
                 "restored %s partition %d: %d records from offset %d in %.2fs",
@@ -301,10 +316,11 @@ class TaskStores:
         for name, store in self._stores.items():
             store.flush(checkpoints.get(name), seal=False)
             if name in checkpoints or name not in self._behind:
-                self._synced(name)
+                self.synced(name)
 
-    def _synced(self, name: str) -> None:
-        """The table's store holds everything its changelog partition does, as of now."""
+    def synced(self, name: str) -> None:
+        """The table's store holds everything its changelog partition does, as of now (a
+        standby: as of its last fetch)."""
         path = self._dirs.get(name)
         if path is None:
             return  # not a store of ours on disk (attached by a test driver)
@@ -344,7 +360,7 @@ class TaskStores:
         if path is None:
             return
         if name not in self._behind:
-            self._synced(name)
+            self.synced(name)
             return
         # Closing moved the mtime (SQLite deletes its WAL files) but the store is no fresher
         # than when it was last in sync: a restore stopped half-way, or a flush that never came.

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -26,12 +26,13 @@ from aiokafka.structs import TopicPartition
 from onceflow import naming
 from onceflow.errors import OnceflowError
 from onceflow.runtime.admin import TopicAdmin, internal_topics
-from onceflow.runtime.assignor import TaskAssignor, TaskKey
+from onceflow.runtime.assignor import HaConfig, TaskAssignor, TaskKey
 from onceflow.runtime.cleanup import StateCleaner
 from onceflow.runtime.clients import Clients
 from onceflow.runtime.compat import membership_current, request_rejoin, watch_membership
 from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
 from onceflow.runtime.global_tables import GlobalTables
+from onceflow.runtime.ha import HighAvailability
 from onceflow.runtime.metrics import Metrics
 from onceflow.runtime.ordering import HeldInputs, by_timestamp
 from onceflow.runtime.sinks import (
@@ -40,6 +41,7 @@ from onceflow.runtime.sinks import (
     Sink,
     TransactionalSink,
 )
+from onceflow.runtime.standby import StandbyTask
 from onceflow.runtime.task import Task, TaskState
 from onceflow.runtime.watches import purge_repartitions, watch_changelogs
 from onceflow.settings import Settings, load_settings
@@ -92,7 +94,22 @@ class Worker:
         self.delete_retention_ms: dict[str, int] = {}  # changelog topic -> its delete.retention.ms
         self.changelog_ids: dict[str, str] = {}  # changelog topic -> its topic id at start
         self.http_port: int | None = None
-        self.assignor = TaskAssignor(app.groups(), self.settings.effective_advertised_url())
+        s = self.settings
+        self.assignor = TaskAssignor(
+            app.groups(),
+            s.effective_advertised_url(),
+            ha=HaConfig(s.num_standby_replicas, s.acceptable_recovery_lag, s.max_warmup_replicas),
+        )
+        # Standby and warm-up copies, the state this member reports, probing rebalances
+        # (docs/architecture.md, *High availability*).
+        self.ha = HighAvailability(
+            app,
+            s,
+            self.clients,
+            self.metrics,
+            self.assignor,
+            on_fatal=lambda exc: self._fatal(exc, "standby tasks"),
+        )
         self.fatal_error: BaseException | None = None
         self.last_loop_at = time.monotonic()
         self.topic_check_interval_s = topic_check_interval_s
@@ -139,6 +156,11 @@ class Worker:
         return membership_current(self._consumer, self.settings.session_timeout_ms / 1000)
 
     @property
+    def standbys(self) -> Mapping[TaskKey, StandbyTask]:
+        """The standby and warm-up copies kept here, by task."""
+        return self.ha.standby_tasks
+
+    @property
     def consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             raise OnceflowError("the worker is not started")
@@ -159,6 +181,7 @@ class Worker:
                 )
             )  # fmt: skip
             self._spawn(self.global_tables.run(self._stop))
+            self._spawn(self.ha.run(self._stop))
             self._spawn(StateCleaner.of(self.app, self.settings).run(self._owned, self._stop))
             self._spawn(
                 purge_repartitions(
@@ -213,6 +236,9 @@ class Worker:
             await self._shared_producer.start()
         await self._consumer.start()
         watch_membership(self._consumer)
+        await self.ha.start(
+            self._consumer, self.partitions, self.delete_retention_ms, self.changelog_ids
+        )
         sources = sorted(t for topics in self.app.groups().values() for t in topics)
         self._consumer.subscribe(sources, listener=_Listener(self))
         self.phase = "joining"
@@ -245,6 +271,8 @@ class Worker:
                 await asyncio.wait_for(self._consumer.stop(), grace or 1)
         with contextlib.suppress(KafkaError, TimeoutError):
             await asyncio.wait_for(self.global_tables.close(), grace or 1)
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(self.ha.close(), grace or 1)
         if self._shared_producer is not None:
             with contextlib.suppress(KafkaError, TimeoutError):
                 await asyncio.wait_for(self._shared_producer.stop(), grace or 1)
@@ -452,7 +480,7 @@ class Worker:
         None while the worker is not running (joining, rebalancing: all are revoked then)."""
         if self.phase != "running":
             return None
-        return {*self.tasks, *self._starting, *self._assigned}
+        return {*self.tasks, *self._starting, *self._assigned, *self.ha.keeps()}
 
     async def _revive(self, key: TaskKey, delay: float, rebalances: int) -> None:
         """Rebuild a failed task if this worker still owns it after ``delay``.
@@ -479,6 +507,7 @@ class Worker:
             self._rebalances += 1
             self._assigned = set()
             keys = [k for k, t in self.tasks.items() if revoked.intersection(t.tps)]
+            self.ha.revoked(k for k in keys if self.tasks[k].state is TaskState.RUNNING)
             await self._close_tasks(keys, commit=True)
             log.info("revoked %d tasks", len(keys))
 
@@ -487,6 +516,8 @@ class Worker:
         keys = {(self.app.group_of(tp.topic), tp.partition) for tp in assigned}
         async with self._lock:
             self._assigned = keys
+            # First: a standby of a task now active here closes before the task opens its stores
+            self._spawn(self.ha.assigned())
             for key in sorted(keys - self.tasks.keys()):
                 self._create_task(key)
             self.phase = "running"
@@ -540,6 +571,7 @@ class Worker:
 
     async def _start_task(self, key: TaskKey, task: Task) -> None:
         try:
+            await self.ha.release(key)  # a promoted standby: its stores, restored to the tail
             await task.start()
         except asyncio.CancelledError:
             raise

@@ -49,6 +49,7 @@ __all__ = [
     "check_file",
     "db_files",
     "disk_diagnosis",
+    "stored_checkpoint",
 ]
 
 DB_FILE = "data.sqlite"
@@ -147,6 +148,30 @@ def disk_diagnosis(file: Path) -> str:
             f"{errno.errorcode[errno.ENOSPC]} ({os.strerror(errno.ENOSPC)})"
         )
     return f"its file system has {free // 2**20} MiB free"
+
+
+def stored_checkpoint(file: Path) -> int | None:
+    """The changelog checkpoint recorded in ``file``, read without touching the store: opened
+    ``immutable`` (no WAL, no shared memory, no files created, the directory's mtime unmoved).
+    The caller holds the store's ``TaskLock``, so no connection writes meanwhile; a WAL left by a
+    crash is not read, and the checkpoint of the main file is older but consistent with it.
+    None for a missing or unreadable file, or one without a checkpoint."""
+    if not file.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{file.resolve().as_uri()}?immutable=1", uri=True)
+        try:
+            row = conn.execute(
+                f'SELECT value FROM "{_TABLE}" WHERE key = ?', (META_CHECKPOINT,)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    if row is None or len(row[0]) != _OFFSET.size:
+        return None
+    value: int = _OFFSET.unpack(row[0])[0]
+    return value
 
 
 def check_file(file: Path, *, deep: bool) -> None:

@@ -102,8 +102,28 @@ which must leave the worker its whole grace (else SIGKILL lands mid-commit).
 {{- end }}
 {{- end }}
 
+{{/*
+Fail unless .value is a whole number >= .min: the worker would refuse it at start (exit 2, in a
+restart loop), so say it at render time. Numbers from YAML files arrive as float64, from --set
+as int64.
+*/}}
+{{- define "onceflow.requireWholeNumber" -}}
+{{- $v := .value }}
+{{- if not (or (kindIs "int" $v) (kindIs "int64" $v) (kindIs "float64" $v)) }}
+{{- fail (printf "%s must be a whole number >= %d (%s), got %v" .name .min .meaning $v) }}
+{{- end }}
+{{- if or (ne (float64 $v) (floor $v)) (lt (float64 $v) (float64 .min)) }}
+{{- fail (printf "%s must be a whole number >= %d (%s), got %v" .name .min .meaning $v) }}
+{{- end }}
+{{- end }}
+
 {{/* Reject values that cannot work, with the fix in the message. */}}
 {{- define "onceflow.validate" -}}
+{{- $ha := .Values.highAvailability }}
+{{- include "onceflow.requireWholeNumber" (dict "name" "highAvailability.standbyReplicas" "value" $ha.standbyReplicas "min" 0 "meaning" "standby copies per task; 0 for none") }}
+{{- include "onceflow.requireWholeNumber" (dict "name" "highAvailability.acceptableRecoveryLag" "value" $ha.acceptableRecoveryLag "min" 0 "meaning" "changelog records") }}
+{{- include "onceflow.requireWholeNumber" (dict "name" "highAvailability.maxWarmupReplicas" "value" $ha.maxWarmupReplicas "min" 1 "meaning" "warm-up copies at a time") }}
+{{- include "onceflow.requireWholeNumber" (dict "name" "highAvailability.probingRebalanceIntervalMs" "value" $ha.probingRebalanceIntervalMs "min" 1000 "meaning" "milliseconds") }}
 {{- $protocols := list "PLAINTEXT" "SSL" "SASL_PLAINTEXT" "SASL_SSL" }}
 {{- if not (has .Values.kafka.securityProtocol $protocols) }}
 {{- fail (printf "kafka.securityProtocol must be one of %s, got %q" (join ", " $protocols) .Values.kafka.securityProtocol) }}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from onceflow.errors import ChangelogMissingError
-from onceflow.runtime.restore import RestoreProgress, _start_offset
+from onceflow.runtime.restore import RestoreProgress, start_offset
 from onceflow.state.sqlite.partition import SqliteStorePartition
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -70,11 +70,11 @@ def store(tmp_path: Path):
 
 def test_restore_starts_after_the_checkpoint(store: SqliteStorePartition) -> None:
     progress = RestoreProgress("sum", 3)
-    assert _start_offset(store, progress, "app-sum-changelog", 0, 10) == 0
+    assert start_offset(store, progress, "app-sum-changelog", 0, 10) == 0
     store.restore_batch([(b"k", b"v")], last_offset=4)
-    assert _start_offset(store, progress, "app-sum-changelog", 0, 10) == 5
+    assert start_offset(store, progress, "app-sum-changelog", 0, 10) == 5
     # Below the log start (retention removed the records): start at the log start.
-    assert _start_offset(store, progress, "app-sum-changelog", 8, 10) == 8
+    assert start_offset(store, progress, "app-sum-changelog", 8, 10) == 8
 
 
 @pytest.mark.parametrize("end", [0, 4])
@@ -83,7 +83,7 @@ def test_a_checkpoint_beyond_the_changelog_end_is_fatal(
 ) -> None:
     store.restore_batch([(b"k", b"v")], last_offset=4)
     with pytest.raises(ChangelogMissingError) as raised:
-        _start_offset(store, RestoreProgress("sum", 3), "app-sum-changelog", 0, end)
+        start_offset(store, RestoreProgress("sum", 3), "app-sum-changelog", 0, end)
     message = str(raised.value)
     assert "store 'sum' partition 3 has checkpoint 4 but changelog topic 'app-sum-changelog' " in (
         message
@@ -97,13 +97,13 @@ OLD_ID, NEW_ID = "UghfcGq0S3-YOhw7sSOVbw", "IYR3A73PQyOrMjT-cibDYQ"
 
 def test_a_checkpoint_of_a_recreated_changelog_is_fatal(store: SqliteStorePartition) -> None:
     progress = RestoreProgress("sum", 3)
-    assert _start_offset(store, progress, "app-sum-changelog", 0, 10, OLD_ID) == 0
+    assert start_offset(store, progress, "app-sum-changelog", 0, 10, OLD_ID) == 0
     store.restore_batch([(b"k", b"v")], last_offset=4)  # the id is recorded with the checkpoint
     assert store.changelog_topic_id == OLD_ID
-    assert _start_offset(store, progress, "app-sum-changelog", 0, 10, OLD_ID) == 5
+    assert start_offset(store, progress, "app-sum-changelog", 0, 10, OLD_ID) == 5
     # The topic was recreated and someone wrote more than the checkpoint to it: offsets fit.
     with pytest.raises(ChangelogMissingError) as raised:
-        _start_offset(store, progress, "app-sum-changelog", 0, 10, NEW_ID)
+        start_offset(store, progress, "app-sum-changelog", 0, 10, NEW_ID)
     message = str(raised.value)
     assert (
         f"store 'sum' partition 3 has checkpoint 4 of changelog topic 'app-sum-changelog' with "
@@ -113,7 +113,7 @@ def test_a_checkpoint_of_a_recreated_changelog_is_fatal(store: SqliteStorePartit
     store.restore_batch([], last_offset=5)
     assert store.changelog_topic_id == OLD_ID  # nothing recorded for the refused topic
     # Without an id (a broker before Kafka 3.1) only the offsets are checked.
-    assert _start_offset(store, progress, "app-sum-changelog", 0, 10) == 6
+    assert start_offset(store, progress, "app-sum-changelog", 0, 10) == 6
 
 
 def test_a_checkpoint_without_a_topic_id_adopts_the_current_one(
@@ -121,6 +121,6 @@ def test_a_checkpoint_without_a_topic_id_adopts_the_current_one(
 ) -> None:
     store.restore_batch([(b"k", b"v")], last_offset=4)  # written by an older onceflow
     assert store.changelog_topic_id is None
-    assert _start_offset(store, RestoreProgress("sum", 3), "app-sum-changelog", 0, 10, NEW_ID) == 5
+    assert start_offset(store, RestoreProgress("sum", 3), "app-sum-changelog", 0, 10, NEW_ID) == 5
     assert (store.checkpoint, store.changelog_topic_id) == (4, NEW_ID)  # recorded at once
     assert store.get(b"k") == b"v"

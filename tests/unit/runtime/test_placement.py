@@ -1,0 +1,143 @@
+"""Lag-aware placement (KIP-441): active on a caught-up member, standbys apart from it, warm-ups
+and probing until balanced."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from onceflow.runtime.placement import RUNNING, Member, Placement, place
+
+TASKS = [("0", p) for p in range(6)]
+ENDS = dict.fromkeys(TASKS, 1_000_000)  # every task has a big changelog
+
+
+def _owner(placed: Placement) -> dict[tuple[str, int], str]:
+    return {t: m for m, ts in placed.active.items() for t in ts}
+
+
+def test_without_state_it_is_the_sticky_balance() -> None:
+    members = [Member("a", "pa"), Member("b", "pb"), Member("c", "pc")]
+    placed = place(TASKS, members, {})
+    assert sorted(len(ts) for ts in placed.active.values()) == [2, 2, 2]
+    assert placed.balanced
+    assert not any(placed.standby.values()) and not any(placed.warmup.values())
+
+
+def test_a_new_member_without_state_gets_warm_ups_not_tasks() -> None:
+    ran = {t: RUNNING for t in TASKS}
+    members = [Member("a", "pa", frozenset(TASKS), ran), Member("b", "pb"), Member("c", "pc")]
+    placed = place(TASKS, members, ENDS, max_warmups=2)
+    assert placed.active["a"] == TASKS  # nothing stops for a full restore
+    assert not placed.balanced and len(placed.held) == 4
+    assert sum(len(ts) for ts in placed.warmup.values()) == 2  # ONCEFLOW_MAX_WARMUP_REPLICAS
+    assert all(placed.held[t] == m for m, ts in placed.warmup.items() for t in ts)
+
+
+def test_a_caught_up_warm_up_takes_its_task_over() -> None:
+    ran = {t: RUNNING for t in TASKS}
+    members = [Member("a", "pa", frozenset(TASKS), ran), Member("b", "pb"), Member("c", "pc")]
+    first = place(TASKS, members, ENDS, max_warmups=2)
+    warm = {t: ENDS[t] - 10 for ts in first.warmup.values() for t in ts}
+    b = Member("b", "pb", frozenset(), {t: p for t, p in warm.items() if t in first.warmup["b"]})
+    c = Member("c", "pc", frozenset(), {t: p for t, p in warm.items() if t in first.warmup["c"]})
+    second = place(TASKS, [members[0], b, c], ENDS, max_warmups=2)
+    owner = _owner(second)
+    assert all(owner[t] != "a" for t in warm)  # they moved
+    assert len(second.held) == 2  # the other two now warm up
+
+
+def test_probing_rounds_end_balanced_and_no_task_ever_restores_in_full() -> None:
+    """Scale-out 1 -> 3 with one standby: every round, each copy catches up (positions reach
+    the ends) before the next rebalance; the placement ends balanced, and an active never
+    goes to a member that is not caught up while one that is exists."""
+    previous = {"a": set(TASKS)}
+    held: dict[str, dict[tuple[str, int], int]] = {"a": {t: RUNNING for t in TASKS}}
+    for rounds in range(1, 10):
+        members = [
+            Member(m, f"p{m}", frozenset(previous.get(m, ())), held.get(m, {})) for m in "abc"
+        ]
+        placed = place(TASKS, members, ENDS, standbys=1, max_warmups=2)
+        for m, ts in placed.active.items():
+            for t in ts:
+                assert placed.reasons[t]
+                known = held.get(m, {}).get(t)
+                assert known == RUNNING or known == ENDS[t], (rounds, m, t, placed.reasons[t])
+        if placed.balanced:
+            break
+        previous = {m: set(ts) for m, ts in placed.active.items()}
+        held = {
+            m: {
+                **{t: RUNNING for t in placed.active[m]},
+                **{t: ENDS[t] for t in [*placed.standby[m], *placed.warmup[m]]},
+            }
+            for m in "abc"
+        }
+    assert placed.balanced, placed.reasons
+    assert sorted(len(ts) for ts in placed.active.values()) == [2, 2, 2]
+    assert rounds <= 4
+
+
+def test_a_lost_members_tasks_go_to_their_caught_up_standbys() -> None:
+    a_tasks, b_tasks = TASKS[:3], TASKS[3:]
+    b = Member(
+        "b",
+        "pb",
+        frozenset(b_tasks),
+        {**dict.fromkeys(b_tasks, RUNNING), **{t: ENDS[t] - 5 for t in a_tasks}},
+    )
+    c = Member("c", "pc", frozenset(), {t: 10 for t in a_tasks})  # far behind
+    placed = place(TASKS, [b, c], ENDS, standbys=1)
+    owner = _owner(placed)
+    assert all(owner[t] == "b" for t in a_tasks)
+    assert all(owner[t] == "b" for t in b_tasks)
+    assert not placed.balanced  # c warms up; a probing rebalance evens the load later
+
+
+def test_standbys_never_share_a_process_with_their_active_or_each_other() -> None:
+    # a and b share a state directory (one host): a copy on b of a's task would fight a's lock
+    members = [Member("a", "host1"), Member("b", "host1"), Member("c", "host2")]
+    placed = place(TASKS, members, {}, standbys=2)
+    process = {"a": "host1", "b": "host1", "c": "host2"}
+    owner = _owner(placed)
+    for t in TASKS:
+        copies = [m for m, ts in placed.standby.items() if t in ts]
+        assert len(copies) == 1  # only one other process exists
+        assert process[copies[0]] != process[owner[t]]
+    assert placed.short_of_standbys == len(TASKS)
+
+
+def test_stateless_tasks_are_never_held() -> None:
+    ran = {t: RUNNING for t in TASKS}
+    members = [Member("a", "pa", frozenset(TASKS), ran), Member("b", "pb")]
+    placed = place(TASKS, members, {})  # no changelogs: every member is caught up
+    assert placed.balanced and sorted(len(ts) for ts in placed.active.values()) == [3, 3]
+
+
+@given(
+    st.integers(1, 12),
+    st.lists(st.sampled_from("abcde"), min_size=1, max_size=5, unique=True),
+    st.integers(0, 2),
+    st.dictionaries(
+        st.sampled_from("abcde"), st.dictionaries(st.integers(0, 11), st.integers(-1, 100))
+    ),
+)
+def test_every_task_has_one_active_and_copies_apart(
+    n: int, ids: list[str], standbys: int, positions: dict[str, dict[int, int]]
+) -> None:
+    tasks = [("0", p) for p in range(n)]
+    ends = dict.fromkeys(tasks, 100)
+    members = [
+        Member(m, f"p{m}", frozenset(), {("0", p): v for p, v in positions.get(m, {}).items()})
+        for m in ids
+    ]
+    placed = place(tasks, members, ends, standbys=standbys, acceptable_lag=10)
+    owner = _owner(placed)
+    assert sorted(owner) == tasks
+    for t in tasks:
+        copies = [m for m, ts in placed.standby.items() if t in ts]
+        warm = [m for m, ts in placed.warmup.items() if t in ts]
+        assert owner[t] not in copies + warm
+        assert len(set(copies + warm)) == len(copies + warm)
+        assert len(copies) == min(standbys, len(ids) - 1)
+    assert sum(len(ts) for ts in placed.warmup.values()) <= 2
