@@ -107,17 +107,17 @@ class Member:
         self.proc.popen.wait(10)
         return self.killed_at
 
-    async def metrics(self, client: httpx.AsyncClient) -> dict[str, float]:
-        """Its ``/metrics``, each sample summed over its labels (``name -> value``); empty
-        when the worker does not answer."""
+    async def metrics(self, client: httpx.AsyncClient) -> dict[str, list[float]]:
+        """Its ``/metrics``: each sample name's values (one per label set); empty when the
+        worker does not answer."""
         try:
             response = await client.get(f"{self.url}/metrics", timeout=5)
         except httpx.HTTPError:
             return {}
-        out: dict[str, float] = {}
+        out: dict[str, list[float]] = {}
         for family in text_string_to_metric_families(response.text):
             for sample in family.samples:
-                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+                out.setdefault(sample.name, []).append(sample.value)
         return out
 
 
@@ -166,33 +166,66 @@ class Fleet:
             m.proc.check_alive()
             m.proc.sample_rss()
 
-    async def metrics(self) -> list[dict[str, float]]:
+    async def metrics(self) -> list[dict[str, list[float]]]:
         """Every live member's metrics (see ``Member.metrics``)."""
         async with httpx.AsyncClient() as client:
             return list(await asyncio.gather(*(m.metrics(client) for m in self.alive)))
 
-    async def wait_standbys(
-        self, expected: int, max_lag: int, timeout: float
-    ) -> tuple[bool, float, dict[str, float]]:
-        """Wait until the live members hold ``expected`` standby tasks between them, none more
-        than ``max_lag`` records behind (the runtime's ``onceflow_standby_tasks`` and
-        ``onceflow_standby_lag_records``). Returns (caught up, seconds waited, last totals)."""
+    async def metric_totals(self) -> dict[str, float]:
+        """The HA metrics over the live members: standby and warm-up tasks, standby records
+        applied and probing rebalances summed; the largest standby lag."""
+        scraped = await self.metrics()
+
+        def total(name: str) -> float:
+            return sum(sum(m.get(name, [])) for m in scraped)
+
+        return {
+            "standby_tasks": total("onceflow_standby_tasks"),
+            "warmup_tasks": total("onceflow_warmup_tasks"),
+            "standby_lag_records_max": max(
+                (v for m in scraped for v in m.get("onceflow_standby_lag_records", [])),
+                default=0.0,
+            ),
+            "standby_records_applied": total("onceflow_standby_records_total"),
+            "probing_rebalances": total("onceflow_probing_rebalances_total"),
+        }
+
+    def balanced(self, tasks: int) -> bool:
+        """Every live member runs ``tasks / members`` tasks of its latest assignment (all of them
+        running), and together they run every task."""
+        share = tasks // len(self.alive)
+        running = [m.proc.running_tasks() for m in self.alive]
+        if any(r is None or len(r) != share for r in running):
+            return False
+        return len(set().union(*(r for r in running if r is not None))) == tasks
+
+    async def wait_settled(
+        self, tasks: int, standbys: int, max_lag: int, stable_s: float, timeout: float
+    ) -> tuple[float | None, dict[str, float]]:
+        """Wait until the group is ``balanced``, with no warm-up left and ``standbys`` standby
+        tasks in all, none more than ``max_lag`` records behind (``/metrics``), all of it
+        unchanged for ``stable_s``. Returns (seconds until it first held, None on timeout; the
+        last ``metric_totals``)."""
         started = time.monotonic()
+        since: float | None = None
         totals: dict[str, float] = {}
         while time.monotonic() - started < timeout:
             self.check_alive()
-            scraped = await self.metrics()
-            totals = {
-                "standby_tasks": sum(m.get("onceflow_standby_tasks", 0.0) for m in scraped),
-                "standby_lag_records_max": max(
-                    (m.get("onceflow_standby_lag_records", 0.0) for m in scraped), default=0.0
-                ),
-                "warmup_tasks": sum(m.get("onceflow_warmup_tasks", 0.0) for m in scraped),
-            }
-            if totals["standby_tasks"] >= expected and totals["standby_lag_records_max"] <= max_lag:
-                return True, time.monotonic() - started, totals
+            totals = await self.metric_totals()
+            settled = (
+                self.balanced(tasks)
+                and totals["warmup_tasks"] == 0
+                and totals["standby_tasks"] >= standbys
+                and totals["standby_lag_records_max"] <= max_lag
+            )
+            if not settled:
+                since = None
+            elif since is None:
+                since = time.monotonic()
+            elif time.monotonic() - since >= stable_s:
+                return since - started, totals
             await asyncio.sleep(1.0)
-        return False, time.monotonic() - started, totals
+        return None, totals
 
     def peak_rss_mb(self) -> float:
         return max((m.proc.peak_rss for m in self.members), default=0) / 2**20

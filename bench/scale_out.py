@@ -8,9 +8,9 @@ Same app and store as ``bench.failover`` (``bench/apps/stamped_sum.py``, the sha
 1. start one worker (empty state directory) and wait until it runs the 6 tasks (a full restore);
 2. offer ``--ha-rate`` stamped records/s; after ``SETTLE_S`` + the ``before`` window, start two
    more workers at once (empty state directories);
-3. poll the logs every second until every live worker's latest assignment holds 2 tasks, all
-   running, unchanged for ``STABLE_S`` (or give up after ``max_s``); stop the input, wait for
-   every output.
+3. poll logs and metrics every second until every worker's latest assignment holds 2 tasks,
+   all running, with no warm-up left, unchanged for ``STABLE_S`` (or give up after ``max_s``);
+   stop the input, wait for every output.
 
 Figures: per output partition (= task), the longest stretch with no output from the joins on
 (``stop_s``; target ≤ 5 s) and, for reference, in the ``before`` window; the new members'
@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from bench.failover import SETTLE_S, setting, start_fleet, windows
-from bench.fleet import Fleet, restored_lines
+from bench.fleet import restored_lines
 from bench.kafka_io import count_committed, end_offsets
 from bench.observe import Traffic, longest_gap
 from bench.restore import Changelog
@@ -36,34 +36,6 @@ __all__ = ["run_scale_out"]
 
 STABLE_S = 20.0  # a balanced assignment must hold this long (longer than a probing interval)
 JOINING = 2
-
-
-def balanced(fleet: Fleet) -> bool:
-    """Every live member runs ``PARTITIONS / members`` tasks of its latest assignment, and
-    together they run every task."""
-    members = fleet.alive
-    share = PARTITIONS // len(members)
-    running = [m.proc.running_tasks() for m in members]
-    if any(r is None or len(r) != share for r in running):
-        return False
-    return len(set().union(*(r for r in running if r is not None))) == PARTITIONS
-
-
-async def _until_balanced(fleet: Fleet, traffic: Traffic, max_s: float) -> float | None:
-    """Seconds until the balanced assignment first held (for ``STABLE_S``), None on timeout."""
-    started = time.monotonic()
-    since: float | None = None
-    while time.monotonic() - started < max_s:
-        fleet.check_alive()
-        traffic.check()
-        if balanced(fleet):
-            since = since or time.monotonic()
-            if time.monotonic() - since >= STABLE_S:
-                return since - started
-        else:
-            since = None
-        await asyncio.sleep(1.0)
-    return None
 
 
 async def run_scale_out(ctx: RunContext, scenario: Scenario, store: Changelog) -> dict[str, Any]:
@@ -79,8 +51,14 @@ async def run_scale_out(ctx: RunContext, scenario: Scenario, store: Changelog) -
         joined = time.time()
         for _ in range(JOINING):
             fleet.start()
-        balanced_after = await _until_balanced(fleet, traffic, max_s)
-        metrics = await fleet.metrics()
+        settling = asyncio.create_task(fleet.wait_settled(PARTITIONS, 0, 0, STABLE_S, max_s))
+        try:
+            while not settling.done():  # the input and its reader must stay alive meanwhile
+                traffic.check()
+                await asyncio.sleep(0.5)
+        finally:
+            settling.cancel()
+        balanced_after, metrics = await settling
         sent = await traffic.finish(timeout=300)
         peak_rss = fleet.peak_rss_mb()
         workers = fleet.summary()
@@ -111,7 +89,7 @@ async def run_scale_out(ctx: RunContext, scenario: Scenario, store: Changelog) -
         "full_restores": full,
         "balanced": balanced_after is not None,
         "balanced_after_s": balanced_after,
-        "probing_rebalances": sum(m.get("onceflow_probing_rebalances_total", 0.0) for m in metrics),
+        "ha_metrics_at_end": metrics,
         "output_records": seen,
         "verified": seen == sent,
         "peak_rss_mb": peak_rss,
