@@ -8,10 +8,16 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
-from workers import WorkerProcess, wait_until_processing
+from history import check_run
+from oracle import AggregatesOracle, make_inputs
+from workers import WorkerProcess, app_under_test, collect, produce, wait_until_processing
+
+RATE = 1500  # records/s the soaks offer while faults are injected
 
 
 class Fleet:
@@ -57,6 +63,17 @@ class Fleet:
                 self.workers.remove(extra)
             action = "scale-down"
         self._note(action)
+
+    async def strike_until(
+        self, rng: random.Random, seconds: float, producing: asyncio.Task[int]
+    ) -> int:
+        """Random faults every 3-8 s for ``seconds`` or until ``producing`` is done; returns
+        what it produced."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not producing.done():
+            await asyncio.sleep(rng.uniform(3, 8))
+            await self.act(rng)
+        return await producing
 
     def rss_mb(self) -> list[float]:
         return [
@@ -114,3 +131,37 @@ class Schedule:
     def stop(self) -> None:
         for w in self.workers:
             w.stop()
+
+
+async def soak(
+    bootstrap: str, new_topic, tmp_path: Path, seconds: float, seed: int = 13, **env: str | int
+) -> Fleet:
+    """The stateful oracle under ``Fleet``'s random faults for ``seconds`` (tests/chaos/
+    test_soak.py; with ``env`` settings, e.g. standbys); asserts a clean history and returns the
+    fleet (its workers' logs stay in ``tmp_path``)."""
+    source = await new_topic("soak-in", partitions=6)
+    sink = await new_topic("soak-out", partitions=6)
+    app = app_under_test(
+        bootstrap, "tests.apps.aggregates", source, sink, tmp_path,
+        state_dirs=4, ONCEFLOW_COMMIT_INTERVAL_MS=500, **env,
+    )  # fmt: skip
+    fleet = Fleet(app.spawn)
+    fleet.add()
+    n = int(seconds * RATE)
+    producing = asyncio.create_task(produce(bootstrap, source, make_inputs(n, 9), rate=RATE))
+    rng = random.Random(seed)
+    await asyncio.sleep(5)
+    rss_start = fleet.rss_mb()
+    try:
+        produced = await fleet.strike_until(rng, seconds, producing)
+        rss_end = fleet.rss_mb()
+        await collect(bootstrap, sink, n, timeout=300, workers=fleet.workers)
+    finally:
+        for w in fleet.workers:
+            w.stop()
+    print(f"RSS MB start {rss_start} end {rss_end}")
+    report = await check_run(
+        bootstrap, source, sink, AggregatesOracle(), faults=fleet.faults, produced=produced
+    )
+    report.assert_clean()
+    return fleet

@@ -113,20 +113,24 @@ class KeyQueries:
         table = self._table(table_name)
         key, key_bytes = _parse_key(table, text)
         worker = self._worker
-        if worker.phase != "running":
-            raise unavailable(f"worker is {worker.phase}: owners are not known; retry")
-        self._check_member()
         count = worker.partitions.get(table.group)
         if count is None:
             raise unavailable(f"partition count of task group {table.group!r} not known yet")
         task_key = (table.group, partition_for_key(key_bytes, count))
         task_id = f"{task_key[0]}_{task_key[1]}"
         task = worker.tasks.get(task_key)
-        if stale_ok and (task is None or task.state != "running"):
+        running = worker.phase == "running" and task is not None and task.state == "running"
+        if stale_ok and not running:
+            # A copy's answer does not depend on the group (it is the changelog's committed
+            # state, its lag stated): it serves through rebalances, and on a member the group
+            # may have dropped, which could answer nothing else.
             standby = worker.standbys.get(task_key)
             if standby is not None and (lag := standby.table_lag(table.name)) is not None:
                 return await self._from_standby(task_key, standby, lag, table, key, key_bytes,
                                                 from_ms, to_ms)  # fmt: skip
+        if worker.phase != "running":
+            raise unavailable(f"worker is {worker.phase}: owners are not known; retry")
+        self._check_member()
         if task is not None:
             if task.state != "running":
                 raise unavailable(f"task {task_id} is {task.state} here; retry")
@@ -251,7 +255,8 @@ class KeyQueries:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """``read(...)`` off the event loop (SQLite); 503 if the task was revoked meanwhile."""
+        """``read(...)`` off the event loop (SQLite); 503 if the task was revoked meanwhile (a
+        standby copy: dropped), or if this instance's membership lapsed (a running task)."""
         revoked = f"task {task.task_id} was revoked during the read; retry"
         if self._readers is None:
             self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="onceflow-query")
@@ -264,7 +269,8 @@ class KeyQueries:
             raise unavailable(revoked) from None
         if not self._still_running(task_key, task):
             raise unavailable(revoked)  # its store may be the next owner's by now
-        self._check_member()  # the membership may have lapsed during the read
+        if task.state != "standby":
+            self._check_member()  # the membership may have lapsed during the read
         return result
 
     async def _in_reader(self, read: Callable[[bytes], T], arg: bytes) -> T:

@@ -165,6 +165,11 @@ def _table_info(worker: WorkerView, name: str) -> TableInfo:
         num_partitions=worker.partitions.get(table.group),
         partitions=running,
         restoring=restoring,
+        standby=sorted(
+            p
+            for (group, p), copy in worker.standbys.items()
+            if group == table.group and copy.table_lag(table.name) is not None
+        ),
         window_size_ms=_window_size_ms(table),
     )
 

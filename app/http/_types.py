@@ -198,6 +198,11 @@ class TableInfo(BaseModel):
     num_partitions: int | None = Field(description="partitions of the group (None before start)")
     partitions: list[int] = Field(description="partitions owned here and running: queryable")
     restoring: list[int] = Field(description="partitions owned here, not running yet")
+    standby: list[int] = Field(
+        default_factory=list,
+        description="partitions of which this instance keeps a standby or warm-up copy: "
+        "answered with ?stale_ok=true",
+    )
     window_size_ms: int | None = Field(None, description="windowed tables only")
 
 

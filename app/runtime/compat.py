@@ -34,6 +34,7 @@ __all__ = [
     "fatal_transaction_error",
     "histogram_add",
     "histogram_bounds",
+    "membership_confirmed",
     "membership_current",
     "request_rejoin",
     "send_admin_request",
@@ -163,6 +164,20 @@ def watch_membership(
         return response
 
     coordinator._send_req = send_req
+
+
+def membership_confirmed(
+    consumer: AIOKafkaConsumer, session_timeout_s: float, *, now: float | None = None
+) -> bool:
+    """Whether the group coordinator confirmed this member (a Heartbeat or SyncGroup answered
+    without error, ``watch_membership``) within the last ``session_timeout_s``: unlike
+    ``membership_current``, a pending rebalance does not matter. A member that is not may have
+    been expelled, and its tasks given to others meanwhile."""
+    coordinator = consumer._coordinator
+    liveness = _LIVENESS.get(coordinator) if coordinator is not None else None
+    if liveness is None or liveness.alive_at is None:
+        return False
+    return (liveness.clock() if now is None else now) - liveness.alive_at <= session_timeout_s
 
 
 def membership_current(

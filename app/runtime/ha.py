@@ -118,7 +118,7 @@ class HighAvailability:
         wanted = {**dict.fromkeys(a.standby, False), **dict.fromkeys(a.warmup, True)}
         for key in a.owned:
             wanted.pop(key, None)
-        await self.standbys.update(wanted)
+        await self.standbys.update(wanted, a.owned)
 
     async def release(self, key: TaskKey) -> None:
         await self.standbys.release(key)

@@ -28,7 +28,13 @@ from onceflow.errors import ChangelogMissingError, RestoreCancelledError
 from onceflow.runtime.compat import cluster_metadata
 from onceflow.state.typing import Restorable
 
-__all__ = ["ConsumerFactory", "RestoreProgress", "restore_partition", "start_offset"]
+__all__ = [
+    "ConsumerFactory",
+    "RestoreProgress",
+    "changelog_reader",
+    "restore_partition",
+    "start_offset",
+]
 
 log = logging.getLogger("onceflow.restore")
 ConsumerFactory = Callable[..., AIOKafkaConsumer]
@@ -36,6 +42,8 @@ ConsumerFactory = Callable[..., AIOKafkaConsumer]
 BATCH_RECORDS = 10_000
 """Records per restore transaction. Beyond a few thousand the per-transaction cost (a commit,
 a thread hand-off) is amortized; more only grows the decoded batch held in memory."""
+POLL_MS = 20
+"""The longest a restore waits for one fetch before it looks at its position again."""
 FETCH_BYTES = 2 * 2**20
 """Bytes per fetch of a restore consumer (it reads one partition): ~70k records of a 12-byte key
 and an 8-byte value. The broker still returns a first record batch larger than this whole."""
@@ -72,6 +80,21 @@ async def _offsets(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int,
     return begin, end
 
 
+def changelog_reader(
+    consumer_factory: ConsumerFactory, fetch_bytes: int = FETCH_BYTES
+) -> AIOKafkaConsumer:
+    """A consumer that reads changelogs as restores and standbys do: no group, committed
+    records only, from the log start when asked for an offset retention removed."""
+    return consumer_factory(
+        group_id=None,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=fetch_bytes,
+        fetch_max_bytes=fetch_bytes,
+    )
+
+
 async def restore_partition(
     consumer_factory: ConsumerFactory,
     topic: str,
@@ -101,14 +124,7 @@ async def restore_partition(
     ``ConsumerRecord`` included); a worker restores all its store partitions at once.
     """
     tp = TopicPartition(topic, partition)
-    consumer = consumer_factory(
-        group_id=None,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=fetch_bytes,
-        fetch_max_bytes=fetch_bytes,
-    )
+    consumer = changelog_reader(consumer_factory, fetch_bytes)
     await consumer.start()
     try:
         cluster = await cluster_metadata(consumer)
@@ -219,7 +235,10 @@ async def _copy(
         progress.position = position
         if position >= progress.end_offset:
             return
-        fetched = await consumer.getmany(tp, timeout_ms=200, max_records=batch_records)
+        # A short wait: a tail of transaction markers returns no records, and getmany would
+        # sit out its whole timeout although the position moved past them (every restore of a
+        # store that was in sync ends with its last commit's marker).
+        fetched = await consumer.getmany(tp, timeout_ms=POLL_MS, max_records=batch_records)
         # A restore that ends before the log end (``until``) leaves out what it fetched beyond.
         records = fetched.get(tp, [])
         if records and records[-1].offset >= progress.end_offset:

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer
@@ -31,16 +31,23 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from onceflow.errors import ChangelogMissingError, StateError
-from onceflow.runtime.restore import BATCH_RECORDS, FETCH_BYTES, RestoreProgress, start_offset
+from onceflow.runtime.restore import (
+    BATCH_RECORDS,
+    RestoreProgress,
+    changelog_reader,
+    start_offset,
+)
 from onceflow.runtime.stores import TaskStores
 from onceflow.source_tables import SourceTable
+from onceflow.state.windowed import WindowedStorePartition, parse_changelog_key
+from onceflow.tables import WindowedTable
+from onceflow.window_ranges import RangeTable
 
 if TYPE_CHECKING:
     from onceflow.runtime.assignor import TaskKey
     from onceflow.runtime.metrics import Metrics
     from onceflow.settings import Settings
     from onceflow.state.typing import Restorable, StorePartition
-    from onceflow.state.windowed import WindowedStorePartition
     from onceflow.topology import AnyTable, App
 
 __all__ = ["StandbyTask", "Standbys", "changelog_tables"]
@@ -76,6 +83,9 @@ class StandbyTask:
         self.positions: dict[TopicPartition, int] = {}
         self.ends: dict[TopicPartition, int] = {}
         self.applied = 0
+        # Windowed tables: retention, and the newest window start applied (-> expiry)
+        self.retention_ms: dict[TopicPartition, int] = {}
+        self.newest: dict[TopicPartition, int] = {}
 
     # What interactive queries read of it (``?stale_ok=true``; http/_types.py, StandbyView).
     state = "standby"
@@ -136,6 +146,10 @@ class StandbyTask:
             )  # fmt: skip
             self.targets[tp] = target
             self.table_of[tp] = table.name
+            if isinstance(target, WindowedStorePartition) and isinstance(
+                table, WindowedTable | RangeTable
+            ):
+                self.retention_ms[tp] = table.retention_ms
             self.positions[tp] = start
             self.ends[tp] = ends[tp]
             if start >= ends[tp]:
@@ -149,7 +163,11 @@ class StandbyTask:
             records = [r for r in records if r.offset >= position]
         if records:
             batch = [(r.key, r.value) for r in records]
-            await asyncio.to_thread(self.targets[tp].restore_batch, batch, records[-1].offset)
+            target = self.targets[tp]
+            if tp in self.retention_ms and isinstance(target, WindowedStorePartition):
+                await asyncio.to_thread(self._apply_windows, tp, target, batch, records[-1].offset)
+            else:
+                await asyncio.to_thread(target.restore_batch, batch, records[-1].offset)
             self.positions[tp] = records[-1].offset + 1
             self.applied += len(batch)
         if end is not None:
@@ -157,6 +175,33 @@ class StandbyTask:
         if self.positions[tp] >= self.ends[tp]:
             self.stores.synced(self.table_of[tp])
         return len(records)
+
+    def _apply_windows(
+        self,
+        tp: TopicPartition,
+        store: WindowedStorePartition,
+        batch: list[tuple[bytes, bytes | None]],
+        last_offset: int,
+    ) -> None:
+        """Apply a windowed table's changelog records and expire its old windows, as the active
+        does at each commit: without it a standby's store would grow for as long as it lives.
+
+        A standby knows no stream time; the newest window start it applied stands in for it.
+        Every window kind starts at most 1 ms after the record that made it (a sliding window's
+        right window), so that start - 1 is at most the stream time, and what expires here by
+        it the active expired already (docs/architecture.md, *High availability*)."""
+        retention = self.retention_ms[tp]
+        before = self.newest.get(tp)
+        newest = max((parse_changelog_key(key)[1] for key, _ in batch), default=before)
+        bound = None if before is None else before - 1 - retention
+        store.restore_batch(batch, last_offset, min_start=bound)
+        if newest is None or (before is not None and newest <= before):
+            return
+        self.newest[tp] = newest
+        old, new = (before or 0) - 1 - retention, newest - 1 - retention
+        if before is None or new // store.segment_interval_ms > old // store.segment_interval_ms:
+            store.expire_before(new)  # whole segments: one range deletion
+            store.flush(None)
 
     def follow(self, tp: TopicPartition, position: int, end: int | None) -> None:
         """The consumer is at ``position`` of ``tp`` with nothing fetched before it: transaction
@@ -216,14 +261,7 @@ class Standbys:
         return self._consumer
 
     async def start(self) -> None:
-        self._consumer = self._consumer_factory(
-            group_id=None,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=FETCH_BYTES,
-            fetch_max_bytes=FETCH_BYTES,
-        )
+        self._consumer = changelog_reader(self._consumer_factory)
         await self._consumer.start()
 
     def positions(self) -> dict[TaskKey, int]:
@@ -246,10 +284,19 @@ class Standbys:
             ends[key] = ends.get(key, 0) + offsets.get(tp, 0)
         return ends
 
-    async def update(self, wanted: Mapping[TaskKey, bool]) -> None:
-        """Keep a standby of exactly the tasks in ``wanted`` (-> whether it is a warm-up)."""
+    async def update(
+        self, wanted: Mapping[TaskKey, bool], active: Collection[TaskKey] = ()
+    ) -> None:
+        """Keep a standby of exactly the tasks in ``wanted`` (-> whether it is a warm-up);
+        those in ``active`` now run here: their standby is promoted."""
         async with self._lock:
             for key in [k for k in self.tasks if k not in wanted]:
+                if key in active:
+                    log.info(
+                        "task %s promoted from its standby here: %d changelog records behind",
+                        self.tasks[key].task_id,
+                        self.tasks[key].lag,
+                    )
                 await self._close(key)
             for key in sorted(wanted):
                 if key not in self.tasks:

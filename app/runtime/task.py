@@ -200,11 +200,14 @@ class Task:
         4. Mark running; the worker resumes the partitions.
         """
         self.state = TaskState.RESTORING
+        started = time.monotonic()
         # Step 1
         await self.sink.start()
+        fenced = time.monotonic()
         # Step 2
         self._check_closing()
         await self._seek_committed()
+        sought = time.monotonic()
         # Step 3
         for table in self._tables:
             self._check_closing()
@@ -223,7 +226,15 @@ class Task:
         # Step 4
         self._time.start(self.stream_time)
         self.state = TaskState.RUNNING
-        log.info("task %s running (stream time %d)", self.task_id, self.stream_time)
+        now = time.monotonic()
+        log.info(
+            "task %s running (stream time %d; fenced in %.2fs, offsets in %.2fs, stores in %.2fs)",
+            self.task_id,
+            self.stream_time,
+            fenced - started,
+            sought - fenced,
+            now - sought,
+        )
 
     def adopt(
         self,

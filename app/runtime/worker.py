@@ -29,7 +29,12 @@ from onceflow.runtime.admin import TopicAdmin, internal_topics
 from onceflow.runtime.assignor import HaConfig, TaskAssignor, TaskKey
 from onceflow.runtime.cleanup import StateCleaner
 from onceflow.runtime.clients import Clients
-from onceflow.runtime.compat import membership_current, request_rejoin, watch_membership
+from onceflow.runtime.compat import (
+    membership_confirmed,
+    membership_current,
+    request_rejoin,
+    watch_membership,
+)
 from onceflow.runtime.failures import FATAL_GRACE_S, Backoff, judge, should_revive
 from onceflow.runtime.global_tables import GlobalTables
 from onceflow.runtime.ha import HighAvailability
@@ -507,7 +512,12 @@ class Worker:
             self._rebalances += 1
             self._assigned = set()
             keys = [k for k, t in self.tasks.items() if revoked.intersection(t.tps)]
-            self.ha.revoked(k for k in keys if self.tasks[k].state is TaskState.RUNNING)
+            # What it ran counts as caught up at the join that follows, unless this member may
+            # have been expelled meanwhile (a zombie: others may have run its tasks since).
+            confirmed = membership_confirmed(self.consumer, self.settings.session_timeout_ms / 1000)
+            self.ha.revoked(
+                k for k in keys if confirmed and self.tasks[k].state is TaskState.RUNNING
+            )
             await self._close_tasks(keys, commit=True)
             log.info("revoked %d tasks", len(keys))
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 from pathlib import Path
 
 import pytest
+from fleet import soak
 from history import check_run
 from oracle import AggregatesOracle, make_inputs
 from workers import (
@@ -29,16 +31,22 @@ pytestmark = pytest.mark.chaos
 
 _RESTORED = re.compile(r"restored (\w+) partition (\d+): (\d+) records from offset (\d+)")
 _STANDBY = re.compile(r"standby tasks (.*); warm-up tasks (.*)")
+_PROMOTED = re.compile(r"task (\w+) promoted from its standby here: (\d+) changelog records behind")
+_BALANCED = re.compile(r"assigned 6 tasks to 3 members .*; balanced")
 
 
 async def _aggregates(bootstrap: str, new_topic, tmp_path: Path, **env: str | int) -> AppUnderTest:
     source = await new_topic("ha-in", partitions=6)
     sink = await new_topic("ha-out", partitions=6)
     # one state dir per worker, as on separate hosts: only a standby avoids a full restore
+    settings: dict[str, str | int] = {
+        "ONCEFLOW_NUM_STANDBY_REPLICAS": 1,
+        "ONCEFLOW_COMMIT_INTERVAL_MS": 200,
+        **env,
+    }
     return app_under_test(
-        bootstrap, "tests.apps.aggregates", source, sink, tmp_path, state_dirs=3,
-        ONCEFLOW_NUM_STANDBY_REPLICAS=1, ONCEFLOW_COMMIT_INTERVAL_MS=200, **env,
-    )  # fmt: skip
+        bootstrap, "tests.apps.aggregates", source, sink, tmp_path, state_dirs=3, **settings
+    )
 
 
 def _restored(log: str) -> int:
@@ -97,5 +105,119 @@ async def test_a_killed_workers_tasks_are_promoted_from_standbys_restoring_only_
     report = await check_run(
         bootstrap_servers, app.source, app.sink, AggregatesOracle(),
         faults={"kill -9": 1}, produced=produced,
+    )  # fmt: skip
+    report.assert_clean()
+
+
+@pytest.mark.parametrize("standbys", [0, 1])
+async def test_scale_out_warms_up_then_moves_tasks_without_a_full_restore(
+    bootstrap_servers: str, new_topic, tmp_path: Path, standbys: int
+) -> None:
+    """1 -> 3 workers on a store the first one built: the newcomers get warm-up copies (with a
+    standby replica, the standby copies warm up), not tasks they would restore in full; probing
+    rebalances move each task once its copy caught up, and the group ends balanced."""
+    first_n, then_n = 40_000, 30_000
+    app = await _aggregates(
+        bootstrap_servers, new_topic, tmp_path,
+        ONCEFLOW_NUM_STANDBY_REPLICAS=standbys, ONCEFLOW_PROBING_REBALANCE_INTERVAL_MS=4000,
+    )  # fmt: skip
+    workers = [app.spawn(0)]
+    inputs = make_inputs(first_n + then_n, 3)
+    try:
+        produced = await produce(bootstrap_servers, app.source, inputs[:first_n], rate=10_000)
+        await collect(bootstrap_servers, app.sink, first_n, timeout=120, workers=workers)
+        producing = asyncio.create_task(
+            produce(bootstrap_servers, app.source, inputs[first_n:], rate=1000)
+        )
+        workers += [app.spawn(1), app.spawn(2)]
+        deadline = time.monotonic() + 120
+        while not any(_BALANCED.search(w.log_text()) for w in workers):
+            assert time.monotonic() < deadline, workers[0].log_text()[-4000:]
+            assert all(w.alive for w in workers)
+            await asyncio.sleep(1)
+        produced += await producing
+        await collect(bootstrap_servers, app.sink, first_n + then_n, timeout=120, workers=workers)
+    finally:
+        for w in workers:
+            w.stop()
+    newcomers = workers[1].log_text() + workers[2].log_text()
+    leader = "".join(w.log_text() for w in workers)
+    assert re.search(r"4 tasks wait for their place to warm up", leader), leader[-4000:]
+    if not standbys:
+        assert re.search(r"warm-up tasks \d", newcomers), newcomers[-4000:]
+    moved = _PROMOTED.findall(newcomers)
+    assert len(moved) >= 4, newcomers[-4000:]  # 4 of the 6 tasks moved to the newcomers
+    # A full restore of one task reads ~20k changelog records; a moved task restores at most
+    # the acceptable lag (10,000) plus what its owner wrote while the group rebalanced.
+    tails = [n for _, _, n, _ in _RESTORED.findall(newcomers)]
+    assert all(int(n) <= 12_000 for n in tails), tails
+    report = await check_run(
+        bootstrap_servers, app.source, app.sink, AggregatesOracle(),
+        faults={"scale-up": 2, "scale-down": 2}, produced=produced,
+    )  # fmt: skip
+    report.assert_clean()
+
+
+async def test_short_soak_with_standbys(bootstrap_servers: str, new_topic, tmp_path: Path) -> None:
+    """Kill -9, SIGSTOP zombies, rolling restarts and scaling 1 -> 3 -> 1 with a standby of
+    every task and probing rebalances every 5 s."""
+    await soak(
+        bootstrap_servers, new_topic, tmp_path, seconds=60, seed=21,
+        ONCEFLOW_NUM_STANDBY_REPLICAS=1, ONCEFLOW_PROBING_REBALANCE_INTERVAL_MS=5000,
+    )  # fmt: skip
+    logs = await asyncio.to_thread(
+        lambda: "".join(p.read_text() for p in sorted(tmp_path.glob("worker-*.log")))
+    )
+    assert "standby tasks" in logs
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1500)
+async def test_ten_minute_soak_with_standbys(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    await soak(
+        bootstrap_servers, new_topic, tmp_path, seconds=600, seed=23,
+        ONCEFLOW_NUM_STANDBY_REPLICAS=1, ONCEFLOW_PROBING_REBALANCE_INTERVAL_MS=15000,
+    )  # fmt: skip
+
+
+async def test_a_standby_that_is_behind_is_promoted_and_restores_its_tail(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    """The standby's worker is frozen (SIGSTOP; its session timeout is long) while the active
+    commits on; the active is then killed, and the group, its session over, waits for the
+    frozen member. Woken, that member is the only one: its copies are promoted behind, and
+    restore the rest as a tail."""
+    n = 40_000
+    app = await _aggregates(bootstrap_servers, new_topic, tmp_path)
+    first = app.spawn(0)
+    second = app.spawn(1, ONCEFLOW_SESSION_TIMEOUT_MS=60_000, ONCEFLOW_HEARTBEAT_INTERVAL_MS=1000)
+    producing = asyncio.create_task(
+        produce(bootstrap_servers, app.source, make_inputs(n, 4), rate=5000)
+    )
+    try:
+        await wait_until_processing(first)
+        await _wait_for(second, r"standby tasks \d")
+        await asyncio.sleep(2)
+        mark = len(second.log_text())
+        second.signal(signal.SIGSTOP)  # its copies stop following; its session runs on
+        await asyncio.sleep(4)
+        first.kill()  # its tasks wait for the frozen member
+        await asyncio.sleep(8)  # past the killed worker's session timeout (6 s)
+        second.signal(signal.SIGCONT)  # rejoins at once, its copies ~4 s behind
+        produced = await producing
+        await collect(bootstrap_servers, app.sink, n, timeout=120, workers=[second])
+    finally:
+        first.stop()
+        second.stop()
+    after = second.log_text()[mark:]
+    behind = [int(lag) for _, lag in _PROMOTED.findall(after)]
+    assert len(behind) == 3 and max(behind) > 0, after[-4000:]
+    tails = [int(r) for _, _, r, _ in _RESTORED.findall(after)]
+    assert sum(tails) > 0, after[-4000:]  # lags count commit markers too: no equality
+    report = await check_run(
+        bootstrap_servers, app.source, app.sink, AggregatesOracle(),
+        faults={"SIGSTOP": 1, "kill -9": 1}, produced=produced,
     )  # fmt: skip
     report.assert_clean()

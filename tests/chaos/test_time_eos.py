@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -101,12 +100,8 @@ async def test_final_results_ten_minute_soak(
         produce(bootstrap_servers, source, finals_inputs(seconds * rate, 17), rate=rate)
     )
     rng = random.Random(19)
-    deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline and not producing.done():
-            await asyncio.sleep(rng.uniform(3, 8))
-            await fleet.act(rng)
-        produced = await producing
+        produced = await fleet.strike_until(rng, seconds, producing)
         inputs = [Event.of(r) for r in await read_to_end(bootstrap_servers, source)]
         want = len(FinalsOracle().expect(sorted(inputs, key=lambda e: (e.partition, e.offset))))
         await collect(bootstrap_servers, sink, want, timeout=300, workers=fleet.workers)

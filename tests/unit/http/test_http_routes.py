@@ -110,6 +110,7 @@ class FakeWorker:
         self.metrics = Metrics(self.app.app_id, eos=True)
         self.http_port: int | None = None
         self.tasks: dict[tuple[str, int], FakeTask] = {}
+        self.standbys: dict[tuple[str, int], Any] = {}  # see test_http_stale.py
         self.assignor = FakeAssignor(url)
         self.current: tuple[bool, str] = (True, "current")
         for p in range(PARTITIONS):
@@ -289,6 +290,7 @@ async def test_tables_list_kinds_serdes_and_owned_partitions(
         "num_partitions": PARTITIONS,
         "partitions": [0],
         "restoring": [1],
+        "standby": [],
         "window_size_ms": None,
     }
     assert tables["counts"]["kind"] == "windowed"
