@@ -25,7 +25,10 @@ kill on, and when it ended (``resume_s``: kill -> first output again; the killed
 are the figure, the others show the rebalance's own pause); the p99 end-to-end latency of the
 records sent in the ``before`` window (ending 1 s before the kill) and in the ``after`` window
 (from the kill); the survivors' ``restored ...`` log lines after the kill, against the store's
-size (the changelog's end offsets at the kill). ``verified``: exactly one output per input.
+size (the changelog's end offsets at the kill); from the survivors' logs, when the group
+rebalanced after the kill and when each moved task ran again (with its fencing, offsets and
+stores times); latency per 5 s of send time from 10 s before the kill (``latency_timeline``).
+``verified``: exactly one output per input.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ import asyncio
 import time
 from typing import Any
 
-from bench.fleet import Fleet, Member, restored_lines
+from bench.fleet import Fleet, Member, first_assignment_at, restored_lines, started_lines
 from bench.kafka_io import count_committed, create_topics, end_offsets, unique
-from bench.observe import Traffic, latency_in, longest_gap
+from bench.observe import Traffic, latency_in, latency_timeline, longest_gap
 from bench.procs import wait_ready
 from bench.restore import Changelog
 from bench.scenarios import PARTITIONS, RunContext, Scenario
@@ -45,6 +48,7 @@ __all__ = ["run_failover", "setting"]
 
 SETTLE_S = 10.0  # after the input starts: caches warm, first commits; not measured
 STANDBY_CAUGHT_UP = 1_000  # records: a standby this close to its changelog's end is warm
+TIMELINE_STEP_S = 5.0  # latency per 5 s of send time around the kill
 SETTLED_S = 5.0  # the start-up assignment must hold this long before the clock starts
 
 
@@ -92,18 +96,27 @@ async def _sleep_checking(fleet: Fleet, traffic: Traffic, seconds: float) -> Non
         await asyncio.sleep(0.5)
 
 
-def _restores_after_kill(
-    survivors: list[Member], marks: dict[int, int], moved: set[int]
+def _after_kill(
+    survivors: list[Member], marks: dict[int, int], moved: set[int], kill: float
 ) -> dict[str, Any]:
-    lines = [
-        {"worker": m.index, **r.__dict__}
-        for m in survivors
-        for r in restored_lines(m.log_since(marks[m.index]))
-    ]
+    """What the survivors logged after the kill: restores, the rebalance, the moved tasks'
+    starts (seconds after the kill, and how long fencing, offsets and stores took)."""
+    logs = {m.index: m.log_since(marks[m.index]) for m in survivors}
+    lines = [{"worker": i, **r.__dict__} for i, log in logs.items() for r in restored_lines(log)]
+    rebalanced = [at for log in logs.values() if (at := first_assignment_at(log)) is not None]
+    starts = {
+        s.task: {"worker": i, "running_after_kill_s": s.at - kill, "fenced_s": s.fenced_s,
+                 "offsets_s": s.offsets_s, "stores_s": s.stores_s}
+        for i, log in logs.items()
+        for s in started_lines(log)
+        if int(s.task.split("_")[1]) in moved
+    }  # fmt: skip
     return {
         "restored_after_kill": sum(r["records"] for r in lines),
         "restored_moved_tasks": sum(r["records"] for r in lines if r["partition"] in moved),
         "restore_lines_after_kill": lines,
+        "rebalance_after_kill_s": min(rebalanced) - kill if rebalanced else float("nan"),
+        "moved_task_starts": starts,
     }
 
 
@@ -135,7 +148,7 @@ async def run_failover(ctx: RunContext, scenario: Scenario, store: Changelog) ->
         await _sleep_checking(fleet, traffic, 5.0)  # outputs after the last resume
         metrics = await fleet.metric_totals()
         sent = await traffic.finish(timeout=300)
-        restores = _restores_after_kill(survivors, marks, set(moved))
+        restores = _after_kill(survivors, marks, set(moved), kill)
         peak_rss = fleet.peak_rss_mb()
         workers = fleet.summary()
     finally:
@@ -160,6 +173,7 @@ async def run_failover(ctx: RunContext, scenario: Scenario, store: Changelog) ->
         "task_stops": stops,
         "latency_before_ms": latency_in(arrivals, kill - before_s - 1.0, kill - 1.0),
         "latency_after_ms": latency_in(arrivals, kill, kill + after_s),
+        "latency_timeline": latency_timeline(arrivals, kill, -10.0, after_s, TIMELINE_STEP_S),
         "windows_s": {"before": before_s, "after": after_s},
         **restores,
         "restored_fraction": restores["restored_after_kill"] / store_records,

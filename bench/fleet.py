@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,23 @@ from bench.kafka_io import unique
 from bench.procs import Proc, onceflow_worker
 from bench.scenarios import RunContext, Scenario, worker_env
 
-__all__ = ["Fleet", "Member", "Restored", "assignments", "restored_lines"]
+__all__ = [
+    "Fleet",
+    "Member",
+    "Restored",
+    "Started",
+    "assignments",
+    "first_assignment_at",
+    "restored_lines",
+    "started_lines",
+]
 
 _ASSIGNED = re.compile(r"assigned tasks (.*)$")
+_STARTED = re.compile(
+    r"task (?P<task>\S+) running \(stream time -?\d+; fenced in (?P<f>[\d.]+)s, offsets in "
+    r"(?P<o>[\d.]+)s, stores in (?P<s>[\d.]+)s\)"
+)
+_TIME = "%Y-%m-%d %H:%M:%S,%f"  # the text log format's timestamp (local time)
 _RESTORED = re.compile(
     r"restored (?P<store>\S+) partition (?P<p>\d+): (?P<n>\d+) records from offset (?P<o>\d+) "
     r"in (?P<s>[\d.]+)s"
@@ -53,6 +68,35 @@ def restored_lines(log: str) -> list[Restored]:
         for line in log.splitlines()
         if (m := _RESTORED.search(line))
     ]
+
+
+@dataclass(frozen=True)
+class Started:
+    """One ``task T running (...; fenced in F s, offsets in O s, stores in S s)`` log line."""
+
+    at: float  # wall clock
+    task: str
+    fenced_s: float
+    offsets_s: float
+    stores_s: float
+
+
+def _timestamp(line: str) -> float:
+    return datetime.strptime(line[:23], _TIME).timestamp()
+
+
+def started_lines(log: str) -> list[Started]:
+    """Every task start a worker logged in ``log``, with how long its steps took."""
+    return [
+        Started(_timestamp(line), m["task"], float(m["f"]), float(m["o"]), float(m["s"]))
+        for line in log.splitlines()
+        if (m := _STARTED.search(line))
+    ]
+
+
+def first_assignment_at(log: str) -> float | None:
+    """When the first ``assigned tasks`` line of ``log`` was written (wall clock)."""
+    return next((_timestamp(line) for line in log.splitlines() if _ASSIGNED.search(line)), None)
 
 
 def assignments(log: str) -> list[list[str]]:

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.latency import percentiles, produce_paced
 
-__all__ = ["Gap", "OutputLog", "Traffic", "latency_in", "longest_gap"]
+__all__ = ["Gap", "OutputLog", "Traffic", "latency_in", "latency_timeline", "longest_gap"]
 
 
 @dataclass
@@ -103,6 +103,21 @@ def latency_in(
     if not samples:
         return {"count": 0}
     return {**percentiles(samples), "max": max(samples), "count": len(samples)}
+
+
+def latency_timeline(
+    arrivals: list[tuple[float, float]], origin: float, start: float, stop: float, step: float
+) -> list[dict[str, float]]:
+    """``latency_in`` of consecutive send-time windows of ``step`` seconds from ``origin +
+    start`` to ``origin + stop``, each labelled with its start relative to ``origin`` (``at_s``):
+    the shape of a latency spike around an event at ``origin``."""
+    out = []
+    at = start
+    while at < stop:
+        stats = latency_in(arrivals, origin + at, origin + at + step)
+        out.append({"at_s": at, **stats})
+        at += step
+    return out
 
 
 class Traffic:

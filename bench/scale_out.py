@@ -13,7 +13,8 @@ Same app and store as ``bench.failover`` (``bench/apps/stamped_sum.py``, the sha
    stop the input, wait for every output.
 
 Figures: per output partition (= task), the longest stretch with no output from the joins on
-(``stop_s``; target ≤ 5 s) and, for reference, in the ``before`` window; the new members'
+(``stop_s``; target ≤ 5 s) and, for reference, in the ``before`` window; p99 latency before and
+after the joins, and per 5 s of send time; the new members'
 ``restored ...`` lines, a ``full_restores`` list of those that restored at least half of the
 partition's store; the assignments each worker logged; ``balanced`` and ``balanced_after_s``
 (joins -> the balanced assignment first held).
@@ -28,7 +29,7 @@ from typing import Any
 from bench.failover import SETTLE_S, setting, start_fleet, windows
 from bench.fleet import restored_lines
 from bench.kafka_io import count_committed, end_offsets
-from bench.observe import Traffic, longest_gap
+from bench.observe import Traffic, latency_in, latency_timeline, longest_gap
 from bench.restore import Changelog
 from bench.scenarios import PARTITIONS, RunContext, Scenario
 
@@ -77,6 +78,8 @@ async def run_scale_out(ctx: RunContext, scenario: Scenario, store: Changelog) -
         stops[p] = longest_gap(received, joined, traffic.stopped_at).seconds
         baseline[p] = longest_gap(received, joined - before_s, joined).seconds
     full = [r for r in new_restores if r["records"] >= store_sizes[r["partition"]] / 2]
+    arrivals = traffic.output.all()
+    after_s = traffic.stopped_at - joined
     return {
         "records": sent,
         "rate": ctx.ha_rate,
@@ -85,6 +88,10 @@ async def run_scale_out(ctx: RunContext, scenario: Scenario, store: Changelog) -
         "max_stop_s": max(stops.values()),
         "task_stops_s": stops,
         "before_max_stop_s": max(baseline.values()),
+        "latency_before_ms": latency_in(arrivals, joined - before_s, joined),
+        "latency_after_ms": latency_in(arrivals, joined, traffic.stopped_at),
+        "latency_timeline": latency_timeline(arrivals, joined, -10.0, after_s, 5.0),
+        "rebalances_seen": len(workers[0]["assignments"]) - 1,
         "new_member_restores": new_restores,
         "full_restores": full,
         "balanced": balanced_after is not None,

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
-from bench.fleet import Restored, assignments, restored_lines
-from bench.observe import Gap, latency_in, longest_gap
+from bench.fleet import (
+    Restored,
+    Started,
+    assignments,
+    first_assignment_at,
+    restored_lines,
+    started_lines,
+)
+from bench.observe import Gap, latency_in, latency_timeline, longest_gap
 
 LOG = """\
 2026-11-30 18:40:47,336 INFO    onceflow.worker: assigned tasks 0_0, 0_1, 0_2
@@ -15,6 +24,7 @@ LOG = """\
 2026-11-30 18:40:50,458 INFO    onceflow.worker: assigned tasks (none)
 2026-11-30 18:41:23,554 INFO    onceflow.worker: assigned tasks 0_5, 0_0
 2026-11-30 18:41:24,108 INFO    onceflow.task: restored sum partition 5: 7134 records from offset 33458 in 0.26s
+2026-11-30 18:41:24,250 INFO    onceflow.task: task 0_5 running (stream time 17; fenced in 0.05s, offsets in 0.01s, stores in 0.30s)
 """  # noqa: E501
 
 
@@ -50,3 +60,18 @@ def test_restore_lines_and_assignments_are_read_from_the_log() -> None:
         Restored("sum", 5, 7134, 33458, 0.26),
     ]
     assert assignments(LOG) == [["0_0", "0_1", "0_2"], [], ["0_0", "0_5"]]
+
+
+def test_task_starts_and_the_first_assignment_are_timed_from_the_log() -> None:
+    at = datetime(2026, 11, 30, 18, 41, 24, 250_000).timestamp()
+    assert started_lines(LOG) == [Started(at, "0_5", 0.05, 0.01, 0.30)]
+    assert first_assignment_at(LOG) == datetime(2026, 11, 30, 18, 40, 47, 336_000).timestamp()
+    assert first_assignment_at("nothing assigned") is None
+
+
+def test_latency_timeline_windows_are_relative_to_the_event() -> None:
+    arrivals = [(100.5, 100.0), (103.0, 101.0), (108.0, 106.0)]
+    timeline = latency_timeline(arrivals, origin=100.0, start=0.0, stop=10.0, step=5.0)
+    assert [w["at_s"] for w in timeline] == [0.0, 5.0]
+    assert [w["count"] for w in timeline] == [2, 1]
+    assert timeline[0]["max"] == pytest.approx(2000.0)
