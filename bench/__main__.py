@@ -106,7 +106,7 @@ async def _run_ha(ctx: RunContext, scenario: Scenario, changelogs: Changelogs) -
         print(f"    tasks of the killed worker ran again after {result['resume_s']:.1f}s; p99 "
               f"{result['latency_before_ms'].get('p99', math.nan):.0f} ms before, "
               f"{result['latency_after_ms'].get('p99', math.nan):.0f} ms after; restored "
-              f"{result['restored_after_kill']:,} records ({result['restored_fraction']:.2%} of "
+              f"{result['restored_records']:,.0f} records ({result['restored_fraction']:.2%} of "
               "the store)", flush=True)  # fmt: skip
     else:
         result = await run_scale_out(ctx, scenario, store)

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from bench.kafka_io import unique
 from bench.procs import Proc, onceflow_worker
@@ -151,18 +152,13 @@ class Member:
         self.proc.popen.wait(10)
         return self.killed_at
 
-    async def metrics(self, client: httpx.AsyncClient) -> dict[str, list[float]]:
-        """Its ``/metrics``: each sample name's values (one per label set); empty when the
-        worker does not answer."""
+    async def metrics(self, client: httpx.AsyncClient) -> list[Sample]:
+        """Its ``/metrics`` samples; none when the worker does not answer."""
         try:
             response = await client.get(f"{self.url}/metrics", timeout=5)
         except httpx.HTTPError:
-            return {}
-        out: dict[str, list[float]] = {}
-        for family in text_string_to_metric_families(response.text):
-            for sample in family.samples:
-                out.setdefault(sample.name, []).append(sample.value)
-        return out
+            return []
+        return [s for f in text_string_to_metric_families(response.text) for s in f.samples]
 
 
 class Fleet:
@@ -210,29 +206,42 @@ class Fleet:
             m.proc.check_alive()
             m.proc.sample_rss()
 
-    async def metrics(self) -> list[dict[str, list[float]]]:
-        """Every live member's metrics (see ``Member.metrics``)."""
+    async def metrics(self, members: list[Member] | None = None) -> list[Sample]:
+        """The samples of the ``/metrics`` of ``members`` (default: the live ones)."""
         async with httpx.AsyncClient() as client:
-            return list(await asyncio.gather(*(m.metrics(client) for m in self.alive)))
+            scraped = await asyncio.gather(*(m.metrics(client) for m in members or self.alive))
+        return [s for samples in scraped for s in samples]
 
-    async def metric_totals(self) -> dict[str, float]:
-        """The HA metrics over the live members: standby and warm-up tasks, standby records
-        applied and probing rebalances summed; the largest standby lag."""
-        scraped = await self.metrics()
+    async def metric_totals(self, members: list[Member] | None = None) -> dict[str, float]:
+        """The HA metrics over the live members: standby and warm-up tasks, changelog records
+        restored by active tasks and applied by standby copies, probing rebalances, summed; the
+        largest standby lag."""
+        scraped = await self.metrics(members)
 
         def total(name: str) -> float:
-            return sum(sum(m.get(name, [])) for m in scraped)
+            return sum(s.value for s in scraped if s.name == name)
 
+        lags = [s.value for s in scraped if s.name == "onceflow_standby_lag_records"]
         return {
             "standby_tasks": total("onceflow_standby_tasks"),
             "warmup_tasks": total("onceflow_warmup_tasks"),
-            "standby_lag_records_max": max(
-                (v for m in scraped for v in m.get("onceflow_standby_lag_records", [])),
-                default=0.0,
-            ),
+            "standby_lag_records_max": max(lags, default=0.0),
+            "restored_records": total("onceflow_restored_records_total"),
             "standby_records_applied": total("onceflow_standby_records_total"),
             "probing_rebalances": total("onceflow_probing_rebalances_total"),
         }
+
+    async def restored_records(self, members: list[Member] | None = None) -> dict[int, float]:
+        """Changelog records the active tasks of ``members`` (default: the live ones) restored
+        so far, per partition
+        (``onceflow_restored_records``: restores cut short by a rebalance count too, unlike
+        the ``restored ...`` log lines, written only when a restore completes)."""
+        out: dict[int, float] = {}
+        for s in await self.metrics(members):
+            if s.name == "onceflow_restored_records_total":
+                p = int(s.labels["partition"])
+                out[p] = out.get(p, 0.0) + s.value
+        return out
 
     def balanced(self, tasks: int) -> bool:
         """Every live member runs ``tasks / members`` tasks of its latest assignment (all of them

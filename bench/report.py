@@ -98,7 +98,7 @@ def _failover_row(rs: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_p99_before_ms": median(r["latency_before_ms"]["p99"] for r in rs),
         "latency_p99_after_ms": median(r["latency_after_ms"]["p99"] for r in rs),
         "latency_max_after_ms": median(r["latency_after_ms"]["max"] for r in rs),
-        "restored_records": _median(rs, "restored_after_kill"),
+        "restored_records": _median(rs, "restored_records"),
         "restored_fraction": _median(rs, "restored_fraction"),
         "store_records": rs[0]["store_records"],
     }
