@@ -89,7 +89,8 @@ async def start_fleet(
             f"{members} workers not balanced with {standbys} standby per task, caught up, after "
             f"30 min (metrics {totals}); logs in {fleet.logs}"
         )
-    return fleet, inp, out, {"ready_s": ready, "settled_s": ready + settled, **totals}
+    figures = {"ready_s": ready, "settled_s": ready + settled, "settled_metrics": totals}
+    return fleet, inp, out, figures
 
 
 async def _sleep_checking(fleet: Fleet, traffic: Traffic, seconds: float) -> None:
