@@ -109,13 +109,15 @@ def _after_kill(
     logs = {m.index: m.log_since(marks[m.index]) for m in survivors}
     lines = [{"worker": i, **r.__dict__} for i, log in logs.items() for r in restored_lines(log)]
     rebalanced = [at for log in logs.values() if (at := first_assignment_at(log)) is not None]
-    starts = {
-        s.task: {"worker": i, "running_after_kill_s": s.at - kill, "fenced_s": s.fenced_s,
-                 "offsets_s": s.offsets_s, "stores_s": s.stores_s}
-        for i, log in logs.items()
-        for s in started_lines(log)
-        if int(s.task.split("_")[1]) in moved
-    }  # fmt: skip
+    starts: dict[str, dict[str, float]] = {}
+    for i, log in logs.items():
+        for s in started_lines(log):  # the first start of each moved task after the kill
+            at, first = s.at - kill, starts.get(s.task)
+            if int(s.task.split("_")[1]) in moved and (
+                first is None or at < first["running_after_kill_s"]
+            ):
+                starts[s.task] = {"worker": i, "running_after_kill_s": at, "fenced_s": s.fenced_s,
+                                  "offsets_s": s.offsets_s, "stores_s": s.stores_s}  # fmt: skip
     return {
         "restored_logged_after_kill": sum(r["records"] for r in lines),
         "restore_lines_after_kill": lines,
@@ -182,6 +184,7 @@ async def run_failover(ctx: RunContext, scenario: Scenario, store: Changelog) ->
         "standby_replicas": setting(scenario, "NUM_STANDBY_REPLICAS", 0),
         "session_timeout_ms": session_ms,
         "killed_worker": fleet.members[-1].index,
+        "killed_at": kill,
         "moved_tasks": [f"0_{p}" for p in moved],
         "resume_s": resume,
         "resume_target_s": 2 * session_ms / 1000 + 2,

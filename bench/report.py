@@ -219,6 +219,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_f(s['peak_rss_mb'], '.0f')} | {_f(s['rss_ratio'], '.2f')} | {s['repeats']} "
             f"| {'yes' if s['verified'] else 'NO'} |"
         )
+    ha = _ha_lines(summary)
+    rows += [""] + [f"* {line}" for line in ha] if ha else []
     rows += ["", "| target | measured | CPU-per-record equivalent | met |", "|---|--:|--:|---|"]
     for t in result["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
