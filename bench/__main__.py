@@ -3,12 +3,15 @@
     python -m bench                    # every scenario, 3 repeats, own broker on free ports
     python -m bench --quick            # ~3-minute smoke: small sizes, 1 repeat
     python -m bench --only echo-eos --only latency --repeat 5 --bootstrap 127.0.0.1:29092
+    python -m bench --only failover --only failover-standby --only scale-out --repeat 1
 
 ``raw-alos`` always runs too (every figure is reported as a ratio to it, measured in the same
 run), and ``latency*`` brings ``echo-eos`` along: ``latency`` offers 50 % of echo-eos's median
 (the issue's definition), ``latency-25`` and ``latency-10`` 25 % and 10 %.
 Repeats go round-robin over the scenarios, so slow drifts of a shared machine spread evenly.
 ``sum-1m`` runs once whatever ``--repeat`` says (it takes the longest).
+The HA scenarios (``failover``, ``failover-standby``, ``scale-out``) run only when named; they
+share one filled 5M-record changelog (``bench.failover``).
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import broker, machine
+from bench.failover import run_failover
 from bench.latency import run_latency
 from bench.report import format_table, summarize, targets
 from bench.restore import Changelog, restore_once
-from bench.scenarios import SCENARIOS, RunContext, run_throughput
+from bench.scale_out import run_scale_out
+from bench.scenarios import SCENARIOS, RunContext, Scenario, run_throughput
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ONCE = {"sum-1m"}
@@ -53,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         "--latency-rate", type=float, help="the 'latency' load (default 50 %% of echo-eos)"
     )
     parser.add_argument("--latency-seconds", type=float, help="latency run length (30; quick 10)")
+    parser.add_argument(
+        "--ha-rate", type=float, default=2_000.0, help="records/s offered in the HA scenarios"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onceflow-bench"))
     parser.add_argument("--output", type=Path, help="JSON file (bench/results/<time>.json)")
     return parser
@@ -72,12 +80,48 @@ def _selection(only: list[str] | None, quick: bool) -> list[str]:
     return [name for name in SCENARIOS if name in wanted]  # declaration order
 
 
+class Changelogs:
+    """Filled changelogs, one per app and size: the restore repeats share one, the HA runs
+    another."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self._filled: dict[tuple[str | None, int], Changelog] = {}
+
+    async def of(self, scenario: Scenario) -> Changelog:
+        key = (scenario.module, self.ctx.keys_of(scenario))
+        if key not in self._filled:
+            name = "restore" if scenario.kind == "restore" else "ha"
+            changelog = self._filled[key] = Changelog(self.ctx, scenario, name)
+            print(f"    filling {changelog.records:,} changelog records ...", flush=True)
+            await changelog.fill()
+            print(f"    filled in {changelog.fill_s:.0f}s", flush=True)
+        return self._filled[key]
+
+
+async def _run_ha(ctx: RunContext, scenario: Scenario, changelogs: Changelogs) -> dict[str, Any]:
+    store = await changelogs.of(scenario)
+    if scenario.kind == "failover":
+        result = await run_failover(ctx, scenario, store)
+        print(f"    tasks of the killed worker ran again after {result['resume_s']:.1f}s; p99 "
+              f"{result['latency_before_ms'].get('p99', math.nan):.0f} ms before, "
+              f"{result['latency_after_ms'].get('p99', math.nan):.0f} ms after; restored "
+              f"{result['restored_records']:,.0f} records ({result['restored_fraction']:.2%} of "
+              "the store)", flush=True)  # fmt: skip
+    else:
+        result = await run_scale_out(ctx, scenario, store)
+        print(f"    longest task stop {result['max_stop_s']:.1f}s, full restores at new members "
+              f"{len(result['full_restores'])}, balanced {result['balanced']} after "
+              f"{result['balanced_after_s']}s", flush=True)  # fmt: skip
+    return result
+
+
 async def _run_all(
     args: argparse.Namespace, ctx: RunContext, names: list[str], save: Callable[[Runs], None]
 ) -> Runs:
     runs: Runs = {name: [] for name in names}
     repeat = args.repeat or (1 if args.quick else 3)
-    changelog: Changelog | None = None
+    changelogs = Changelogs(ctx)
     for i in range(repeat):
         for name in names:
             scenario = SCENARIOS[name]
@@ -85,11 +129,10 @@ async def _run_all(
                 continue
             print(f"[{i + 1}/{repeat}] {name}: {scenario.title} ...", flush=True)
             if scenario.kind == "restore":
-                if changelog is None:
-                    changelog = Changelog(ctx, scenario)
-                    await changelog.fill()
-                result = await restore_once(changelog, i)
+                result = await restore_once(await changelogs.of(scenario), i)
                 print(f"    {result['restore_rate']:,.0f} records/s restored", flush=True)
+            elif scenario.kind in ("failover", "scale-out"):
+                result = await _run_ha(ctx, scenario, changelogs)
             else:
                 result = await run_throughput(ctx, scenario)
                 print(
@@ -154,6 +197,7 @@ async def _main(args: argparse.Namespace) -> Path:
             broker_pid=kafka.pid,
             latency_rate=args.latency_rate,
             latency_seconds=args.latency_seconds or (10.0 if args.quick else 30.0),
+            ha_rate=args.ha_rate,
         )
         runs = await _run_all(args, ctx, names, save)
     summary = summarize(runs)

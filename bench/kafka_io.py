@@ -24,6 +24,7 @@ __all__ = [
     "Progress",
     "count_committed",
     "create_topics",
+    "end_offsets",
     "key_of",
     "padded",
     "unique",
@@ -75,9 +76,13 @@ class Backlog:
     ``fill`` writes every record with ``create_batch``/``send_batch`` (one batch per partition at
     a time, keys placed by murmur2 like every Kafka client), ``release`` commits.
     ``transactional=False`` writes with a plain idempotent producer (changelog fill).
+    ``memo=False`` does not remember each key's partition: for fills of millions of distinct
+    keys, where the memo would only cost memory (~100 bytes a key).
     """
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int, *, transactional: bool):
+    def __init__(
+        self, bootstrap: str, topic: str, partitions: int, *, transactional: bool, memo: bool = True
+    ):
         self.topic = topic
         self.partitions = partitions
         self.count = 0
@@ -92,6 +97,7 @@ class Backlog:
             request_timeout_ms=120_000,
         )
         self._partition_of: dict[bytes, int] = {}
+        self._memo = memo
 
     async def __aenter__(self) -> Backlog:
         await self._producer.start()
@@ -103,6 +109,8 @@ class Backlog:
         await self._producer.stop()
 
     def _partition(self, key: bytes) -> int:
+        if not self._memo:
+            return partition_for_key(key, self.partitions)
         p = self._partition_of.get(key)
         if p is None:
             p = self._partition_of[key] = partition_for_key(key, self.partitions)
@@ -182,6 +190,18 @@ class Progress:
             self._group, self._coordinator, self._tps
         )
         return sum(max(0, meta.offset) for meta in offsets.values())
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """Each partition's end offset (records and transaction markers written so far)."""
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
 
 
 async def count_committed(

@@ -18,7 +18,7 @@ from bench.kafka_io import create_topics, key_of, padded, unique
 from bench.procs import wait_ready
 from bench.scenarios import PARTITIONS, RunContext, Scenario, start_workers, stop_workers
 
-__all__ = ["percentiles", "run_latency"]
+__all__ = ["percentiles", "produce_paced", "run_latency"]
 
 WARMUP_S = 3.0
 TICK_S = 0.005
@@ -35,7 +35,11 @@ def percentiles(samples: list[float], qs: tuple[float, ...] = QUANTILES) -> dict
     return out
 
 
-async def _produce(bootstrap: str, topic: str, rate: float, seconds: float) -> int:
+async def produce_paced(
+    bootstrap: str, topic: str, rate: float, seconds: float, stop: asyncio.Event | None = None
+) -> int:
+    """Send ``rate`` stamped records/s (keys ``key_of(n % 10_000)``) for ``seconds`` or until
+    ``stop`` is set; returns how many were sent (all acknowledged)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=1
     )
@@ -49,7 +53,7 @@ async def _produce(bootstrap: str, topic: str, rate: float, seconds: float) -> i
 
     try:
         started = time.monotonic()
-        while (elapsed := time.monotonic() - started) < seconds:
+        while (elapsed := time.monotonic() - started) < seconds and not (stop and stop.is_set()):
             for _ in range(int(elapsed * rate) - sent):  # catch up with the schedule
                 value = padded(b"%d" % time.time_ns())
                 future = await producer.send(topic, value=value, key=key_of(sent % 10_000))
@@ -108,7 +112,7 @@ async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[
         sent: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         since_ns = time.time_ns() + int(WARMUP_S * 1e9)
         consumer = asyncio.create_task(_consume(ctx.bootstrap, out, sent, since_ns))
-        sent.set_result(await _produce(ctx.bootstrap, inp, rate, ctx.latency_seconds))
+        sent.set_result(await produce_paced(ctx.bootstrap, inp, rate, ctx.latency_seconds))
         async with asyncio.timeout(120):
             latencies = await consumer
         for proc in procs:

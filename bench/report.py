@@ -61,6 +61,15 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
                 row[f"latency_{q}_ms"] = median(r["latency_ms"][q] for r in rs)
             rate = rs[0]["offered_rate"]
             row |= {"offered_rate": rate, "ratio": _ratio(rate, base_rate)}
+        elif "resume_s" in rs[0]:
+            row |= _failover_row(rs)
+        elif "max_stop_s" in rs[0]:
+            row |= {
+                "max_stop_s": _median(rs, "max_stop_s"),
+                "full_restores": max(len(r["full_restores"]) for r in rs),
+                "balanced": all(r["balanced"] for r in rs),
+                "balanced_after_s": _median(rs, "balanced_after_s"),
+            }
         elif "restore_rate" in rs[0]:
             rate = _median(rs, "restore_rate")
             row |= {
@@ -71,7 +80,28 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
                 "ready_rate": _median(rs, "ready_rate"),
             }
         out[name] = row
+    standby, none = out.get("failover-standby"), out.get("failover")
+    if standby and none:
+        standby["resume_ratio_to_no_standby"] = _ratio(standby["resume_s"], none["resume_s"])
+        standby["restored_ratio_to_no_standby"] = _ratio(
+            standby["restored_records"], none["restored_records"]
+        )
     return out
+
+
+def _failover_row(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the failover figures; the target's bound is that of the runs' session timeout."""
+    return {
+        "standby_replicas": rs[0]["standby_replicas"],
+        "resume_s": _median(rs, "resume_s"),
+        "resume_target_s": rs[0]["resume_target_s"],
+        "latency_p99_before_ms": median(r["latency_before_ms"]["p99"] for r in rs),
+        "latency_p99_after_ms": median(r["latency_after_ms"]["p99"] for r in rs),
+        "latency_max_after_ms": median(r["latency_after_ms"]["max"] for r in rs),
+        "restored_records": _median(rs, "restored_records"),
+        "restored_fraction": _median(rs, "restored_fraction"),
+        "store_records": rs[0]["store_records"],
+    }
 
 
 def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -92,10 +122,18 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         ("p99 <= 300 ms at 50 % load", get("latency", "latency_p99_ms"), float("nan"), 300, "<="),
         ("restore >= 150k records/s", get("restore", "restore_rate"), float("nan"), 150_000, ">="),
         ("RSS with 1M keys <= 300 MB", get("sum-1m", "peak_rss_mb"), float("nan"), 300, "<="),
+        ("failover, 1 standby: resume <= 2 x session + 2 s", get("failover-standby", "resume_s"),
+         float("nan"), get("failover-standby", "resume_target_s"), "<="),
+        ("failover, 1 standby: restored < 1 % of store", 100 * get("failover-standby",
+         "restored_fraction"), float("nan"), 1.0, "<"),
+        ("scale-out: no task stops > 5 s", get("scale-out", "max_stop_s"), float("nan"), 5.0,
+         "<="),
+        ("scale-out: ends balanced (1 = yes)", get("scale-out", "balanced"), float("nan"), 1.0,
+         ">="),
     ]  # fmt: skip
     out = []
     for label, value, cpu_value, goal, op in rows:
-        met = value >= goal if op == ">=" else value <= goal
+        met = {">=": value >= goal, "<=": value <= goal, "<": value < goal}[op]
         cpu_met = cpu_value >= goal if not math.isnan(cpu_value) else None
         out.append(
             {"target": label, "value": value, "cpu_equivalent": cpu_value, "goal": goal,
@@ -133,6 +171,7 @@ def format_table(summary: dict[str, dict[str, Any]], target_rows: list[dict[str,
                 f"{s['latency_p50_ms']:.0f} ms, p99 {s['latency_p99_ms']:.0f} ms, p99.9 "
                 f"{s['latency_p99.9_ms']:.0f} ms, max {s['latency_max_ms']:.0f} ms"
             )
+    lines += _ha_lines(summary)
     lines.append("\ntargets (wall clock | CPU-per-record equivalent):")
     for t in target_rows:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
@@ -141,6 +180,26 @@ def format_table(summary: dict[str, dict[str, Any]], target_rows: list[dict[str,
         )  # fmt: skip
         lines.append(f"  {t['target']:<40} {_f(t['value'], ',.2f'):>10} {verdict}{cpu}")
     return "\n".join(lines)
+
+
+def _ha_lines(summary: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    for name, s in summary.items():
+        if "resume_s" in s:
+            lines.append(
+                f"{name}: {s['standby_replicas']} standby, killed worker's tasks ran again after "
+                f"{s['resume_s']:.1f} s (target {s['resume_target_s']:.0f}), p99 "
+                f"{s['latency_p99_before_ms']:.0f} ms before / {s['latency_p99_after_ms']:.0f} ms "
+                f"after, restored {s['restored_records']:,.0f} records "
+                f"({s['restored_fraction']:.2%} of {s['store_records']:,})"
+            )
+        elif "max_stop_s" in s:
+            lines.append(
+                f"{name}: longest task stop {s['max_stop_s']:.1f} s, full restores at new "
+                f"members {s['full_restores']}, balanced {s['balanced']} "
+                f"(after {_f(s['balanced_after_s'], '.0f')} s)"
+            )
+    return lines
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -160,6 +219,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_f(s['peak_rss_mb'], '.0f')} | {_f(s['rss_ratio'], '.2f')} | {s['repeats']} "
             f"| {'yes' if s['verified'] else 'NO'} |"
         )
+    ha = _ha_lines(summary)
+    rows += [""] + [f"* {line}" for line in ha] if ha else []
     rows += ["", "| target | measured | CPU-per-record equivalent | met |", "|---|--:|--:|---|"]
     for t in result["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]

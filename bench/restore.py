@@ -40,22 +40,26 @@ def changelog_records(keys: int) -> Iterator[tuple[bytes, bytes]]:
 
 
 class Changelog:
-    """The restore scenario's app id, topics and filled changelog, shared by its repeats."""
+    """An app id whose ``sum`` changelog is filled, shared by a scenario's repeats (``restore``)
+    or by the runs of the HA scenarios (``failover``, ``scale-out``: each run with its own input
+    and output topics and empty state directories)."""
 
-    def __init__(self, ctx: RunContext, scenario: Scenario) -> None:
+    def __init__(self, ctx: RunContext, scenario: Scenario, name: str | None = None) -> None:
         self.ctx = ctx
         self.scenario = scenario
         self.records = ctx.keys_of(scenario)
-        self.app_id = unique(f"bench-{scenario.name}")
+        self.app_id = unique(f"bench-{name or scenario.name}")
+        self.topic = f"{self.app_id}-sum-changelog"
         self.fill_s = 0.0
 
     async def fill(self) -> None:
         inp, out = f"{self.app_id}-in", f"{self.app_id}-out"
         await create_topics(self.ctx.bootstrap, [inp, out], PARTITIONS)
-        topic = f"{self.app_id}-sum-changelog"
+        topic = self.topic
         await create_topics(self.ctx.bootstrap, [topic], PARTITIONS, {"cleanup.policy": "compact"})
         started = time.monotonic()
-        async with Backlog(self.ctx.bootstrap, topic, PARTITIONS, transactional=False) as log:
+        backlog = Backlog(self.ctx.bootstrap, topic, PARTITIONS, transactional=False, memo=False)
+        async with backlog as log:
             await log.fill(changelog_records(self.records))
         self.fill_s = time.monotonic() - started
 

@@ -35,7 +35,7 @@ from bench.procs import Proc, onceflow_worker, raw_loop, wait_ready
 __all__ = ["SCENARIOS", "RunContext", "Scenario", "run_throughput", "start_workers"]
 
 PARTITIONS = 6
-Kind = Literal["throughput", "latency", "restore"]
+Kind = Literal["throughput", "latency", "restore", "failover", "scale-out"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Scenario:
     stateful: bool = False
     workers: int = 1
     env: dict[str, str] = field(default_factory=dict)
-    experiment: bool = False  # run only when named with --only
+    experiment: bool = False  # run only when named with --only (experiments, the HA scenarios)
     load: float = 0.5  # latency scenarios: offered load, a fraction of echo-eos's median
     # False: the app emits final results, fewer than its inputs (checked: some, at most one each)
     output_per_record: bool = True
@@ -80,6 +80,11 @@ WINDOWED_CLOSE = "bench.apps.windowed_close"
 SESSIONS = "bench.apps.sessions"
 REKEY = "bench.apps.rekey"
 JOIN = "bench.apps.join"
+STAMPED_SUM = "bench.apps.stamped_sum"
+HA_ENV = {"ONCEFLOW_PROBING_REBALANCE_INTERVAL_MS": "15000"}
+# Failover deletes the stores a worker left behind 5 s after they moved away: the start-up's
+# shuffle leaves copies, and the 0-standby baseline must not find a warm one by chance.
+FAILOVER_ENV = {**HA_ENV, "ONCEFLOW_STATE_CLEANUP_DELAY_MS": "5000"}
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -126,6 +131,17 @@ SCENARIOS: dict[str, Scenario] = {
                  load=0.1),
         Scenario("restore", "restore", "restore a 1M-record changelog (sum table)", SUMCOUNT,
                  keys=1_000_000, quick_keys=200_000),
+        # High availability (issue 16), only with --only: 3 workers, a 5M-record store, probing
+        # rebalances every 15 s (the start-up of failover balances sooner too).
+        Scenario("failover", "failover", "kill -9 one of 3 workers, 5M-record store, "
+                 "no standby", STAMPED_SUM, keys=5_000_000, quick_keys=200_000, workers=3,
+                 env={"ONCEFLOW_NUM_STANDBY_REPLICAS": "0", **FAILOVER_ENV}, experiment=True),
+        Scenario("failover-standby", "failover", "kill -9 one of 3 workers, 5M-record store, "
+                 "1 standby", STAMPED_SUM, keys=5_000_000, quick_keys=200_000, workers=3,
+                 env={"ONCEFLOW_NUM_STANDBY_REPLICAS": "1", **FAILOVER_ENV}, experiment=True),
+        Scenario("scale-out", "scale-out", "1 -> 3 workers, 5M-record store, probing every 15 s",
+                 STAMPED_SUM, keys=5_000_000, quick_keys=200_000, workers=3, env=HA_ENV,
+                 experiment=True),
     ]
 }  # fmt: skip
 
@@ -142,6 +158,7 @@ class RunContext:
     broker_pid: int | None = None
     latency_rate: float | None = None
     latency_seconds: float = 30.0
+    ha_rate: float = 2_000.0  # records/s offered in the HA scenarios
     on_release: Callable[[list[Proc]], Awaitable[Callable[[], Awaitable[None]]]] | None = None
 
     def keys_of(self, scenario: Scenario) -> int:
