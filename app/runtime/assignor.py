@@ -84,6 +84,7 @@ class TaskAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
         self.owned: list[TaskKey] = []
         self.standby: list[TaskKey] = []
         self.warmup: list[TaskKey] = []
+        self.moving: list[TaskKey] = []  # held for this member, waiting for its copy
         self.owners: dict[TaskKey, str] = {}
         self.placed: Placement | None = None
         self.placed_at = 0.0  # time.monotonic() of the leader's last placement
@@ -145,6 +146,8 @@ class TaskAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
                         "owners": owners,
                         "standby": [_task_id(t) for t in placed.standby[member_id]],
                         "warmup": [_task_id(t) for t in placed.warmup[member_id]],
+                        # held for this member: its copies report when they caught up
+                        "moving": [_task_id(t) for t, m in placed.held.items() if m == member_id],
                     }
                 ),
             )
@@ -196,6 +199,7 @@ class TaskAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
             self.owners = {_parse_task_id(str(k)): str(v) for k, v in owners.items()}
         self.standby = _task_ids(info.get("standby"))
         self.warmup = _task_ids(info.get("warmup"))
+        self.moving = _task_ids(info.get("moving"))
         owned: set[TaskKey] = set()
         for topic, partitions in assignment.assignment:
             group = self._group_of.get(topic)

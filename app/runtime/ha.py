@@ -118,7 +118,7 @@ class HighAvailability:
         wanted = {**dict.fromkeys(a.standby, False), **dict.fromkeys(a.warmup, True)}
         for key in a.owned:
             wanted.pop(key, None)
-        await self.standbys.update(wanted, a.owned)
+        await self.standbys.update(wanted, a.owned, a.moving)
 
     async def release(self, key: TaskKey) -> None:
         await self.standbys.release(key)
@@ -166,7 +166,7 @@ class HighAvailability:
 
     def _warm(self, standby: StandbyTask) -> None:
         self._rejoin(
-            f"warm-up of task {standby.task_id} caught up (lag {standby.lag}): rebalancing so "
+            f"the copy of task {standby.task_id} caught up (lag {standby.lag}): rebalancing so "
             "that it can move here"
         )
 

@@ -6,15 +6,18 @@ Pure: ``place`` sees members, the state they hold and the changelog ends, and re
 ``Placement`` with the reason for every task's place. The assignor (``assignor.py``) decodes the
 members' subscriptions into ``Member`` and encodes the result.
 
-1. **Target.** ``balance``: whole tasks, sticky to the previous actives, counts within one.
+1. **Target.** ``balance``: whole tasks, sticky to the previous actives, counts within one; a
+   task without a live previous owner goes to the least loaded member, a caught-up one on a tie.
 2. **Active.** A task goes to its target when the target is caught up (its lag is at most
    ``acceptable_lag`` records; the member that ran it until this rebalance has lag 0). Otherwise
    it stays on a caught-up member (its previous owner first), or, when nobody is caught up, goes
-   to the member with the least lag (the least to restore); the target then gets a warm-up copy.
+   to the member with the least lag if that is less by more than ``acceptable_lag``, else to its
+   target; a task kept away from its target is *held*. When the counts are even all the same (a
+   lost member's tasks went to their copies), nothing is held: there is nothing to move.
 3. **Standbys.** ``standbys`` copies of each task on members of other processes than its active
    and than each other (members of one process share a state directory, and a store opens in one
-   place at a time): the target of a task held away first, then the members with the least lag,
-   then the least loaded.
+   place at a time): the target of a held task first, then the least loaded (so that a lost
+   member's tasks spread over the survivors), a member holding the state on a tie.
 4. **Warm-ups.** A task held away whose target got no standby gets a warm-up there, at most
    ``max_warmups`` in the group. While any task is held away the placement is not ``balanced``:
    the group rebalances again (a probing rebalance) and moves those whose warm-up caught up.
@@ -22,7 +25,7 @@ members' subscriptions into ``Member`` and encodes the result.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["Member", "Placement", "TaskKey", "balance", "place"]
@@ -34,9 +37,14 @@ RUNNING = -1
 
 
 def balance(
-    tasks: Iterable[TaskKey], members: list[str], previous: Mapping[str, Iterable[TaskKey]]
+    tasks: Iterable[TaskKey],
+    members: list[str],
+    previous: Mapping[str, Iterable[TaskKey]],
+    warm: Callable[[str, TaskKey], bool] | None = None,
 ) -> dict[str, list[TaskKey]]:
-    """Assign ``tasks`` to ``members``: sticky to ``previous``, counts within one of each other."""
+    """Assign ``tasks`` to ``members``: sticky to ``previous``, counts within one of each other.
+    A task with no previous owner goes to the least loaded member, and among those to one that
+    is ``warm`` for it (holds its state)."""
     tasks = sorted(tasks)
     members = sorted(members)
     result: dict[str, list[TaskKey]] = {m: [] for m in members}
@@ -50,7 +58,9 @@ def balance(
                 result[member].append(task)
                 free.discard(task)
     for task in sorted(free):
-        target = min(members, key=lambda m: (len(result[m]), m))
+        target = min(
+            members, key=lambda m: (len(result[m]), warm is not None and not warm(m, task), m)
+        )
         result[target].append(task)
     # Stickiness can leave one member at the ceiling while another sits two below: even out.
     while True:
@@ -112,7 +122,12 @@ def place(
     if not ids:
         return placement
     lags = _Lags(by_id.values(), ends)
-    target = balance(tasks, ids, {m.id: m.previous for m in by_id.values()})
+    target = balance(
+        tasks,
+        ids,
+        {m.id: m.previous for m in by_id.values()},
+        lambda m, t: lags.of(m, t) <= acceptable_lag,
+    )
     target_of = {t: m for m, ts in target.items() for t in ts}
     load = dict.fromkeys(ids, 0)
     for task in tasks:
@@ -122,11 +137,13 @@ def place(
             owner = want
             how = "ran it" if lags.ran(want, task) else f"caught up, lag {lag}"
             placement.reasons[task] = f"active on {want} ({how})"
-        elif (owner := _warmest(task, ids, lags, load, acceptable_lag)) == want or (
-            by_id[owner].process == by_id[want].process
+        elif (
+            (owner := _warmest(task, ids, lags, load, acceptable_lag)) == want
+            or by_id[owner].process == by_id[want].process
+            or lags.of(owner, task) + acceptable_lag >= lag
         ):
-            # Nobody is caught up and its balanced place has least to restore (or shares the
-            # state directory of the member that has): it restores there.
+            # Nobody is caught up, and no member has much less to restore than its balanced
+            # place (or the one that has shares its state directory): it restores there.
             owner = want
             placement.reasons[task] = (
                 f"active on {want} (nobody caught up; it restores {lag} records)"
@@ -139,6 +156,12 @@ def place(
             )
         placement.active[owner].append(task)
         load[owner] += 1
+    counts = [len(ts) for ts in placement.active.values()]
+    if placement.held and max(counts) - min(counts) <= 1:
+        # Even as it is (a lost member's tasks went to their caught-up copies): nothing to move.
+        for task in placement.held:
+            placement.reasons[task] += "; the counts are even: it stays"
+        placement.held.clear()
     _place_copies(placement, tasks, by_id, lags, load, standbys)
     warmups = 0
     for task, want in sorted(placement.held.items()):
@@ -172,13 +195,61 @@ def _place_copies(
             if not free:
                 placement.short_of_standbys += 1
                 continue
+            # Spread evenly (a lost member's tasks then spread too); among the least loaded,
+            # one that holds the state already.
             chosen = min(
                 free,
-                key=lambda m: (m != want, lags.of(m, task) > 0, load[m], lags.of(m, task), m),
+                key=lambda m: (m != want, load[m], lags.of(m, task) > 0, lags.of(m, task), m),
             )
             placement.standby[chosen].append(task)
             taken.add(by_id[chosen].process)
             load[chosen] += 1
+    _even_out_copies(placement, by_id, owner_of, lags, load)
+
+
+def _even_out_copies(
+    placement: Placement,
+    by_id: Mapping[str, Member],
+    owner_of: Mapping[TaskKey, str],
+    lags: _Lags,
+    load: dict[str, int],
+) -> None:
+    """Move copies from the most to the least loaded member until the loads (actives and
+    copies) are within one: placing task by task can leave the last tasks no even choice.
+    A copy that warms a held task stays; among the others, one the receiver holds the state of
+    moves first."""
+    while True:
+        most = max(load, key=lambda m: (load[m], m))
+        least = min(load, key=lambda m: (load[m], m))
+        if load[most] - load[least] <= 1:
+            return
+        movable = [
+            t
+            for t in placement.standby[most]
+            if placement.held.get(t) != most
+            and _may_move(placement, by_id, owner_of, t, most, least)
+        ]
+        if not movable:
+            return
+        task = min(movable, key=lambda t: (lags.of(least, t) > 0, t))
+        placement.standby[most].remove(task)
+        placement.standby[least].append(task)
+        load[most] -= 1
+        load[least] += 1
+
+
+def _may_move(
+    placement: Placement,
+    by_id: Mapping[str, Member],
+    owner_of: Mapping[TaskKey, str],
+    task: TaskKey,
+    source: str,
+    dest: str,
+) -> bool:
+    """Whether ``task``'s copy on ``source`` may go to ``dest``: not to the process of its
+    active or of another copy."""
+    others = {owner_of[task], *(m for m, ts in placement.standby.items() if task in ts)} - {source}
+    return by_id[dest].process not in {by_id[m].process for m in others}
 
 
 def _warmest(

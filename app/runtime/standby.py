@@ -252,7 +252,8 @@ class Standbys:
         self._changed = asyncio.Event()
         self._assigned_at = 0.0
         self._warm_reported = False
-        self._behind: set[TaskKey] = set()  # warm-ups seen behind since their assignment
+        self._watched: set[TaskKey] = set()  # copies of tasks waiting to move here
+        self._behind: set[TaskKey] = set()  # of those, seen behind since the assignment
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
@@ -285,10 +286,14 @@ class Standbys:
         return ends
 
     async def update(
-        self, wanted: Mapping[TaskKey, bool], active: Collection[TaskKey] = ()
+        self,
+        wanted: Mapping[TaskKey, bool],
+        active: Collection[TaskKey] = (),
+        moving: Collection[TaskKey] = (),
     ) -> None:
         """Keep a standby of exactly the tasks in ``wanted`` (-> whether it is a warm-up);
-        those in ``active`` now run here: their standby is promoted."""
+        those in ``active`` now run here: their standby is promoted. ``moving``: tasks the
+        group waits to move here, whose copy (standby or warm-up) reports when it caught up."""
         async with self._lock:
             for key in [k for k in self.tasks if k not in wanted]:
                 if key in active:
@@ -307,7 +312,8 @@ class Standbys:
             self._gauges()
             self._assigned_at = time.monotonic()
             self._warm_reported = False
-            self._behind = {k for k, s in self.tasks.items() if s.warmup}
+            self._watched = {k for k in self.tasks if k in moving}
+            self._behind = set(self._watched)
         if wanted:
             standbys = sorted(s.task_id for s in self.tasks.values() if not s.warmup)
             warmups = sorted(s.task_id for s in self.tasks.values() if s.warmup)
@@ -384,7 +390,7 @@ class Standbys:
         app_id = self.app.app_id
         for standby in self.tasks.values():
             self.metrics.standby_lag.labels(app_id, standby.task_id).set(standby.lag)
-            if standby.warmup and standby.lag > self.settings.acceptable_recovery_lag:
+            if standby.key in self._watched and standby.lag > self.settings.acceptable_recovery_lag:
                 self._behind.add(standby.key)
         if self._warm_reported or time.monotonic() - self._assigned_at < WARM_REPORT_AFTER_S:
             return

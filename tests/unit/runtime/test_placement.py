@@ -141,3 +141,53 @@ def test_every_task_has_one_active_and_copies_apart(
         assert len(set(copies + warm)) == len(copies + warm)
         assert len(copies) == min(standbys, len(ids) - 1)
     assert sum(len(ts) for ts in placed.warmup.values()) <= 2
+
+
+def test_nobody_caught_up_and_nobody_much_warmer_restores_at_its_place() -> None:
+    """A lost member's task that nobody holds: both survivors would restore it all, so it goes
+    where balance wants it, not to one of them 'to warm up' the other."""
+    a = Member("a", "pa", frozenset(TASKS[:3]), dict.fromkeys(TASKS[:3], RUNNING))
+    b = Member("b", "pb", frozenset(TASKS[3:5]), dict.fromkeys(TASKS[3:5], RUNNING))
+    placed = place(TASKS, [a, b], ENDS)
+    assert placed.balanced and not any(placed.warmup.values())
+    assert "nobody caught up" in placed.reasons[TASKS[5]]
+
+
+def test_copies_crossing_their_targets_are_accepted_when_the_counts_are_even() -> None:
+    """After a kill, c's two tasks went to their caught-up standbys, one on each survivor,
+    crosswise to what balance would pick: the counts are even, so nothing waits to move."""
+    lost = TASKS[4:]
+    a = Member(
+        "a",
+        "pa",
+        frozenset(TASKS[:2]),
+        {**dict.fromkeys(TASKS[:2], RUNNING), lost[1]: ENDS[lost[1]]},
+    )
+    b = Member(
+        "b",
+        "pb",
+        frozenset(TASKS[2:4]),
+        {**dict.fromkeys(TASKS[2:4], RUNNING), lost[0]: ENDS[lost[0]]},
+    )
+    placed = place(TASKS, [a, b], ENDS, standbys=1)
+    owner = _owner(placed)
+    assert (owner[lost[0]], owner[lost[1]]) == ("b", "a")
+    assert placed.balanced and not any(placed.warmup.values())
+
+
+def test_standby_copies_spread_evenly_even_when_one_member_holds_all_the_state() -> None:
+    """a keeps caught-up copies of every task b and c run: load comes first, so it ends with
+    two copies like the others (4/1/1 would put a lost member's tasks all on a)."""
+    own = {"a": TASKS[:2], "b": TASKS[2:4], "c": TASKS[4:]}
+    members = [
+        Member(
+            m,
+            f"p{m}",
+            frozenset(ts),
+            {**dict.fromkeys(ts, RUNNING), **({t: ENDS[t] for t in TASKS[2:]} if m == "a" else {})},
+        )
+        for m, ts in own.items()
+    ]
+    placed = place(TASKS, members, ENDS, standbys=1)
+    assert placed.balanced
+    assert sorted(len(placed.standby[m]) for m in "abc") == [2, 2, 2]
