@@ -1,4 +1,5 @@
-"""The benchmarks' own tests. ``bench`` is not part of the installed package: it runs from the
+"""The benchmarks' own tests (a package: its conftest must not shadow tests/conftest.py, which
+other tests import as ``conftest``). ``bench`` is not part of the installed package: it runs from the
 repository root (``python -m bench``), so its tests import it from there."""
 
 from __future__ import annotations
