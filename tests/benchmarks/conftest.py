@@ -1,6 +1,7 @@
-"""The benchmarks' own tests (a package: its conftest must not shadow tests/conftest.py, which
-other tests import as ``conftest``). ``bench`` is not part of the installed package: it runs from the
-repository root (``python -m bench``), so its tests import it from there."""
+"""The benchmarks' own tests. ``bench`` is not part of the installed package: it runs from the
+repository root (``python -m bench``), so its tests import it from there. A package (with
+``__init__.py``), so that this conftest does not shadow tests/conftest.py, which other tests
+import as ``conftest``."""
 
 from __future__ import annotations
 
