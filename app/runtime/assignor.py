@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import orjson
 from aiokafka.cluster import ClusterMetadata
@@ -44,13 +45,13 @@ def _parse_task_id(text: str) -> TaskKey:
     return group, int(partition)
 
 
+@dataclass(frozen=True)
 class HaConfig:
     """The high-availability settings the leader places tasks with."""
 
-    def __init__(self, standbys: int = 0, acceptable_lag: int = 10_000, max_warmups: int = 2):
-        self.standbys = standbys
-        self.acceptable_lag = acceptable_lag
-        self.max_warmups = max_warmups
+    standbys: int = 0
+    acceptable_lag: int = 10_000
+    max_warmups: int = 2
 
 
 class TaskAssignor(AbstractPartitionAssignor):  # type: ignore[misc]

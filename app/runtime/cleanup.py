@@ -39,6 +39,7 @@ __all__ = [
     "StateCleaner",
     "last_in_sync",
     "mark_in_sync",
+    "out_of_sync_too_long",
 ]
 
 log = logging.getLogger("onceflow.cleanup")
@@ -56,6 +57,17 @@ def last_in_sync(directory: Path) -> float | None:
         return directory.stat().st_mtime
     except FileNotFoundError:
         return None
+
+
+def out_of_sync_too_long(
+    in_sync_at: float | None, delete_retention_ms: int | None, now: float
+) -> bool:
+    """Whether a store last in sync at ``in_sync_at`` (None: never) has been out of sync with
+    its changelog longer than the changelog keeps tombstones (``delete_retention_ms``; None: not
+    known, never too long): deletes it missed may be gone, so its checkpoint is worth nothing."""
+    if in_sync_at is None or delete_retention_ms is None:
+        return False
+    return (now - in_sync_at) * 1000 > delete_retention_ms
 
 
 def mark_in_sync(directory: Path, at: float | None = None) -> None:

@@ -127,9 +127,6 @@ class HighAvailability:
     def standby_tasks(self) -> Mapping[TaskKey, StandbyTask]:
         return self._standbys.tasks if self._standbys is not None else {}
 
-    def keeps(self) -> set[TaskKey]:
-        return set(self.standby_tasks)
-
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(self.standbys.run(stop), self._probe(stop))
 

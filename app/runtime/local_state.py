@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onceflow.errors import StoreLockedError
-from onceflow.runtime.cleanup import last_in_sync
+from onceflow.runtime.cleanup import last_in_sync, out_of_sync_too_long
 from onceflow.runtime.standby import changelog_tables
 from onceflow.state.sqlite.file import DB_FILE, stored_checkpoint
 from onceflow.state.sqlite.lock import TaskLock
@@ -90,7 +90,7 @@ def _checkpoint(directory: Path, now: float, retention_ms: int | None) -> int | 
         return None
     try:
         synced = last_in_sync(directory)
-        if synced is None or (retention_ms is not None and (now - synced) * 1000 > retention_ms):
+        if synced is None or out_of_sync_too_long(synced, retention_ms, now):
             return None
         return stored_checkpoint(directory / DB_FILE)
     finally:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiokafka.structs import TopicPartition
 
-from onceflow.runtime.cleanup import last_in_sync, mark_in_sync
+from onceflow.runtime.cleanup import last_in_sync, mark_in_sync, out_of_sync_too_long
 from onceflow.runtime.layout import WindowsFrom, reconcile
 from onceflow.runtime.restore import RestoreProgress, restore_partition
 from onceflow.runtime.source_tables import SourceRestore, source_checkpoints
@@ -419,15 +419,14 @@ def open_in_sync(
         raise
     stale = False
     try:
-        age_s = None if in_sync_at is None else time.time() - in_sync_at
+        now = time.time()
         if (
             reason is None
-            and delete_retention_ms is not None
-            and age_s is not None
-            and age_s * 1000 > delete_retention_ms
+            and out_of_sync_too_long(in_sync_at, delete_retention_ms, now)
             and store.checkpoint is not None
         ):
-            reason, stale = stale_reason(age_s, delete_retention_ms), True
+            assert in_sync_at is not None and delete_retention_ms is not None
+            reason, stale = stale_reason(now - in_sync_at, delete_retention_ms), True
             store.wipe()  # as open_store wipes a corrupt store: every file, then a fresh one
         if layout is not None:
             changed = reconcile(store, layout, table=path.parent.name)

@@ -485,7 +485,7 @@ class Worker:
         None while the worker is not running (joining, rebalancing: all are revoked then)."""
         if self.phase != "running":
             return None
-        return {*self.tasks, *self._starting, *self._assigned, *self.ha.keeps()}
+        return {*self.tasks, *self._starting, *self._assigned, *self.ha.standby_tasks}
 
     async def _revive(self, key: TaskKey, delay: float, rebalances: int) -> None:
         """Rebuild a failed task if this worker still owns it after ``delay``.

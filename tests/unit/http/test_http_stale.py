@@ -50,26 +50,11 @@ class Hooked:
 
 
 @dataclass
-class FakeStandby:
+class FakeStandby(FakeTask):
     """What queries read of a ``StandbyTask``: its stores and, per table it keeps, its lag."""
 
-    group: str
-    partition: int
-    stores: dict[str, Any]
-    lags: dict[str, int]
+    lags: dict[str, int] = field(default_factory=dict)
     state: str = "standby"
-    committed_stream_time: int = -1
-    restores: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def task_id(self) -> str:
-        return f"{self.group}_{self.partition}"
-
-    def store(self, name: str) -> Any:
-        return self.stores[name]
-
-    def windowed_store(self, name: str) -> Any:
-        return self.stores[name]
 
     def table_lag(self, table: str) -> int | None:
         return self.lags.get(table)
