@@ -130,6 +130,10 @@ class Task:
             ),
         )
         self._held: Held | None = None  # a record waiting for its retry, and those behind it
+        # The commit running in the background, and the records handed over meanwhile, in order
+        self._committing: asyncio.Future[bool] | None = None
+        self._parked: list[tuple[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]] = []
+        self._parked_records = 0
         # Per source topic: the tables keyed like it, whose keys a fetched batch names.
         self._prefetch: dict[str, list[AnyTable]] = {}
         self._effects = Effects(
@@ -188,6 +192,26 @@ class Task:
     @property
     def has_work(self) -> bool:
         return not self._checkpoint.empty()
+
+    @property
+    def schedulable(self) -> bool:
+        """Running and not committing: a commit may begin, timers may run."""
+        return self.state is TaskState.RUNNING and self._committing is None
+
+    @property
+    def committing(self) -> bool:
+        """A background commit runs or waits to be collected (``finish_commit``)."""
+        return self._committing is not None
+
+    @property
+    def commit_finished(self) -> bool:
+        """A background commit is over (``finish_commit`` collects it)."""
+        return self._committing is not None and self._committing.done()
+
+    @property
+    def parked_records(self) -> int:
+        """Records handed to ``process`` during the background commit, waiting for it."""
+        return self._parked_records
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -290,7 +314,12 @@ class Task:
         """Handle ``records`` of ``tp`` in offset order inside the open transaction, then hand
         their outputs to the producer, one batch per partition. A record whose handler fails
         is not retried here: it and the records after it wait (``retry_due``) while the worker
-        goes on with its other tasks and its poll loop. If it raises, the task has failed."""
+        goes on with its other tasks and its poll loop. During a background commit the records
+        wait in the task (``finish_commit`` runs them). If it raises, the task has failed."""
+        if self._committing is not None:
+            self._parked.append((tp, records))
+            self._parked_records += len(records)
+            return
         try:
             await self._process(tp, records)
         except BaseException:
@@ -553,6 +582,43 @@ class Task:
             self.committed_stream_time = stream_time
         return committed
 
+    def commit_in_background(self) -> None:
+        """Begin ``commit()`` and return: the worker processes its other tasks meanwhile, and
+        this task's records wait (``process``) until ``finish_commit`` collects the commit
+        (docs/architecture.md, *Commit scheduling*)."""
+        if self._committing is not None:
+            raise RuntimeError(f"task {self.task_id} is committing already")
+        self._committing = asyncio.ensure_future(self.commit())
+
+    async def finish_commit(self) -> bool:
+        """Collect the background commit (re-raising its failure: the task has failed), then
+        process the records that waited for it, in order. Returns what ``commit()`` did."""
+        commit = self._committing
+        if commit is None or not commit.done():
+            raise RuntimeError(f"task {self.task_id} has no finished commit to collect")
+        self._committing = None
+        parked, self._parked, self._parked_records = self._parked, [], 0
+        committed = commit.result()
+        for tp, records in parked:
+            await self.process(tp, records)
+        return committed
+
+    async def _end_background_commit(self, *, wait: bool) -> None:
+        """At close: wait for the background commit (``wait``) or cancel it; its failure has
+        failed the task already. The parked records are dropped: the next owner reads them
+        again from the committed offsets."""
+        commit, self._committing = self._committing, None
+        self._parked, self._parked_records = [], 0
+        if commit is None:
+            return
+        if not wait:
+            commit.cancel()
+        await asyncio.wait({commit})
+        if commit.cancelled():
+            self._fail()
+        else:
+            commit.exception()  # retrieved: a failure was the task's, and is handled
+
     def _fail(self) -> None:
         """Stop serving and committing at once: the worker closes the task once every task of
         the batch is done, and a fenced task's state is already another owner's."""
@@ -566,6 +632,7 @@ class Task:
         if self.state is TaskState.CLOSED:
             return
         self._held = None  # the next owner re-reads them from the committed offsets
+        await self._end_background_commit(wait=commit)
         try:
             await self._stores.flushed()
         except Exception as exc:  # the changelog has it all: the restore replays it

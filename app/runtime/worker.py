@@ -2,8 +2,9 @@
 
 ``Worker(app).run()`` joins the group ``app_id``; tasks are created on assignment and started in
 the background (fence, seek, restore) with their partitions paused, so a long restore never
-stalls heartbeats. The loop fetches, hands each task its records, and commits every
-``commit_interval_ms`` (or ``commit_every`` records). A task that fails is closed without
+stalls heartbeats. The loop fetches and hands each task its records; each task commits every
+``commit_interval_ms`` (or ``commit_every`` records) on its own staggered schedule, in the
+background, while the others go on processing (``commits.py``). A task that fails is closed without
 committing and rebuilt from the committed state; a fenced task waits for the rebalance that
 follows.
 """
@@ -29,6 +30,7 @@ from onceflow.runtime.admin import TopicAdmin, internal_topics
 from onceflow.runtime.assignor import HaConfig, TaskAssignor, TaskKey
 from onceflow.runtime.cleanup import StateCleaner
 from onceflow.runtime.clients import Clients
+from onceflow.runtime.commits import CommitSchedule, phase_of
 from onceflow.runtime.compat import (
     membership_confirmed,
     membership_current,
@@ -55,6 +57,10 @@ from onceflow.topology import App
 __all__ = ["Worker"]
 
 log = logging.getLogger("onceflow.worker")
+
+COMMIT_POLL_MS = 5
+"""How long the loop waits for input at most while a commit runs: its task's records and next
+commit wait until the loop collects it."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -125,7 +131,11 @@ class Worker:
         self._shared_producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
-        self._last_commit = time.monotonic()
+        self._commits: CommitSchedule[TaskKey] = CommitSchedule(
+            self.settings.effective_commit_interval_ms,
+            self.settings.commit_every,
+            lambda key: phase_of(key[0], key[1], self.partitions.get(key[0], 1)),
+        )
         self._rebalances = 0
         self._backoff = Backoff(self.settings.retry_backoff_ms / 1000, time.monotonic)
         self._waiting: set[TaskKey] = set()  # tasks paused while a record waits for its retry
@@ -199,7 +209,7 @@ class Worker:
             try:
                 await self._loop_task
             except asyncio.CancelledError:
-                # _fatal() cancels a loop stuck in a commit; a cancel of run() itself goes on.
+                # _fatal() cancels a stuck loop; a cancel of run() itself goes on.
                 current = asyncio.current_task()
                 if self.fatal_error is None or (current is not None and current.cancelling()):
                     raise
@@ -291,20 +301,19 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        interval = self.settings.effective_commit_interval_ms
         consumer = self.consumer
         while not self._stop.is_set():
             self.last_loop_at = now = time.monotonic()
-            wait_ms = max(1, min(100, interval - int((now - self._last_commit) * 1000)))
             next_at = min(
                 (d for t in self.tasks.values() for d in (t.retry_due, t.wall_clock_due) if d),
                 default=None,
             )
-            idle_at = self._inputs.due
-            if idle_at is not None:
-                next_at = idle_at if next_at is None else min(next_at, idle_at)
-            if next_at is not None:
-                wait_ms = max(1, min(wait_ms, int((next_at - now) * 1000)))
+            for at in (self._inputs.due, self._commits.next_due(self._with_work())):
+                if at is not None:
+                    next_at = at if next_at is None else min(next_at, at)
+            wait_ms = 100 if next_at is None else max(1, min(100, int((next_at - now) * 1000)))
+            if any(t.committing for t in self.tasks.values()):
+                wait_ms = min(wait_ms, COMMIT_POLL_MS)  # collect it soon after it finishes
             try:
                 batch = await consumer.getmany(
                     timeout_ms=wait_ms, max_records=self.settings.max_poll_records
@@ -314,21 +323,27 @@ class Worker:
                 await asyncio.sleep(0.5)
                 continue
             async with self._lock:
+                await self._finish_commits()
                 if batch or self._inputs.holding:
                     await self._process(batch)
                 await self._retry_due()
                 await self._wall_clock_due()
-                if self._commit_due(interval):
-                    await self._commit_all()
+                self._begin_commits()
+                self._pause_waiting()
 
     async def _retry_due(self) -> None:
-        """Retry the records whose backoff is over; pause the partitions of a task while a
-        record of it waits (what was fetched behind it waits in the task), resume them after."""
+        """Retry the records whose backoff is over."""
         await self._run_due(lambda task: task.retry_due, lambda task: task.retry_held())
+
+    def _pause_waiting(self) -> None:
+        """Pause the partitions of a task while a record of it waits for its retry (what was
+        fetched behind it waits in the task) or while many records wait for its commit; resume
+        them after."""
+        limit = self.settings.max_poll_records
         for key, task in self.tasks.items():
             if task.state is not TaskState.RUNNING:
                 continue
-            waiting = task.retry_due is not None
+            waiting = task.retry_due is not None or task.parked_records >= limit
             if waiting and key not in self._waiting:
                 self.consumer.pause(*task.tps)
                 self._waiting.add(key)
@@ -350,15 +365,10 @@ class Worker:
         due = {
             k: None
             for k, t in self.tasks.items()
-            if t.state is TaskState.RUNNING and (d := due_at(t)) is not None and d <= now
+            if t.schedulable and (d := due_at(t)) is not None and d <= now
         }
         if due:
             await self._each(due, lambda task, _: run(task))
-
-    def _commit_due(self, interval_ms: int) -> bool:
-        if (time.monotonic() - self._last_commit) * 1000 >= interval_ms:
-            return True
-        return any(t.uncommitted >= self.settings.commit_every for t in self.tasks.values())
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         per_task: dict[TaskKey, list[tuple[TopicPartition, list[Any]]]] = {}
@@ -386,14 +396,25 @@ class Worker:
         for tp, records in by_timestamp(work):  # several partitions: in timestamp order
             await task.process(tp, records)
 
-    async def _commit_all(self) -> None:
-        work = {
-            k: None for k, t in self.tasks.items() if t.state is TaskState.RUNNING and t.has_work
-        }
-        failed = await self._each(work, lambda task, _: task.commit())
-        for key in work.keys() - failed:
+    def _with_work(self) -> list[TaskKey]:
+        return [k for k, t in self.tasks.items() if t.schedulable and t.has_work]
+
+    def _begin_commits(self) -> None:
+        """Begin the commits that are due (``CommitSchedule``), each in the background."""
+        now = time.monotonic()
+        for key in self._commits.due(self.tasks, now):
+            self.tasks[key].commit_in_background()
+            self._commits.begun(key, now)
+
+    async def _finish_commits(self) -> None:
+        """Collect the commits that finished: fail the tasks whose commit failed, run the
+        records that waited for the others."""
+        done = {k: None for k, t in self.tasks.items() if t.commit_finished}
+        if not done:
+            return
+        failed = await self._each(done, lambda task, _: task.finish_commit())
+        for key in done.keys() - failed:
             self._backoff.healthy(key)  # a whole commit went through
-        self._last_commit = time.monotonic()
         self._update_lag()
 
     async def _each(self, work: dict[TaskKey, Any], fn: Any) -> set[TaskKey]:
@@ -471,8 +492,8 @@ class Worker:
         if self.fatal_error is None:
             self.fatal_error = exc
         self.stop()
-        # A loop waiting on a commit that cannot finish (its changelog is gone) is cancelled:
-        # nothing it holds will be committed, and its tasks abort at shutdown.
+        # A loop stuck (in a handler, a prefetch) is cancelled: nothing it holds will be
+        # committed, and its tasks abort at shutdown (cancelling their background commits).
         loop_task = self._loop_task
         if loop_task is not None and loop_task is not asyncio.current_task():
             loop_task.cancel()

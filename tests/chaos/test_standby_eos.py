@@ -145,7 +145,9 @@ async def test_scale_out_warms_up_then_moves_tasks_without_a_full_restore(
             w.stop()
     newcomers = workers[1].log_text() + workers[2].log_text()
     leader = "".join(w.log_text() for w in workers)
-    assert re.search(r"4 tasks wait for their place to warm up", leader), leader[-4000:]
+    # Both newcomers in one rebalance: 4 tasks wait; on a loaded machine the second may join a
+    # rebalance later (then 3, then 2 wait): either way tasks waited for a warm copy.
+    assert re.search(r"[1-4] tasks wait for their place to warm up", leader), leader[-4000:]
     if not standbys:
         assert re.search(r"warm-up tasks \d", newcomers), newcomers[-4000:]
     moved = _PROMOTED.findall(newcomers)
