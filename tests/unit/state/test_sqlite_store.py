@@ -386,3 +386,55 @@ def test_lock_passed_by_the_caller_is_kept_on_failure(tmp_path: Path) -> None:
     with SqliteStorePartition(tmp_path, lock=lock):
         pass
     assert not lock.locked  # the store took it over and released it on close
+
+
+def test_a_prefetch_racing_a_flush_keeps_the_keys_the_flush_did_not_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Flushes commit in a worker thread while the next batch's keys are prefetched in another:
+    # voiding the whole prefetch on every overlapping flush sent most reads to SQLite.
+    store = SqliteStorePartition(tmp_path)
+    keys = [b"%03d" % i for i in range(100)]
+    for key in keys:
+        store.put(key, b"old")
+    store.flush(1)
+    store._cache.clear()
+    real_get_many = store._db.get_many
+
+    def read_then_flush_commits(raw: list[bytes]) -> dict[bytes, bytes]:
+        found = real_get_many(raw)  # reads "old" everywhere ...
+        store.put(keys[0], b"new")  # ... then a flush of one key commits before it caches
+        store.delete(keys[1])
+        thread = threading.Thread(target=store.flush, args=(2,))
+        thread.start()
+        thread.join()
+        return found
+
+    monkeypatch.setattr(store._db, "get_many", read_then_flush_commits)
+    store.prefetch(keys)
+    monkeypatch.setattr(store._db, "get", lambda key: pytest.fail(f"cache miss: {key!r}"))
+    assert store.committed_get(keys[0]) == b"new"  # the flush's value, not the stale read
+    assert store.committed_get(keys[1]) is None
+    assert [store.committed_get(k) for k in keys[2:]] == [b"old"] * 98  # all prefetched
+    store.close()
+
+
+def test_a_read_racing_a_wipe_caches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStorePartition(tmp_path)
+    store.put(b"a", b"old")
+    store.flush(1)
+    store._cache.clear()
+    real_get_many = store._db.get_many
+
+    def read_then_wipe(raw: list[bytes]) -> dict[bytes, bytes]:
+        found = real_get_many(raw)
+        store.wipe()
+        return found
+
+    monkeypatch.setattr(store._db, "get_many", read_then_wipe)
+    store.prefetch([b"a"])
+    monkeypatch.setattr(store._db, "get_many", real_get_many)
+    assert store.committed_get(b"a") is None  # wiped: the read's "old" was not cached
+    store.close()
