@@ -21,11 +21,17 @@ from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
 ROOT = Path(__file__).resolve().parents[3]
 
 
+def run_env() -> dict[str, str]:
+    # The caller's PYTHONPATH first: in a work tree it points at the tree's import view, where
+    # the editable install would import the main checkout's code.
+    path = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(ROOT))))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        env=env,
+        env=run_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -84,13 +90,16 @@ def test_crash_inside_flush_before_commit_applies_nothing(tmp_path: Path) -> Non
         store = SqliteStorePartition(Path(sys.argv[1]))
         store.put(b"a", b"1")
         store.flush(5)
-        conn = store._db._writer.conn
-        execute = conn.execute
-        def crash_at_commit(sql, *args, **kwargs):
-            if sql == "COMMIT":
-                os._exit(1)
-            return execute(sql, *args, **kwargs)
-        conn.execute = crash_at_commit
+        class CrashAtCommit:
+            def __init__(self, conn):
+                self._conn = conn
+            def __getattr__(self, name):
+                return getattr(self._conn, name)
+            def execute(self, sql, *args):
+                if sql == "COMMIT":
+                    os._exit(1)
+                return self._conn.execute(sql, *args)
+        store._db._writer = CrashAtCommit(store._db._writer)
         for i in range(2000):
             store.put(b"k%d" % i, b"x" * 100)
         store.put(b"a", b"2")
@@ -202,7 +211,7 @@ def test_store_locked_by_another_process(tmp_path: Path) -> None:
          "from onceflow.state.sqlite.lock import TaskLock; "
          "lock = TaskLock(Path(sys.argv[1])); lock.acquire(); print('locked', "
          "flush=True); sys.stdin.read()", str(tmp_path)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=run_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
