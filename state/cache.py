@@ -20,6 +20,7 @@ import itertools
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Protocol
 
 __all__ = ["MISS", "CacheView", "LruCache", "Miss", "ReadCache", "SharedCache"]
@@ -54,6 +55,10 @@ class ReadCache(Protocol):
 
     def store(self, key: bytes, value: bytes | None) -> None:
         """Remember ``value`` for ``key``, evicting the least recently used entries if full."""
+        ...
+
+    def store_many(self, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """``store`` each item, in order."""
         ...
 
     def forget(self, key: bytes) -> None:
@@ -121,6 +126,11 @@ class LruCache:
         ):
             evicted, dropped = entries.popitem(last=False)
             self._bytes -= _cost(evicted, dropped)
+
+    def store_many(self, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """``store`` each item, in order."""
+        for key, value in items:
+            self.store(key, value)
 
     def forget(self, key: bytes) -> None:
         """Drop ``key`` if cached."""
@@ -218,36 +228,37 @@ class SharedCache:
             entries.move_to_end(full)
             return value
 
-    def _store(self, prefix: bytes, full: bytes, value: bytes | None) -> None:
-        cost = _cost(full, value)
+    def _store(self, prefix: bytes, items: Iterable[tuple[bytes, bytes | None]]) -> None:
         with self._lock:
-            entries, owners = self._entries, self._owners
+            entries, owners, limit = self._entries, self._owners, self._max_bytes
             owner = owners.get(prefix)
             if owner is None or owner.retired:  # stored under a prefix cleared meanwhile
                 return
-            old = entries.pop(full, MISS)
-            if old is not MISS:
-                old_cost = _cost(full, old)
-                self._bytes -= old_cost
-                owner.bytes -= old_cost
-                owner.entries -= 1
-            if cost > self._max_bytes:
-                return
-            entries[full] = value
-            self._bytes += cost
-            owner.bytes += cost
-            owner.entries += 1
-            limit = self._max_bytes
-            while self._bytes > limit:
-                evicted, dropped = entries.popitem(last=False)
-                evicted_cost = _cost(evicted, dropped)
-                self._bytes -= evicted_cost
-                by_prefix = evicted[:_PREFIX_LEN]
-                by = owners[by_prefix]
-                by.entries -= 1
-                by.bytes -= evicted_cost
-                if by.retired and by.entries == 0:
-                    del owners[by_prefix]
+            for key, value in items:
+                full = prefix + key
+                old = entries.pop(full, MISS)
+                if old is not MISS:
+                    old_cost = _cost(full, old)
+                    self._bytes -= old_cost
+                    owner.bytes -= old_cost
+                    owner.entries -= 1
+                cost = _cost(full, value)
+                if cost > limit:
+                    continue
+                entries[full] = value
+                self._bytes += cost
+                owner.bytes += cost
+                owner.entries += 1
+                while self._bytes > limit:
+                    evicted, dropped = entries.popitem(last=False)
+                    evicted_cost = _cost(evicted, dropped)
+                    self._bytes -= evicted_cost
+                    by_prefix = evicted[:_PREFIX_LEN]
+                    by = owners[by_prefix]
+                    by.entries -= 1
+                    by.bytes -= evicted_cost
+                    if by.retired and by.entries == 0:
+                        del owners[by_prefix]
 
     def _forget(self, prefix: bytes, full: bytes) -> None:
         with self._lock:
@@ -291,7 +302,10 @@ class CacheView:
         return self._shared._lookup(self._prefix + key)
 
     def store(self, key: bytes, value: bytes | None) -> None:
-        self._shared._store(self._prefix, self._prefix + key, value)
+        self._shared._store(self._prefix, ((key, value),))
+
+    def store_many(self, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        self._shared._store(self._prefix, items)
 
     def forget(self, key: bytes) -> None:
         self._shared._forget(self._prefix, self._prefix + key)

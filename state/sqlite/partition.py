@@ -182,9 +182,9 @@ class SqliteStorePartition(BufferedStorePartition):
             with self._state_lock:
                 changed = self._end_read(epoch)
                 if changed is not None:
-                    for key in missing:
-                        if key not in changed:
-                            cache.store(key, found.get(_DATA + key))
+                    cache.store_many(
+                        (key, found.get(_DATA + key)) for key in missing if key not in changed
+                    )
 
     def _read_committed(self, key: bytes) -> bytes | None:
         with self._state_lock:
@@ -266,8 +266,7 @@ class SqliteStorePartition(BufferedStorePartition):
             changed.update(batch.writes)
         for key in range_deleted:
             self._cache.forget(key)
-        for key, value in batch.writes.items():
-            self._cache.store(key, value)
+        self._cache.store_many(batch.writes.items())
 
     def _restore(self, latest: dict[bytes, bytes | None], last_offset: int) -> None:
         if self._offload_restore and len(latest) >= OFFLOAD_MIN_RECORDS:

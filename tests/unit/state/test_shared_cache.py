@@ -142,3 +142,13 @@ def test_store_partitions_read_through_one_shared_budget(tmp_path: Path) -> None
         assert b.get(b"k") is None and a.get(b"k") == b"from a"
     # The closed views' entries age out of the LRU; nothing stores under them any more.
     assert all(owner.retired for owner in shared._owners.values())
+
+
+def test_store_many_keeps_the_budget_item_by_item() -> None:
+    shared = SharedCache(3 * ENTRY)
+    a, b = shared.view(), shared.view()
+    b.store(b"b1", b"xxx")
+    a.store_many((b"a%d" % i, b"xxx") for i in range(5))  # more than the budget: the oldest go
+    assert b.lookup(b"b1") is MISS
+    assert [a.lookup(b"a%d" % i) for i in range(5)] == [MISS, MISS, b"xxx", b"xxx", b"xxx"]
+    assert shared.size_bytes == 3 * ENTRY and (len(a), len(b)) == (3, 0)
