@@ -23,7 +23,16 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
 
-__all__ = ["MISS", "CacheView", "LruCache", "Miss", "ReadCache", "SharedCache"]
+__all__ = [
+    "MAX_SHARDS",
+    "MISS",
+    "SHARD_BYTES",
+    "CacheView",
+    "LruCache",
+    "Miss",
+    "ReadCache",
+    "SharedCache",
+]
 
 
 class Miss(enum.Enum):
@@ -168,24 +177,46 @@ class _Owner:
         self.retired = False
 
 
+SHARD_BYTES = 2**20
+"""Budget of one shard of a ``SharedCache`` (at most ``MAX_SHARDS`` of them)."""
+MAX_SHARDS = 64
+
+
 class SharedCache:
-    """One LRU of at most ``max_bytes`` (entries counted like ``LruCache``'s, the key with an
-    8-byte owner prefix) shared by every ``view()``: a worker's budget for all its store
-    partitions.
+    """At most ``max_bytes`` of entries (counted like ``LruCache``'s, the key with an 8-byte
+    owner prefix) shared by every ``view()``: a worker's budget for all its store partitions.
+
+    The entries of all views are spread by key hash over shards of about ``SHARD_BYTES`` each,
+    each an LRU of its share of the budget: least recently used first among every view's
+    entries, as one LRU would, but no dict grows big. (One dict of ~170k entries resized in
+    whichever thread stored into it, a ~10 MB table each time; glibc keeps such blocks in
+    per-thread arenas, and a worker's RSS grew 3-4 MB per MiB of budget.)
 
     Entries are keyed ``owner prefix + key``; a view's ``clear()`` takes a fresh prefix, so its
     old entries are never found again and age out first (nothing reads them) instead of being
     searched for: clearing is O(1), and memory never exceeds the budget meanwhile.
     """
 
-    __slots__ = ("_bytes", "_entries", "_lock", "_max_bytes", "_owners", "_prefixes")
+    __slots__ = (
+        "_bytes",
+        "_lock",
+        "_max_bytes",
+        "_owners",
+        "_prefixes",
+        "_shard_bytes",
+        "_shard_limit",
+        "_shards",
+    )
 
     def __init__(self, max_bytes: int) -> None:
         if max_bytes < 0:
             raise ValueError(f"cache max_bytes must be >= 0, got {max_bytes}")
         self._max_bytes = max_bytes
         self._bytes = 0
-        self._entries: OrderedDict[bytes, bytes | None] = OrderedDict()
+        count = max(1, min(MAX_SHARDS, max_bytes // SHARD_BYTES))
+        self._shards: list[OrderedDict[bytes, bytes | None]] = [OrderedDict() for _ in range(count)]
+        self._shard_bytes = [0] * count
+        self._shard_limit = max_bytes // count
         self._lock = threading.Lock()
         self._prefixes = itertools.count(1)
         self._owners: dict[bytes, _Owner] = {}
@@ -201,7 +232,7 @@ class SharedCache:
         return self._bytes
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(shard) for shard in self._shards)
 
     def view(self) -> CacheView:
         """A store partition's cache, drawing on this budget."""
@@ -219,8 +250,9 @@ class SharedCache:
             return (0, 0) if owner is None else (owner.entries, owner.bytes)
 
     def _lookup(self, full: bytes) -> bytes | Miss | None:
+        shards = self._shards
+        entries = shards[hash(full) % len(shards)]
         with self._lock:
-            entries = self._entries
             try:
                 value = entries[full]
             except KeyError:
@@ -229,16 +261,21 @@ class SharedCache:
             return value
 
     def _store(self, prefix: bytes, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        shards, sizes, limit = self._shards, self._shard_bytes, self._shard_limit
+        count = len(shards)
         with self._lock:
-            entries, owners, limit = self._entries, self._owners, self._max_bytes
+            owners = self._owners
             owner = owners.get(prefix)
             if owner is None or owner.retired:  # stored under a prefix cleared meanwhile
                 return
             for key, value in items:
                 full = prefix + key
+                index = hash(full) % count
+                entries = shards[index]
                 old = entries.pop(full, MISS)
                 if old is not MISS:
                     old_cost = _cost(full, old)
+                    sizes[index] -= old_cost
                     self._bytes -= old_cost
                     owner.bytes -= old_cost
                     owner.entries -= 1
@@ -246,12 +283,14 @@ class SharedCache:
                 if cost > limit:
                     continue
                 entries[full] = value
+                sizes[index] += cost
                 self._bytes += cost
                 owner.bytes += cost
                 owner.entries += 1
-                while self._bytes > limit:
+                while sizes[index] > limit:
                     evicted, dropped = entries.popitem(last=False)
                     evicted_cost = _cost(evicted, dropped)
+                    sizes[index] -= evicted_cost
                     self._bytes -= evicted_cost
                     by_prefix = evicted[:_PREFIX_LEN]
                     by = owners[by_prefix]
@@ -261,10 +300,12 @@ class SharedCache:
                         del owners[by_prefix]
 
     def _forget(self, prefix: bytes, full: bytes) -> None:
+        index = hash(full) % len(self._shards)
         with self._lock:
-            old = self._entries.pop(full, MISS)
+            old = self._shards[index].pop(full, MISS)
             if old is not MISS:
                 cost = _cost(full, old)
+                self._shard_bytes[index] -= cost
                 self._bytes -= cost
                 owner = self._owners[prefix]
                 owner.entries -= 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from onceflow.state.cache import ENTRY_OVERHEAD, MISS, SharedCache
+from onceflow.state.cache import ENTRY_OVERHEAD, MAX_SHARDS, MISS, SHARD_BYTES, SharedCache
 from onceflow.state.sqlite.partition import SqliteStorePartition
 
 # An entry's cost in a shared cache: the 8-byte owner prefix, a 2-byte key, a 3-byte value.
@@ -152,3 +152,22 @@ def test_store_many_keeps_the_budget_item_by_item() -> None:
     assert b.lookup(b"b1") is MISS
     assert [a.lookup(b"a%d" % i) for i in range(5)] == [MISS, MISS, b"xxx", b"xxx", b"xxx"]
     assert shared.size_bytes == 3 * ENTRY and (len(a), len(b)) == (3, 0)
+
+
+def test_a_big_budget_is_spread_over_shards_that_keep_it_together() -> None:
+    # No dict grows big (see SharedCache); the budget and the LRU order across views hold per
+    # shard, so across the whole cache too.
+    shared = SharedCache(4 * SHARD_BYTES)
+    assert len(shared._shards) == 4
+    hot, idle = shared.view(), shared.view()
+    per_shard = SHARD_BYTES // (8 + 7 + 8 + ENTRY_OVERHEAD)
+    for i in range(2 * per_shard):
+        idle.store(b"i%06d" % i, b"v" * 8)
+    assert len(idle) == 2 * per_shard  # fits: half the budget
+    for i in range(8 * per_shard):  # twice the budget: every old entry of idle goes
+        hot.store(b"h%06d" % i, b"v" * 8)
+    assert len(idle) == 0
+    assert shared.size_bytes <= 4 * SHARD_BYTES and len(hot) > 3 * per_shard
+    assert shared.size_bytes == sum(shared._shard_bytes) == hot.size_bytes
+    assert max(shared._shard_bytes) <= SHARD_BYTES
+    assert len(SharedCache(10**12)._shards) == MAX_SHARDS
