@@ -86,8 +86,8 @@ class ReadCache(Protocol):
 class LruCache:
     """At most ``capacity`` entries ``key -> value | None`` (None: known to be absent), and at
     most ``max_bytes`` of them counted as ``len(key) + len(value) + ENTRY_OVERHEAD`` (None: no
-    byte bound). A byte bound keeps memory flat whatever the value sizes: a worker holds one
-    cache per store partition, twelve for two tables over six partitions."""
+    byte bound). A byte bound keeps memory flat whatever the value sizes. (The runtime gives
+    its store partitions views of one ``SharedCache`` instead.)"""
 
     __slots__ = ("_bytes", "_capacity", "_entries", "_max_bytes")
 

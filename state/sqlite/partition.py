@@ -75,13 +75,14 @@ class SqliteStorePartition(BufferedStorePartition):
     ``PRAGMA quick_check`` reads the whole file (~0.25 s per million 100-byte rows), so by
     default (``auto``) it only runs when a WAL file shows the last owner did not close cleanly.
 
-    Point reads that miss the cache cost a sqlitedict round trip (~0.1 ms).
+    Point reads that miss the cache cost a SQLite lookup in the calling thread (a few µs);
+    ``prefetch`` loads a batch's keys in one query.
 
-    Memory, per store partition and mostly while it is open: the read cache, at most
-    ``cache_size`` entries and ``cache_bytes`` (see ``onceflow.state.cache``), and SQLite's page
-    caches, ``page_cache_mib`` split over the writer and reader connections. A worker holds one
-    store partition per (table, task): 2 tables x 6 partitions at the defaults is 12 x (2 + 4) MiB
-    at most. SQLite misses are served from the OS page cache, which costs RSS nothing.
+    Memory, mostly while it is open: the read cache — ``cache``, a view of the worker's shared
+    budget (``SharedCache.view()``), or without one a cache of its own of at most ``cache_size``
+    entries and ``cache_bytes`` (see ``onceflow.state.cache``) — and SQLite's page caches,
+    ``page_cache_mib`` split over the writer and reader connections. SQLite misses are served
+    from the OS page cache, which costs RSS nothing.
     """
 
     def __init__(
