@@ -33,8 +33,12 @@ class Settings(BaseSettings):
     commit_interval_ms: int | None = Field(default=None, ge=1)
     commit_every: int = Field(default=10_000, ge=1)
     state_dir: Path = Path("/tmp/onceflow-state")
-    # Memory per store partition (a worker holds tables x partitions of them).
-    state_read_cache_mib: float = Field(default=2.0, ge=0)
+    # One read cache of committed values for every store partition of the worker process,
+    # an LRU over all of them: the hot store partitions hold most of it.
+    state_cache_mib: float = Field(default=32.0, ge=0)
+    # Replaced by state_cache_mib (per worker, not per store partition): refused, naming both.
+    state_read_cache_mib: str | None = None
+    # SQLite's page cache per store partition (a worker holds tables x partitions of them).
     state_page_cache_mib: int = Field(default=4, ge=1)
     # Stores of tasks this worker no longer owns are deleted once unused this long.
     state_cleanup_delay_ms: int = Field(default=600_000, ge=0)
@@ -175,6 +179,14 @@ def load_settings(**overrides: Any) -> Settings:
             shown = "***" if field.endswith(("password", "token")) else repr(err.get("input"))
             lines.append(f"ONCEFLOW_{field.upper()}: {err['msg']} (got {shown})")
         raise ConfigurationError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    if settings.state_read_cache_mib is not None:
+        raise ConfigurationError(
+            "ONCEFLOW_STATE_READ_CACHE_MIB is no longer read: the store partitions of a worker "
+            "now share one read cache, sized by ONCEFLOW_STATE_CACHE_MIB (MiB per worker process, "
+            f"default {Settings.model_fields['state_cache_mib'].default:g}). The old setting was "
+            "per store partition (tables x partitions of them): set ONCEFLOW_STATE_CACHE_MIB "
+            "instead and unset ONCEFLOW_STATE_READ_CACHE_MIB"
+        )
     if settings.security_protocol.startswith("SASL") and not settings.sasl_username:
         raise ConfigurationError(
             f"ONCEFLOW_SASL_USERNAME: required when ONCEFLOW_SECURITY_PROTOCOL="

@@ -29,9 +29,10 @@ from onceflow.runtime.layout import WindowsFrom, reconcile
 from onceflow.runtime.restore import RestoreProgress, restore_partition
 from onceflow.runtime.source_tables import SourceRestore, source_checkpoints
 from onceflow.source_tables import SourceTable
+from onceflow.state.cache import ReadCache, SharedCache
 from onceflow.state.ranges import RangeStorePartition
 from onceflow.state.sqlite.lock import TaskLock
-from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
+from onceflow.state.sqlite.partition import CACHE_BYTES, SqliteStorePartition, open_store
 from onceflow.state.ttl import TtlStorePartition
 from onceflow.state.windowed import WindowedStorePartition, parse_changelog_key
 from onceflow.tables import WindowedTable
@@ -46,11 +47,25 @@ if TYPE_CHECKING:
     from onceflow.settings import Settings
     from onceflow.state.typing import Restorable, StorePartition
 
-__all__ = ["AnyTable", "OpenedStore", "TaskStores", "open_in_sync", "open_store_cancellable"]
+__all__ = [
+    "AnyTable",
+    "OpenedStore",
+    "TaskStores",
+    "open_in_sync",
+    "open_store_cancellable",
+    "shared_cache",
+]
 
 log = logging.getLogger("onceflow.task")
 # Seconds between two restore progress lines of one store partition.
 RESTORE_LOG_INTERVAL_S = 5.0
+
+
+@functools.cache
+def shared_cache(max_bytes: int) -> SharedCache:
+    """The read cache every store partition of this process draws on (``ONCEFLOW_STATE_CACHE_MIB``:
+    one worker per process; workers of one process with the same setting share it)."""
+    return SharedCache(max_bytes)
 
 
 class TaskStores:
@@ -122,10 +137,9 @@ class TaskStores:
         laid out for another definition of the table: ``layout.reconcile``) and attach it;
         returns what restores it and why it was wiped (None if it was not)."""
         path = Path(settings.state_dir) / app_id / table.name / str(self.partition)
-        cache_bytes = int(settings.state_read_cache_mib * 2**20)
         opened = await open_store_cancellable(
             path,
-            cache_bytes=cache_bytes,
+            cache=shared_cache(int(settings.state_cache_mib * 2**20)).view(),
             page_cache_mib=settings.state_page_cache_mib,
             lock_timeout_s=lock_timeout_s,
             delete_retention_ms=delete_retention_ms,
@@ -139,7 +153,7 @@ class TaskStores:
         self._dirs[table.name] = path
         self._in_sync_at[table.name] = opened.in_sync_at
         self._behind.add(table.name)
-        return self.attach(table, opened.store, copy_bytes=cache_bytes), reason
+        return self.attach(table, opened.store), reason
 
     async def open_and_restore(
         self,
@@ -392,8 +406,9 @@ def stale_reason(age_s: float, delete_retention_ms: int) -> str:
 def open_in_sync(
     path: Path,
     *,
-    cache_bytes: int,
+    cache_bytes: int = CACHE_BYTES,
     page_cache_mib: int,
+    cache: ReadCache | None = None,
     lock_timeout_s: float = 30.0,
     delete_retention_ms: int | None = None,
     layout: Mapping[str, Any] | None = None,
@@ -412,7 +427,7 @@ def open_in_sync(
     try:
         in_sync_at = last_in_sync(path)
         store, reason = open_store(
-            path, lock=lock, cache_bytes=cache_bytes, page_cache_mib=page_cache_mib
+            path, lock=lock, cache_bytes=cache_bytes, page_cache_mib=page_cache_mib, cache=cache
         )
     except BaseException:
         lock.close()
@@ -442,8 +457,9 @@ def open_in_sync(
 async def open_store_cancellable(
     path: Path,
     *,
-    cache_bytes: int,
+    cache_bytes: int = CACHE_BYTES,
     page_cache_mib: int,
+    cache: ReadCache | None = None,
     lock_timeout_s: float = 30.0,
     delete_retention_ms: int | None = None,
     layout: Mapping[str, Any] | None = None,
@@ -459,6 +475,7 @@ async def open_store_cancellable(
                 lock_timeout_s=lock_timeout_s,
                 cache_bytes=cache_bytes,
                 page_cache_mib=page_cache_mib,
+                cache=cache,
                 delete_retention_ms=delete_retention_ms,
                 layout=layout,
             )

@@ -1,9 +1,9 @@
-"""The SQLite file behind one store partition, reached through sqlitedict.
+"""The SQLite file behind one store partition.
 
-Layout: one table ``kv`` with sqlitedict's schema (``key TEXT PRIMARY KEY, value BLOB``) holding
-user data *and* metadata. The checkpoint must commit in the same transaction as the data, and
-sqlitedict runs one connection per ``SqliteDict``, so a second table opened as a second
-``SqliteDict`` would be a second transaction. Keys are therefore namespaced:
+Layout: one table ``kv`` with sqlitedict's schema (``key TEXT PRIMARY KEY, value BLOB``; stores
+were written through sqlitedict before, the file format is unchanged) holding user data *and*
+metadata, so that the checkpoint commits in the same transaction as the data. Keys are
+namespaced:
 
 * ``b"k" + key``            user data
 * ``b"m" + name``           metadata: ``mcheckpoint`` (8-byte signed big-endian changelog
@@ -12,13 +12,16 @@ sqlitedict runs one connection per ``SqliteDict``, so a second table opened as a
                             version), ``mlayout`` (how the table lays out its rows: opaque
                             bytes, JSON from the runtime, written with the data laid out so)
 
-Keys and values are stored as BLOBs — all four sqlitedict codecs are the identity, *never*
-pickle, because changelog records come from the network. BLOBs compare with ``memcmp``, so the
+Keys and values are stored as BLOBs, as given (*never* pickled: changelog records come from the
+network). BLOBs compare with ``memcmp``, so the
 primary-key index orders keys bytewise and serves range reads without a scan.
 
-Two ``SqliteDict``s share the file: a writer (flush, restore) and a read-only reader. In WAL mode
-the reader sees only committed transactions and is not queued behind a running flush (each
-``SqliteDict`` serializes its statements through its own thread).
+Two plain ``sqlite3`` connections share the file, each used in the thread that calls it (sqlite3
+releases the GIL while SQLite works): a writer (flush, restore: a worker thread) and a read-only
+reader (prefetch in a worker thread, point reads on the event loop). In WAL mode the reader sees
+only committed transactions and is not queued behind a running flush. (Both went through
+sqlitedict before: a request to its thread and back per statement, and per row read, cost
+~0.1 ms each, and its thread's loop held the GIL against the event loop.)
 """
 
 from __future__ import annotations
@@ -35,8 +38,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-
-from sqlitedict import SqliteDict, identity
 
 from onceflow.errors import StateError, StoreCorruptError
 from onceflow.state.sqlite.restore_writer import restore_writer
@@ -86,8 +87,8 @@ _DISK_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
 _LOW_SPACE = 64 * 1024 * 1024
 _T = TypeVar("_T")
 
-# sqlitedict logs every failed statement as a dozen ERROR lines of stack frames, then re-raises
-# the error in the calling thread, where ``translate`` turns it into one message: keep only ours.
+# sqlitedict (not used by the stores any more; apps may) logs every failed statement as a dozen
+# ERROR lines of stack frames.
 logging.getLogger("sqlitedict").setLevel(logging.CRITICAL)
 
 
@@ -206,22 +207,36 @@ def _check(conn: sqlite3.Connection, file: Path, *, deep: bool) -> None:
             raise StoreCorruptError(corrupt_message(file, "; ".join(problems)))
 
 
-def _open_dict(file: Path) -> Any:
-    # Never flag="r": sqlitedict then checks the table through a sqlite3 connection it leaves
-    # to the garbage collector, which keeps the WAL alive after close and, collected later,
-    # may delete the WAL file of a newer connection (after a wipe) by name.
-    return SqliteDict(
-        str(file),
-        tablename=_TABLE,
-        flag="c",
-        autocommit=False,
-        journal_mode="WAL",
-        encode=identity,
-        decode=identity,
-        encode_key=identity,
-        decode_key=identity,
-        outer_stack=False,  # it walks the stack on every statement: slow
-    )
+def _open_writer(file: Path, page_cache_kib: int) -> sqlite3.Connection:
+    """The writing connection (autocommit: ``write`` opens and commits its transactions), with
+    the table created as sqlitedict did."""
+    conn = sqlite3.connect(str(file), isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is WAL's crash-safe setting: a power loss may lose the last commits but not
+        # corrupt the file; data and checkpoint still commit or vanish together.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA cache_size=-{page_cache_kib}")
+        conn.execute("PRAGMA wal_autocheckpoint=4000")  # fewer, larger WAL checkpoints
+        conn.execute(f'CREATE TABLE IF NOT EXISTS "{_TABLE}" (key TEXT PRIMARY KEY, value BLOB)')
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open_reader(file: Path, page_cache_kib: int) -> sqlite3.Connection:
+    """A read-only connection of the calling threads (autocommit: every statement reads the
+    latest committed transaction, as sqlitedict's reader did). The writer created the file and
+    set WAL mode, which is persistent."""
+    conn = sqlite3.connect(str(file), isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA query_only=1")
+        conn.execute(f"PRAGMA cache_size=-{page_cache_kib}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _ladder(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
@@ -250,20 +265,15 @@ class SqliteFile:
         """``page_cache_kib``: SQLite's page cache of *each* of the two connections (it fills up
         to the smaller of this and the file's size, and stays allocated while open)."""
         self.file = file
-        self._writer: Any = None
-        self._reader: Any = None
-        self._read_lock = threading.Lock()  # sqlitedict hands an error to whoever asks next
+        # Writes come one at a time (the store partition's write lock); reads too (_read_lock).
+        self._writer: Any = None  # sqlite3.Connection (Any: tests wrap it)
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
         self.checkpoint_at_open: int | None = None
         self.topic_id_at_open: str | None = None
         self.layout_at_open: bytes | None = None
         try:
-            self._writer = _open_dict(file)
-            w = self._writer.conn
-            # NORMAL is WAL's crash-safe setting: a power loss may lose the last commits but not
-            # corrupt the file; data and checkpoint still commit or vanish together.
-            w.execute("PRAGMA synchronous=NORMAL")
-            w.execute(f"PRAGMA cache_size=-{page_cache_kib}")
-            w.execute("PRAGMA wal_autocheckpoint=4000")  # fewer, larger WAL checkpoints
+            self._writer = _open_writer(file, page_cache_kib)
             if self._writer_get(META_FORMAT) is None:
                 self.write(meta=[(META_FORMAT, FORMAT_VERSION)])
             raw = self._writer_get(META_CHECKPOINT)
@@ -271,9 +281,7 @@ class SqliteFile:
             raw = self._writer_get(META_TOPIC_ID)
             self.topic_id_at_open = None if raw is None else raw.decode("ascii")
             self.layout_at_open = self._writer_get(META_LAYOUT)
-            self._reader = _open_dict(file)
-            self._reader.conn.execute("PRAGMA query_only=1")
-            self._reader.conn.execute(f"PRAGMA cache_size=-{page_cache_kib}")
+            self._reader = _open_reader(file, page_cache_kib)
         except sqlite3.Error as exc:
             self.close()
             raise translate(exc, file, "opening") from exc
@@ -282,7 +290,7 @@ class SqliteFile:
             raise
 
     def _writer_get(self, key: bytes) -> bytes | None:
-        row = self._writer.conn.select_one(f'SELECT value FROM "{_TABLE}" WHERE key = ?', (key,))
+        row = self._writer.execute(f'SELECT value FROM "{_TABLE}" WHERE key = ?', (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def get(self, key: bytes) -> bytes | None:
@@ -323,7 +331,7 @@ class SqliteFile:
             if self._reader is None:
                 raise StateError(f"store database {str(self.file)!r} is closed")
             try:
-                return list(self._reader.conn.select(sql, args))
+                return self._reader.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
                 raise translate(exc, self.file, "reading") from exc
 
@@ -342,21 +350,20 @@ class SqliteFile:
         rows = [*puts, *meta]
         if checkpoint is not None:
             rows.append((META_CHECKPOINT, _OFFSET.pack(checkpoint)))
-        conn = self._writer.conn
+        conn = self._writer
+        if conn is None:
+            raise StateError(f"store database {str(self.file)!r} is closed")
+        # Multi-row statements (not executemany: it releases and takes back the GIL per row,
+        # and each take may wait for the event loop's thread to give it up).
         try:
+            conn.execute("BEGIN")
             removed = self._delete_ranges(conn, ranges)
             for keys in _padded(deletes, _KEYS):
                 marks = ",".join("?" * len(keys))
                 conn.execute(f'DELETE FROM "{_TABLE}" WHERE key IN ({marks})', tuple(keys))
             for chunk in _ladder(rows, _ROWS):
                 conn.execute(_upsert_sql(len(chunk)), [x for row in chunk for x in row])
-            # sqlitedict runs statements asynchronously and reports a failure on the next
-            # call; this round trip surfaces any error *before* COMMIT, never after.
-            conn.select_one("SELECT 1")
-            # COMMIT as a statement, not sqlitedict's commit(): an error there would kill its
-            # thread and hang this one.
             conn.execute("COMMIT")
-            conn.select_one("SELECT 1")
         except sqlite3.Error as exc:
             self._rollback()
             raise translate(exc, self.file, "writing") from exc
@@ -387,13 +394,14 @@ class SqliteFile:
         for chunk in _ladder(ranges, _RANGES):
             where = " OR ".join(["(key >= ? AND key < ?)"] * len(chunk))
             sql = f'DELETE FROM "{_TABLE}" WHERE {where} RETURNING key'
-            removed.extend(bytes(row[0]) for row in conn.select(sql, [x for r in chunk for x in r]))
+            rows = conn.execute(sql, [x for r in chunk for x in r]).fetchall()
+            removed.extend(bytes(row[0]) for row in rows)
         return removed
 
     def _rollback(self) -> None:
         try:
-            self._writer.conn.execute("ROLLBACK")
-            self._writer.conn.select_one("SELECT 1")
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # SQLite already rolled back (e.g. disk full): nothing left to undo
 

@@ -20,7 +20,7 @@ from typing import Literal
 from onceflow.errors import StateError, StoreCorruptError
 from onceflow.state.base import BufferedStorePartition
 from onceflow.state.buffer import WriteBatch
-from onceflow.state.cache import MISS, LruCache
+from onceflow.state.cache import MISS, LruCache, ReadCache
 from onceflow.state.sqlite.file import (
     DB_FILE,
     META_LAYOUT,
@@ -75,13 +75,14 @@ class SqliteStorePartition(BufferedStorePartition):
     ``PRAGMA quick_check`` reads the whole file (~0.25 s per million 100-byte rows), so by
     default (``auto``) it only runs when a WAL file shows the last owner did not close cleanly.
 
-    Point reads that miss the cache cost a sqlitedict round trip (~0.1 ms).
+    Point reads that miss the cache cost a SQLite lookup in the calling thread (a few µs);
+    ``prefetch`` loads a batch's keys in one query.
 
-    Memory, per store partition and mostly while it is open: the read cache, at most
-    ``cache_size`` entries and ``cache_bytes`` (see ``onceflow.state.cache``), and SQLite's page
-    caches, ``page_cache_mib`` split over the writer and reader connections. A worker holds one
-    store partition per (table, task): 2 tables x 6 partitions at the defaults is 12 x (2 + 4) MiB
-    at most. SQLite misses are served from the OS page cache, which costs RSS nothing.
+    Memory, mostly while it is open: the read cache — ``cache``, a view of the worker's shared
+    budget (``SharedCache.view()``), or without one a cache of its own of at most ``cache_size``
+    entries and ``cache_bytes`` (see ``onceflow.state.cache``) — and SQLite's page caches,
+    ``page_cache_mib`` split over the writer and reader connections. SQLite misses are served
+    from the OS page cache, which costs RSS nothing.
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class SqliteStorePartition(BufferedStorePartition):
         integrity: Integrity = "auto",
         page_cache_mib: int = PAGE_CACHE_MIB,
         offload_restore: bool = True,
+        cache: ReadCache | None = None,
     ) -> None:
         self.path = Path(path)
         self._offload_restore = offload_restore
@@ -102,7 +104,15 @@ class SqliteStorePartition(BufferedStorePartition):
         self.file = self.path / DB_FILE
         # Both connections get half; SQLite's own default is 2 MiB per connection.
         self._page_cache_kib = max(64, page_cache_mib * 1024 // 2)
-        self._cache = LruCache(cache_size, cache_bytes)
+        # The worker's shared budget (``SharedCache.view()``), or a cache of its own.
+        self._cache: ReadCache = LruCache(cache_size, cache_bytes) if cache is None else cache
+        # Reads of SQLite that run outside the state lock, and the keys flushes changed
+        # meanwhile: such a read may have seen the value before the flush, so it must not
+        # cache those keys (``_begin_read`` / ``_end_read``). A restore or a wipe changes every
+        # key: ``_epoch`` tells a read that began before one to cache nothing.
+        self._reads = 0
+        self._changed: set[bytes] | None = None
+        self._epoch = 0
         self._size: tuple[int, int] | None = None  # (generation, count)
         self.path.mkdir(parents=True, exist_ok=True)
         owned = lock is None
@@ -156,32 +166,61 @@ class SqliteStorePartition(BufferedStorePartition):
 
     def prefetch(self, keys: Iterable[bytes]) -> None:
         """Load the committed values of ``keys`` into the read cache, one SQLite round trip per
-        999 uncached keys instead of one per key. Blocking: run it in a worker thread before
-        processing a batch of records whose keys are known."""
+        1,024 uncached keys instead of one per key. Blocking: run it in a worker thread before
+        processing a batch of records whose keys are known. A flush that commits meanwhile
+        does not void it: only the keys it wrote are left out."""
         self._check_open()
+        cache = self._cache
         with self._state_lock:
-            missing = [key for key in set(keys) if self._cache.lookup(key) is MISS]
-            generation = self._generation
-        if not missing:
-            return
-        found = self._db.get_many([_DATA + key for key in missing])
-        with self._state_lock:
-            if self._generation == generation:  # see _read_committed
-                for key in missing:
-                    self._cache.store(key, found.get(_DATA + key))
+            missing = [key for key in set(keys) if cache.lookup(key) is MISS]
+            if not missing:
+                return
+            epoch = self._begin_read()
+        found: dict[bytes, bytes] = {}
+        try:
+            found = self._db.get_many([_DATA + key for key in missing])
+        finally:
+            with self._state_lock:
+                changed = self._end_read(epoch)
+                if changed is not None:
+                    cache.store_many(
+                        (key, found.get(_DATA + key)) for key in missing if key not in changed
+                    )
 
     def _read_committed(self, key: bytes) -> bytes | None:
         with self._state_lock:
             cached = self._cache.lookup(key)
-            generation = self._generation
-        if cached is not MISS:
-            return cached
-        value = self._db.get(_DATA + key)
-        with self._state_lock:
-            # A flush that committed meanwhile may have changed the key: don't cache a stale read.
-            if self._generation == generation:
-                self._cache.store(key, value)
+            if cached is not MISS:
+                return cached
+            epoch = self._begin_read()
+        value: bytes | None = None
+        try:
+            value = self._db.get(_DATA + key)
+        finally:
+            with self._state_lock:
+                # A flush that committed meanwhile may have changed the key: never cache a
+                # value that may be stale.
+                changed = self._end_read(epoch)
+                if changed is not None and key not in changed:
+                    self._cache.store(key, value)
         return value
+
+    def _begin_read(self) -> int:
+        """A read of SQLite starts (under the state lock): track what flushes change."""
+        if self._reads == 0:
+            self._changed = set()
+        self._reads += 1
+        return self._epoch
+
+    def _end_read(self, epoch: int) -> set[bytes] | None:
+        """A read begun at ``epoch`` ended (under the state lock): the keys it must not cache
+        (flushes changed them meanwhile), or None if it must cache nothing (a restore or a wipe
+        came between)."""
+        changed = self._changed
+        self._reads -= 1
+        if self._reads == 0:
+            self._changed = None
+        return changed if epoch == self._epoch else None
 
     def _committed_range(
         self, lo: bytes, hi: bytes, limit: int | None
@@ -198,6 +237,8 @@ class SqliteStorePartition(BufferedStorePartition):
             else:
                 puts.append((_DATA + key, value))
         ranges = [(_DATA + lo, _DATA + hi) for lo, hi in batch.ranges]
+        # Sorted keys walk the index in order: fewer pages touched than in arrival order.
+        puts.sort()
         removed = self._db.write(
             ranges=ranges,
             deletes=deletes,
@@ -222,10 +263,13 @@ class SqliteStorePartition(BufferedStorePartition):
         return meta
 
     def _after_commit(self, batch: WriteBatch, range_deleted: list[bytes]) -> None:
+        changed = self._changed
+        if changed is not None:  # reads in flight may have seen these keys' old values
+            changed.update(range_deleted)
+            changed.update(batch.writes)
         for key in range_deleted:
             self._cache.forget(key)
-        for key, value in batch.writes.items():
-            self._cache.store(key, value)
+        self._cache.store_many(batch.writes.items())
 
     def _restore(self, latest: dict[bytes, bytes | None], last_offset: int) -> None:
         if self._offload_restore and len(latest) >= OFFLOAD_MIN_RECORDS:
@@ -249,9 +293,11 @@ class SqliteStorePartition(BufferedStorePartition):
 
     def _after_restore(self, latest: dict[bytes, bytes | None]) -> None:
         # Restore runs before processing: the cache is nearly empty, clearing is cheapest.
+        self._epoch += 1
         self._cache.clear()
 
     def _wipe_storage(self) -> None:
+        self._epoch += 1
         self._cache.clear()
         self._layout = None  # the next write records the current one
         self._db.close()
@@ -263,6 +309,7 @@ class SqliteStorePartition(BufferedStorePartition):
         try:
             self._db.close()
         finally:
+            self._cache.close()
             self._lock.close()
 
 
@@ -275,6 +322,7 @@ def open_store(
     integrity: Integrity = "auto",
     page_cache_mib: int = PAGE_CACHE_MIB,
     lock: TaskLock | None = None,
+    cache: ReadCache | None = None,
 ) -> tuple[SqliteStorePartition, str | None]:
     """Open the store in ``path``, wiping it first if it is corrupt.
 
@@ -298,6 +346,7 @@ def open_store(
         cache_bytes=cache_bytes,
         integrity=integrity,
         page_cache_mib=page_cache_mib,
+        cache=cache,
     )
     try:
         try:

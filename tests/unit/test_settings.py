@@ -41,7 +41,8 @@ def test_at_least_once_commits_less_often(monkeypatch: pytest.MonkeyPatch) -> No
         ("ONCEFLOW_COMMIT_INTERVAL_MS", "0", "greater than or equal to 1"),
         ("ONCEFLOW_LOG_FORMAT", "xml", "'text' or 'json'"),
         ("ONCEFLOW_SECURITY_PROTOCOL", "TLS", "'PLAINTEXT'"),
-        ("ONCEFLOW_STATE_READ_CACHE_MIB", "-1", "greater than or equal to 0"),
+        ("ONCEFLOW_STATE_CACHE_MIB", "-1", "greater than or equal to 0"),
+        ("ONCEFLOW_STATE_CACHE_MIB", "lots", "valid number"),
         ("ONCEFLOW_STATE_PAGE_CACHE_MIB", "0", "greater than or equal to 1"),
         ("ONCEFLOW_STATE_CLEANUP_DELAY_MS", "-1", "greater than or equal to 0"),
         ("ONCEFLOW_STATE_CLEANUP_DELAY_MS", "10min", "valid integer"),
@@ -54,6 +55,25 @@ def test_bad_value_names_the_variable(
     with pytest.raises(ConfigurationError) as info:
         load_settings()
     assert name in str(info.value) and expected in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["2", "8", "-1"])
+def test_the_per_store_read_cache_setting_is_refused_naming_its_replacement(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # It was per store partition; the budget is per worker now: accepting it would not do what
+    # it says.
+    monkeypatch.setenv("ONCEFLOW_STATE_READ_CACHE_MIB", value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "ONCEFLOW_STATE_READ_CACHE_MIB" in message and "ONCEFLOW_STATE_CACHE_MIB" in message
+
+
+def test_the_state_cache_is_one_budget_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().state_cache_mib == 32
+    monkeypatch.setenv("ONCEFLOW_STATE_CACHE_MIB", "96")
+    assert load_settings().state_cache_mib == 96
 
 
 def test_sasl_needs_a_username(monkeypatch: pytest.MonkeyPatch) -> None:

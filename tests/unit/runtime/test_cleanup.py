@@ -77,7 +77,10 @@ def test_owned_recent_and_locked_stores_stay(tmp_path: Path) -> None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(ROOT)))),
+        },
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"

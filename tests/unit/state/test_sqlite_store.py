@@ -21,11 +21,17 @@ from onceflow.state.sqlite.partition import SqliteStorePartition, open_store
 ROOT = Path(__file__).resolve().parents[3]
 
 
+def run_env() -> dict[str, str]:
+    # The caller's PYTHONPATH first: in a work tree it points at the tree's import view, where
+    # the editable install would import the main checkout's code.
+    path = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(ROOT))))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        env=env,
+        env=run_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -84,13 +90,16 @@ def test_crash_inside_flush_before_commit_applies_nothing(tmp_path: Path) -> Non
         store = SqliteStorePartition(Path(sys.argv[1]))
         store.put(b"a", b"1")
         store.flush(5)
-        conn = store._db._writer.conn
-        execute = conn.execute
-        def crash_at_commit(sql, *args, **kwargs):
-            if sql == "COMMIT":
-                os._exit(1)
-            return execute(sql, *args, **kwargs)
-        conn.execute = crash_at_commit
+        class CrashAtCommit:
+            def __init__(self, conn):
+                self._conn = conn
+            def __getattr__(self, name):
+                return getattr(self._conn, name)
+            def execute(self, sql, *args):
+                if sql == "COMMIT":
+                    os._exit(1)
+                return self._conn.execute(sql, *args)
+        store._db._writer = CrashAtCommit(store._db._writer)
         for i in range(2000):
             store.put(b"k%d" % i, b"x" * 100)
         store.put(b"a", b"2")
@@ -202,7 +211,7 @@ def test_store_locked_by_another_process(tmp_path: Path) -> None:
          "from onceflow.state.sqlite.lock import TaskLock; "
          "lock = TaskLock(Path(sys.argv[1])); lock.acquire(); print('locked', "
          "flush=True); sys.stdin.read()", str(tmp_path)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=run_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -386,3 +395,55 @@ def test_lock_passed_by_the_caller_is_kept_on_failure(tmp_path: Path) -> None:
     with SqliteStorePartition(tmp_path, lock=lock):
         pass
     assert not lock.locked  # the store took it over and released it on close
+
+
+def test_a_prefetch_racing_a_flush_keeps_the_keys_the_flush_did_not_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Flushes commit in a worker thread while the next batch's keys are prefetched in another:
+    # voiding the whole prefetch on every overlapping flush sent most reads to SQLite.
+    store = SqliteStorePartition(tmp_path)
+    keys = [b"%03d" % i for i in range(100)]
+    for key in keys:
+        store.put(key, b"old")
+    store.flush(1)
+    store._cache.clear()
+    real_get_many = store._db.get_many
+
+    def read_then_flush_commits(raw: list[bytes]) -> dict[bytes, bytes]:
+        found = real_get_many(raw)  # reads "old" everywhere ...
+        store.put(keys[0], b"new")  # ... then a flush of one key commits before it caches
+        store.delete(keys[1])
+        thread = threading.Thread(target=store.flush, args=(2,))
+        thread.start()
+        thread.join()
+        return found
+
+    monkeypatch.setattr(store._db, "get_many", read_then_flush_commits)
+    store.prefetch(keys)
+    monkeypatch.setattr(store._db, "get", lambda key: pytest.fail(f"cache miss: {key!r}"))
+    assert store.committed_get(keys[0]) == b"new"  # the flush's value, not the stale read
+    assert store.committed_get(keys[1]) is None
+    assert [store.committed_get(k) for k in keys[2:]] == [b"old"] * 98  # all prefetched
+    store.close()
+
+
+def test_a_read_racing_a_wipe_caches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SqliteStorePartition(tmp_path)
+    store.put(b"a", b"old")
+    store.flush(1)
+    store._cache.clear()
+    real_get_many = store._db.get_many
+
+    def read_then_wipe(raw: list[bytes]) -> dict[bytes, bytes]:
+        found = real_get_many(raw)
+        store.wipe()
+        return found
+
+    monkeypatch.setattr(store._db, "get_many", read_then_wipe)
+    store.prefetch([b"a"])
+    monkeypatch.setattr(store._db, "get_many", real_get_many)
+    assert store.committed_get(b"a") is None  # wiped: the read's "old" was not cached
+    store.close()

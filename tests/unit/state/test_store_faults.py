@@ -45,7 +45,10 @@ def test_a_write_past_the_file_size_limit_fails_with_a_clear_error(tmp_path: Pat
     path = tmp_path / "store" / "0"
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(FILL), str(path)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(ROOT)))),
+        },
         capture_output=True,
         text=True,
         timeout=60,

@@ -24,7 +24,10 @@ HOLD = (
 def hold_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(path), str(seconds)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(ROOT)))),
+        },
         stdout=subprocess.PIPE,
         text=True,
     )
