@@ -287,8 +287,8 @@ def peer_markdown(result: dict[str, Any]) -> str:
     peers, summary, rel = result.get("peers", {}), result["summary"], _relative(result)
     rows = [
         "| scenario | framework | keys | records | records/s | x raw-alos | x onceflow "
-        "| worker CPU us/rec | peak RSS MB | verified | store |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|",
+        "| worker CPU us/rec | broker CPU us/rec | peak RSS MB | verified | store |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     for name, conf in settings.items():
         s = summary.get(name)
@@ -302,13 +302,15 @@ def peer_markdown(result: dict[str, Any]) -> str:
         rows.append(
             f"| {name} | {framework} | {_f(conf['keys'], ',d')} | {_f(s.get('records'), ',d')} "
             f"| {_f(s.get('throughput'), ',.0f')} | {_f(s.get('ratio'), '.2f')} | {vs:.2f} "
-            f"| {_f(s.get('worker_cpu_us_per_record'), '.0f')} | {_f(s['peak_rss_mb'], '.0f')} "
+            f"| {_f(s.get('worker_cpu_us_per_record'), '.0f')} "
+            f"| {_f(s.get('broker_cpu_us_per_record'), '.0f')} | {_f(s['peak_rss_mb'], '.0f')} "
             f"| {ok} | {conf['store']} |"
         )
     first = next(iter(settings.values()))
     rows.append(
         f"\nAll: {first['partitions']} partitions, exactly-once "
-        f"({', '.join(sorted({c['processing_guarantee'] for c in settings.values()}))}), "
+        f"({', '.join(sorted({c['processing_guarantee'] for c in settings.values()}))} "
+        "as each names it), "
         f"commit interval {first['commit_interval_ms']} ms, one process each."
     )
     for info in peers.values():

@@ -295,10 +295,17 @@ def start_workers(
         return [peer_proc(scenario.peer, scenario.name, settings, logs / "peer.log").start()]
     assert scenario.module is not None
     env = worker_env(ctx, scenario, app_id, inp, out)
+    # Several workers: a state directory each, as on separate hosts (and two starting at once
+    # in one directory can race on its process id file: app/runtime/local_state.process_id).
+    dirs = (
+        [env["ONCEFLOW_STATE_DIR"]]
+        if scenario.workers == 1
+        else [f"{env['ONCEFLOW_STATE_DIR']}/w{i}" for i in range(scenario.workers)]
+    )
     return [
         onceflow_worker(
-            f"{scenario.name}[{i}]", scenario.module, env, logs / f"worker-{i}.log",
-            python=ctx.python,
+            f"{scenario.name}[{i}]", scenario.module, {**env, "ONCEFLOW_STATE_DIR": dirs[i]},
+            logs / f"worker-{i}.log", python=ctx.python,
         ).start()
         for i in range(scenario.workers)
     ]  # fmt: skip

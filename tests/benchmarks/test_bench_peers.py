@@ -107,6 +107,7 @@ def test_verify_at_least_once_has_no_markers() -> None:
 
 def _row(rate: float, cpu: float, **extra: Any) -> dict[str, Any]:
     return {"throughput": rate, "worker_cpu_us_per_record": cpu, "ratio": rate / 40_000,
+            "broker_cpu_us_per_record": 5.0,
             "peak_rss_mb": 80.0, "verified": True, "records": 100_000, **extra}  # fmt: skip
 
 
@@ -142,7 +143,7 @@ def test_relative_rows_are_ratios_to_the_baseline() -> None:
 def test_peer_table_states_version_verification_and_settings() -> None:
     text = peer_markdown(RESULT)
     assert "| peer-faust | faust-streaming 0.15.3 | 2,000 | 100,000 | 1,000 | 0.03 | 0.05 |" in text
-    assert "**no**: no markers" in text
+    assert "| 800 | 5 | 80 | **no**: no markers | memory:// |" in text
     assert "commit interval 1000 ms" in text and "broker_commit_interval" in text
 
 
