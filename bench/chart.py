@@ -102,10 +102,14 @@ def chart(result_path: Path, out: Path, latency_path: Path | None = None) -> Pat
     """Chart ``result_path``; the latency panel from ``latency_path`` when given."""
     result = json.loads(result_path.read_text())
     summary = result["summary"]
-    fig, axes = plt.subplots(3, 1, figsize=(10, 13))
+    latency = json.loads(latency_path.read_text()) if latency_path else result
+    # A run without latency scenarios (--peers, --scaling): two panels, no empty third.
+    panels = 3 if any("latency_p99_ms" in s for s in latency["summary"].values()) else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 4.3 * panels + 0.1))
     _throughput(axes[0], summary)
     _cpu(axes[1], summary)
-    _latency(axes[2], json.loads(latency_path.read_text()) if latency_path else result)
+    if panels == 3:
+        _latency(axes[2], latency)
     m = result["machine"]
     fig.suptitle(
         f"onceflow benchmarks - {m['cores']} cores ({m['cpu']}), Python {m['python']}, "
