@@ -4,6 +4,8 @@
     python -m bench --quick            # ~3-minute smoke: small sizes, 1 repeat
     python -m bench --only echo-eos --only latency --repeat 5 --bootstrap 127.0.0.1:29092
     python -m bench --only failover --only failover-standby --only scale-out --repeat 1
+    python -m bench --peers --repeat 1   # faust-streaming and Quix Streams beside onceflow
+    python -m bench --scaling --repeat 1 # 1/2/3 workers, 6 -> 12 partitions
 
 ``raw-alos`` always runs too (every figure is reported as a ratio to it, measured in the same
 run), and ``latency*`` brings ``echo-eos`` along: ``latency`` offers 50 % of echo-eos's median
@@ -12,6 +14,10 @@ Repeats go round-robin over the scenarios, so slow drifts of a shared machine sp
 ``sum-1m`` runs once whatever ``--repeat`` says (it takes the longest).
 The HA scenarios (``failover``, ``failover-standby``, ``scale-out``) run only when named; they
 share one filled 5M-record changelog (``bench.failover``).
+``--peers`` adds the peer comparison (``bench.peers``: pinned virtualenvs of faust-streaming and
+Quix Streams, created once under ~/.cache/onceflow/bench-peers/) and ``--scaling`` the scaling
+runs; with ``--only``, only what is named, plus the baselines the named scenarios are compared
+to. Peers run only when named or with ``--peers``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 from bench.env import broker, machine
 from bench.failover import run_failover
 from bench.latency import run_latency
+from bench.peers import PINS, ensure, peer_info
 from bench.report import format_table, summarize, targets
 from bench.restore import Changelog, restore_once
 from bench.scale_out import run_scale_out
@@ -49,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
         "--only", action="append", choices=sorted(SCENARIOS), help="run this scenario (repeatable)"
     )
     parser.add_argument(
+        "--peers", action="store_true", help="the peer comparison: faust-streaming, Quix Streams"
+    )
+    parser.add_argument("--scaling", action="store_true", help="1/2/3 workers, 12 partitions")
+    parser.add_argument(
         "--bootstrap",
         default=os.environ.get("ONCEFLOW_BOOTSTRAP_SERVERS"),
         help="use this broker (default $ONCEFLOW_BOOTSTRAP_SERVERS, as `make bench` sets it; "
@@ -66,17 +77,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _selection(only: list[str] | None, quick: bool) -> list[str]:
+def _selection(
+    only: list[str] | None, quick: bool, suites: frozenset[str] = frozenset()
+) -> list[str]:
+    """The scenarios to run, in declaration order. Without ``--only``: the default set (no
+    experiments, no suites), or only the suites' scenarios when a suite flag is given."""
     # --quick keeps one latency load: the smoke is about every code path, not the curve.
     default = [
         name
         for name, s in SCENARIOS.items()
-        if not s.experiment and not (quick and s.kind == "latency" and s.load != 0.5)
+        if not s.experiment
+        and s.suite is None
+        and not (quick and s.kind == "latency" and s.load != 0.5)
     ]
-    wanted = set(only or default)
+    chosen = [name for name, s in SCENARIOS.items() if s.suite in suites]
+    if "scaling" in suites:  # echo-eos-2w is in the default run and in the scaling suite
+        chosen += [name for name, s in SCENARIOS.items() if s.suite is None and s.baseline]
+    wanted = set(only or []) | set(chosen)
+    if not wanted:
+        wanted = set(default)
     wanted.add("raw-alos")
     if any(SCENARIOS[name].kind == "latency" for name in wanted):
         wanted.add("echo-eos")
+    wanted |= {b for name in wanted if (b := SCENARIOS[name].baseline) is not None}
     return [name for name in SCENARIOS if name in wanted]  # declaration order
 
 
@@ -160,6 +183,25 @@ async def _run_all(
     return runs
 
 
+def _peer_settings(names: list[str]) -> dict[str, dict[str, Any]]:
+    """How each scenario of the peer suite was configured, for the report."""
+    out = {}
+    for name in names:
+        s = SCENARIOS[name]
+        if s.suite == "peers":
+            store = PINS[s.peer].store if s.peer else "SQLite (changelog topic)"
+            guarantee = {"faust": "exactly_once", "quix": "exactly-once"}.get(s.peer or "", "")
+            out[name] = {
+                "framework": s.peer or "onceflow",
+                "partitions": s.partitions,
+                "commit_interval_ms": s.commit_interval_ms,
+                "store": store,
+                "processing_guarantee": guarantee or s.guarantee,
+                "keys": s.keys,
+            }
+    return out
+
+
 def _clean(value: Any) -> Any:
     """JSON has no NaN: write null."""
     if isinstance(value, float) and math.isnan(value):
@@ -177,7 +219,11 @@ def _write(out: Path, result: dict[str, Any]) -> None:
 
 
 async def _main(args: argparse.Namespace) -> Path:
-    names = _selection(args.only, args.quick)
+    suites = frozenset(s for s in ("peers", "scaling") if getattr(args, s))
+    names = _selection(args.only, args.quick, suites)
+    peers = sorted({p for name in names if (p := SCENARIOS[name].peer) is not None})
+    for peer in peers:  # before the broker and the clock: the first time, this installs
+        ensure(peer)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workdir = args.workdir / stamp
     out = args.output or RESULTS / f"{stamp}.json"
@@ -204,18 +250,22 @@ async def _main(args: argparse.Namespace) -> Path:
     target_rows = targets(summary)
     info["load_average_at_end"] = os.getloadavg()
     info["total_minutes"] = (time.monotonic() - started) / 60
+    baselines = {name: b for name in names if (b := SCENARIOS[name].baseline)}
     result = {
         "machine": info,
         "settings": {"records": ctx.records, "quick": args.quick, "partitions": 6,
                      "value_bytes": 100, "repeat": args.repeat or (1 if args.quick else 3)},
         "scenarios": {name: SCENARIOS[name].title for name in names},
+        "baselines": baselines,
+        "peers": {peer: peer_info(peer) for peer in peers},
+        "peer_settings": _peer_settings(names),
         "summary": summary,
         "targets": target_rows,
         "runs": runs,
     }  # fmt: skip
     _write(out, result)
     print()
-    print(format_table(summary, target_rows))
+    print(format_table(summary, target_rows, baselines))
     print(f"\nwrote {out} ({info['total_minutes']:.1f} min)")
     return out
 

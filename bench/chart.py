@@ -1,8 +1,9 @@
 """Chart a benchmark result: ``python -m bench.chart [RESULT.json] [-o docs/bench.png]
 [--latency OTHER.json]``.
 
-Three panels: throughput per scenario (labelled with its ratio to raw-alos), CPU per record
-(worker and broker), and the end-to-end latency distribution at each offered load.
+Three panels: throughput per scenario (labelled with its ratio to raw-alos; the peers of
+``--peers`` in green, with their verification), CPU per record (worker and broker), and the
+end-to-end latency distribution at each offered load.
 Without an argument it charts the newest file in bench/results/.
 """
 
@@ -31,23 +32,29 @@ def _newest() -> Path:
     return files[-1]
 
 
+def _color(name: str) -> str:
+    if name.startswith("raw"):
+        return "#888888"
+    return "#2ca02c" if name.startswith("peer-") else "#1f77b4"
+
+
 def _throughput(ax: Any, summary: dict[str, Any]) -> None:
     rows = [(name, s) for name, s in summary.items() if "worker_cpu_us_per_record" in s]
     names = [name for name, _ in rows]
     rates = [s["throughput"] for _, s in rows]
-    colors = ["#888888" if name.startswith("raw") else "#1f77b4" for name in names]
-    bars = ax.barh(names, rates, color=colors)
+    bars = ax.barh(names, rates, color=[_color(name) for name in names])
     for bar, (_, s) in zip(bars, rows, strict=True):
+        unverified = "" if s["verified"] else "  NOT verified"
         ax.text(
             bar.get_width(),
             bar.get_y() + bar.get_height() / 2,
-            f" {s['throughput']:,.0f}  ({s['ratio']:.2f}x raw-alos)",
+            f" {s['throughput']:,.0f}  ({s['ratio']:.2f}x raw-alos){unverified}",
             va="center",
             fontsize=8,
         )
     ax.invert_yaxis()
-    ax.set_xlabel("records/s (median; grey: bare aiokafka loops)")
-    ax.set_title("Throughput, 100-byte records, 6 partitions")
+    ax.set_xlabel("records/s (median; grey: bare aiokafka loops, green: peers)")
+    ax.set_title("Throughput, 100-byte records, 6 partitions unless named (-12p)")
     ax.set_xlim(0, max(rates) * 1.6)
 
 
@@ -95,10 +102,14 @@ def chart(result_path: Path, out: Path, latency_path: Path | None = None) -> Pat
     """Chart ``result_path``; the latency panel from ``latency_path`` when given."""
     result = json.loads(result_path.read_text())
     summary = result["summary"]
-    fig, axes = plt.subplots(3, 1, figsize=(10, 13))
+    latency = json.loads(latency_path.read_text()) if latency_path else result
+    # A run without latency scenarios (--peers, --scaling): two panels, no empty third.
+    panels = 3 if any("latency_p99_ms" in s for s in latency["summary"].values()) else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 4.3 * panels + 0.1))
     _throughput(axes[0], summary)
     _cpu(axes[1], summary)
-    _latency(axes[2], json.loads(latency_path.read_text()) if latency_path else result)
+    if panels == 3:
+        _latency(axes[2], latency)
     m = result["machine"]
     fig.suptitle(
         f"onceflow benchmarks - {m['cores']} cores ({m['cpu']}), Python {m['python']}, "

@@ -7,7 +7,14 @@ import math
 from statistics import median
 from typing import Any
 
-__all__ = ["format_table", "summarize", "targets"]
+__all__ = [
+    "format_table",
+    "peer_markdown",
+    "relative_rows",
+    "scaling_markdown",
+    "summarize",
+    "targets",
+]
 
 BASELINE = "raw-alos"
 
@@ -48,6 +55,12 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
             cpu = _median(rs, "worker_cpu_us_per_record")
             row |= {
                 "records": rs[0]["records"],
+                "keys": rs[0].get("keys"),
+                "workers": rs[0].get("workers", 1),
+                "partitions": rs[0].get("partitions", 6),
+                "verify_note": "; ".join(
+                    sorted({r["verify_note"] for r in rs if r.get("verify_note")})
+                ),
                 "throughput": rate,
                 "ratio": _ratio(rate, base_rate),
                 "seconds": _median(rs, "seconds"),
@@ -152,7 +165,11 @@ def _f(value: Any, fmt: str) -> str:
     return format(value, fmt)
 
 
-def format_table(summary: dict[str, dict[str, Any]], target_rows: list[dict[str, Any]]) -> str:
+def format_table(
+    summary: dict[str, dict[str, Any]],
+    target_rows: list[dict[str, Any]],
+    baselines: dict[str, str] | None = None,
+) -> str:
     head = (
         f"{'scenario':<15} {'records':>9} {'rec/s':>9} {'x raw':>6} {'cpu us/rec':>10} "
         f"{'x raw':>6} {'broker us':>9} {'RSS MB':>7} {'x raw':>6} {'s':>7} {'ok':>3}"
@@ -176,6 +193,12 @@ def format_table(summary: dict[str, dict[str, Any]], target_rows: list[dict[str,
                 f"{s['latency_p99.9_ms']:.0f} ms, max {s['latency_max_ms']:.0f} ms"
             )
     lines += _ha_lines(summary)
+    for r in relative_rows(summary, baselines or {}):
+        note = summary[r["scenario"]].get("verify_note")
+        lines.append(
+            f"{r['scenario']}: {r['ratio']:.2f}x {r['baseline']} (CPU per record "
+            f"{r['cpu_ratio']:.2f}x){'; NOT verified: ' + note if note else ''}"
+        )
     lines.append("\ntargets (wall clock | CPU-per-record equivalent):")
     for t in target_rows:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
@@ -225,6 +248,8 @@ def markdown(result: dict[str, Any]) -> str:
         )
     ha = _ha_lines(summary)
     rows += [""] + [f"* {line}" for line in ha] if ha else []
+    for title, section in (("Scaling", scaling_markdown(result)), ("Peers", peer_markdown(result))):
+        rows += ["", f"{title}:", "", section] if section else []
     rows += ["", "| target | measured | CPU-per-record equivalent | met |", "|---|--:|--:|---|"]
     for t in result["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
@@ -235,9 +260,99 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def relative_rows(
+    summary: dict[str, dict[str, Any]], baselines: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Each scenario that has a baseline (scaling: its one-worker, 6-partition run; a peer:
+    onceflow's run of the same app and keys) against it: throughput and CPU-per-record ratios."""
+    rows = []
+    for name, base in baselines.items():
+        s, b = summary.get(name), summary.get(base)
+        if not s or not b or "throughput" not in s:
+            continue
+        rows.append({
+            "scenario": name, "baseline": base,
+            "ratio": _ratio(s["throughput"], b["throughput"]),
+            "cpu_ratio": _ratio(b["worker_cpu_us_per_record"], s["worker_cpu_us_per_record"]),
+        })  # fmt: skip
+    return rows
+
+
+def _relative(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = relative_rows(result["summary"], result.get("baselines", {}))
+    return {r["scenario"]: r for r in rows}
+
+
+def peer_markdown(result: dict[str, Any]) -> str:
+    """The peer comparison: each framework's windowed count, with versions and settings."""
+    settings: dict[str, dict[str, Any]] = result.get("peer_settings", {})
+    if not settings:
+        return ""
+    peers, summary, rel = result.get("peers", {}), result["summary"], _relative(result)
+    rows = [
+        "| scenario | framework | keys | records | records/s | x raw-alos | x onceflow "
+        "| worker CPU us/rec | broker CPU us/rec | peak RSS MB | verified | store |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    for name, conf in settings.items():
+        s = summary.get(name)
+        if s is None:
+            continue
+        framework = conf["framework"]
+        if framework in peers:
+            framework = f"{peers[framework]['package']} {peers[framework]['version']}"
+        ok = "yes" if s["verified"] else f"**no**: {s.get('verify_note') or 'see the run'}"
+        vs = rel[name]["ratio"] if name in rel else 1.0
+        rows.append(
+            f"| {name} | {framework} | {_f(conf['keys'], ',d')} | {_f(s.get('records'), ',d')} "
+            f"| {_f(s.get('throughput'), ',.0f')} | {_f(s.get('ratio'), '.2f')} | {vs:.2f} "
+            f"| {_f(s.get('worker_cpu_us_per_record'), '.0f')} "
+            f"| {_f(s.get('broker_cpu_us_per_record'), '.0f')} | {_f(s['peak_rss_mb'], '.0f')} "
+            f"| {ok} | {conf['store']} |"
+        )
+    first = next(iter(settings.values()))
+    rows.append(
+        f"\nAll: {first['partitions']} partitions, exactly-once "
+        f"({', '.join(sorted({c['processing_guarantee'] for c in settings.values()}))} "
+        "as each names it), "
+        f"commit interval {first['commit_interval_ms']} ms, one process each."
+    )
+    for info in peers.values():
+        rows.append(f"* {info['package']} {info['version']}: {info['commit_setting']}")
+    return "\n".join(rows)
+
+
+def scaling_markdown(result: dict[str, Any]) -> str:
+    """Workers and partitions against the one-worker, 6-partition run of the same app."""
+    rel = _relative(result)
+    summary = result["summary"]
+    peers = result.get("peer_settings", {})
+    bases = sorted({r["baseline"] for name, r in rel.items() if name not in peers})
+    rows = [
+        "| scenario | workers | partitions | records/s | x raw-alos | x 1 worker, 6 partitions "
+        "| worker CPU us/rec | CPU x 1 worker | workers' CPU, cores | verified |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for base in bases:
+        for name in [base] + [n for n, r in rel.items() if r["baseline"] == base]:
+            s = summary[name]
+            r = rel.get(name, {"ratio": 1.0, "cpu_ratio": 1.0})
+            rows.append(
+                f"| {name} | {s.get('workers', 1)} | {s.get('partitions', 6)} "
+                f"| {_f(s['throughput'], ',.0f')} | {_f(s['ratio'], '.2f')} "
+                f"| {_f(r['ratio'], '.2f')} | {_f(s['worker_cpu_us_per_record'], '.1f')} "
+                f"| {_f(r['cpu_ratio'], '.2f')} | {_f(s.get('worker_cpu_util'), '.2f')} "
+                f"| {'yes' if s['verified'] else 'NO'} |"
+            )
+    return "\n".join(rows) if bases else ""
+
+
 if __name__ == "__main__":
     import json
     import sys
     from pathlib import Path
 
-    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
+    loaded = json.loads(Path(sys.argv[1]).read_text())
+    if "runs" in loaded:  # the summary as this version computes it (older files lack columns)
+        loaded["summary"] = summarize(loaded["runs"])
+    print(markdown(loaded))

@@ -30,19 +30,25 @@ from bench.kafka_io import (
     numbered,
     unique,
 )
+from bench.peers import PeerSettings, peer_proc, wait_group_ready
 from bench.procs import Proc, onceflow_worker, raw_loop, wait_ready
 
-__all__ = ["SCENARIOS", "RunContext", "Scenario", "run_throughput", "start_workers"]
+__all__ = ["SCENARIOS", "RunContext", "Scenario", "run_throughput", "start_workers", "verify"]
 
 PARTITIONS = 6
 Kind = Literal["throughput", "latency", "restore", "failover", "scale-out"]
+# Scenarios run only when named with --only or when their suite's flag is given.
+Suite = Literal["peers", "scaling"]
+Peer = Literal["faust", "quix"]
 
 
 @dataclass(frozen=True)
 class Scenario:
     """One benchmark. ``keys`` distinct keys (``quick_keys`` under ``--quick``); throughput
     scenarios process the run's ``--records``, ``stateful`` ones ``2 * keys`` (each key hit
-    twice); ``env`` is added to the worker's environment."""
+    twice), ``min_hits`` ones at least ``min_hits * keys``; ``env`` is added to the worker's
+    environment. ``peer`` runs another framework's app instead of onceflow (``bench.peers``),
+    ``baseline`` names the scenario its ``x baseline`` ratio is to (scaling, peers)."""
 
     name: str
     kind: Kind
@@ -67,6 +73,12 @@ class Scenario:
     event_step_ms: int | None = None  # the input's event times, this far apart (else: fill time)
     # True: a compacted ``<input>-table`` topic, one value per key, fills a source table first
     table: bool = False
+    partitions: int = PARTITIONS  # of the input and output topics
+    min_hits: int = 0  # records >= min_hits * keys (the run's --records when more)
+    peer: Peer | None = None
+    commit_interval_ms: int | None = None  # peers: theirs; onceflow: ONCEFLOW_COMMIT_INTERVAL_MS
+    suite: Suite | None = None
+    baseline: str | None = None
 
     @property
     def transactional(self) -> bool:
@@ -86,6 +98,24 @@ HA_ENV = {"ONCEFLOW_PROBING_REBALANCE_INTERVAL_MS": "15000"}
 # shuffle leaves copies, and the 0-standby baseline must not find a warm one by chance.
 FAILOVER_ENV = {**HA_ENV, "ONCEFLOW_STATE_CLEANUP_DELAY_MS": "5000"}
 
+
+def _peer_suite(keys: int, suffix: str) -> list[Scenario]:
+    """onceflow's reference app with 1 s commits and each peer's, over ``keys`` keys."""
+    base = f"windowed-eos-1s{suffix}"
+    common: dict[str, Any] = {"keys": keys, "quick_keys": min(keys, 20_000), "min_hits": 2,
+                              "commit_interval_ms": 1_000, "suite": "peers"}  # fmt: skip
+    return [
+        Scenario(base, "throughput", f"windowed_count, exactly_once, 1 s commits, {keys:,} keys",
+                 WINDOWED, **common),
+        Scenario(f"peer-quix{suffix}", "throughput", f"Quix Streams windowed count, "
+                 f"exactly-once, 1 s commits, {keys:,} keys", peer="quix", baseline=base,
+                 **common),
+        Scenario(f"peer-faust{suffix}", "throughput", f"faust-streaming windowed count, "
+                 f"exactly_once, 1 s commits, {keys:,} keys", peer="faust", baseline=base,
+                 **common),
+    ]  # fmt: skip
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -102,9 +132,24 @@ SCENARIOS: dict[str, Scenario] = {
                  guarantee="at_least_once"),
         Scenario("echo-eos", "throughput", "onceflow echo, exactly_once", ECHO),
         Scenario("echo-eos-2w", "throughput", "onceflow echo, exactly_once, 2 workers", ECHO,
-                 workers=2),
+                 workers=2, baseline="echo-eos"),
         Scenario("windowed-eos", "throughput", "windowed_count (reference app), exactly_once",
                  WINDOWED),
+        # Scaling (--scaling): workers and partitions, each against its one-worker 6-partition run.
+        Scenario("echo-eos-3w", "throughput", "onceflow echo, exactly_once, 3 workers", ECHO,
+                 workers=3, suite="scaling", baseline="echo-eos"),
+        Scenario("echo-eos-12p", "throughput", "onceflow echo, exactly_once, 12 partitions", ECHO,
+                 partitions=12, suite="scaling", baseline="echo-eos"),
+        Scenario("windowed-eos-2w", "throughput", "windowed_count, exactly_once, 2 workers",
+                 WINDOWED, workers=2, suite="scaling", baseline="windowed-eos"),
+        Scenario("windowed-eos-3w", "throughput", "windowed_count, exactly_once, 3 workers",
+                 WINDOWED, workers=3, suite="scaling", baseline="windowed-eos"),
+        Scenario("windowed-eos-12p", "throughput", "windowed_count, exactly_once, 12 partitions",
+                 WINDOWED, partitions=12, suite="scaling", baseline="windowed-eos"),
+        # Peers (--peers): the issue's comparison, windowed count, 6 partitions, exactly-once,
+        # 1 s commits, one process each, 2k and 200k keys (200k: 2 records per key).
+        *_peer_suite(2_000, ""),
+        *_peer_suite(200_000, "-200k"),
         Scenario("windowed-close-eos", "throughput",
                  "windowed count, 1 s windows, emit='close' (final results), 1 ms of event time "
                  "per record, exactly_once", WINDOWED_CLOSE, output_per_record=False,
@@ -168,7 +213,9 @@ class RunContext:
         return scenario.quick_keys if self.quick else scenario.keys
 
     def records_of(self, scenario: Scenario) -> int:
-        return 2 * self.keys_of(scenario) if scenario.stateful else self.records
+        if scenario.stateful:
+            return 2 * self.keys_of(scenario)
+        return max(self.records, scenario.min_hits * self.keys_of(scenario))
 
 
 def broker_cpu_seconds(ctx: RunContext) -> float:
@@ -203,6 +250,8 @@ def cpu_mark(ctx: RunContext, procs: list[Proc]) -> tuple[float, float]:
 def worker_env(
     ctx: RunContext, scenario: Scenario, app_id: str, inp: str, out: str
 ) -> dict[str, str]:
+    interval = scenario.commit_interval_ms
+    commit = {"ONCEFLOW_COMMIT_INTERVAL_MS": str(interval)} if interval else {}
     return {
         "ONCEFLOW_BOOTSTRAP_SERVERS": ctx.bootstrap,
         "ONCEFLOW_APP_ID": app_id,
@@ -214,6 +263,7 @@ def worker_env(
         "BENCH_OUTPUT": out,
         "ONCEFLOW_INPUT_TOPIC": inp,
         "ONCEFLOW_OUTPUT_TOPIC": out,
+        **commit,
         **scenario.env,
     }
 
@@ -235,12 +285,30 @@ def start_workers(
         args = ["--bootstrap", ctx.bootstrap, "--group", app_id, "--input", inp, "--output", out]
         args += ["--mode", scenario.raw] + (["--batch"] if scenario.raw_batch else [])
         return [raw_loop(scenario.name, args, logs / "raw.log", python=ctx.python).start()]
+    if scenario.peer is not None:
+        settings = PeerSettings(
+            ctx.bootstrap,
+            app_id,
+            inp,
+            out,
+            scenario.partitions,
+            scenario.commit_interval_ms or 1_000,
+            str(ctx.workdir / "state" / app_id),
+        )
+        return [peer_proc(scenario.peer, scenario.name, settings, logs / "peer.log").start()]
     assert scenario.module is not None
     env = worker_env(ctx, scenario, app_id, inp, out)
+    # Several workers: a state directory each, as on separate hosts (and two starting at once
+    # in one directory can race on its process id file: app/runtime/local_state.process_id).
+    dirs = (
+        [env["ONCEFLOW_STATE_DIR"]]
+        if scenario.workers == 1
+        else [f"{env['ONCEFLOW_STATE_DIR']}/w{i}" for i in range(scenario.workers)]
+    )
     return [
         onceflow_worker(
-            f"{scenario.name}[{i}]", scenario.module, env, logs / f"worker-{i}.log",
-            python=ctx.python,
+            f"{scenario.name}[{i}]", scenario.module, {**env, "ONCEFLOW_STATE_DIR": dirs[i]},
+            logs / f"worker-{i}.log", python=ctx.python,
         ).start()
         for i in range(scenario.workers)
     ]  # fmt: skip
@@ -277,18 +345,46 @@ async def _watch(
     raise TimeoutError(f"{total} records not processed within {timeout:.0f}s")
 
 
-async def fill_table(ctx: RunContext, topic: str, keys: int) -> None:
+async def fill_table(ctx: RunContext, topic: str, keys: int, partitions: int) -> None:
     """A compacted table topic with one value (100 bytes) per key, not transactional."""
-    await create_topics(ctx.bootstrap, [topic], PARTITIONS, {"cleanup.policy": "compact"})
-    async with Backlog(ctx.bootstrap, topic, PARTITIONS, transactional=False) as backlog:
+    await create_topics(ctx.bootstrap, [topic], partitions, {"cleanup.policy": "compact"})
+    async with Backlog(ctx.bootstrap, topic, partitions, transactional=False) as backlog:
         await backlog.fill(numbered(keys, keys))
 
 
 async def _wait_committed(
-    ctx: RunContext, group: str, topic: str, total: int, procs: list[Proc]
+    ctx: RunContext, group: str, topic: str, total: int, procs: list[Proc], partitions: int
 ) -> None:
-    async with Progress(ctx.bootstrap, "committed", group, topic, PARTITIONS) as progress:
+    async with Progress(ctx.bootstrap, "committed", group, topic, partitions) as progress:
         await _watch(progress, procs, total, 120 + total / 500)
+
+
+async def _wait_started(
+    ctx: RunContext, scenario: Scenario, procs: list[Proc], group: str, inp: str
+) -> float:
+    """onceflow and the raw loop say in their logs when every task runs; a peer is ready when
+    its group holds every input partition, unchanged for a while (``bench.peers``)."""
+    if scenario.peer is None:
+        return await wait_ready(procs, scenario.partitions * scenario.groups)
+    return await wait_group_ready(ctx.bootstrap, group, inp, scenario.partitions, procs)
+
+
+def verify(scenario: Scenario, total: int, seen: int, end: int) -> tuple[bool, str]:
+    """Whether a run's output is what its guarantee promises, and if not, why: ``seen`` records
+    read ``read_committed`` for ``total`` inputs, ``end`` the output's end offsets (records and
+    transaction markers)."""
+    if not scenario.output_per_record:
+        ok = 0 < seen <= total
+    else:
+        ok = seen == total if scenario.transactional else seen >= total
+    if not ok:
+        return False, f"{seen:,} output records for {total:,} inputs"
+    # A transactional run's output carries commit markers; none means it was written outside
+    # any transaction (faust's exactly_once does that with an app's sends): the count proves
+    # nothing then.
+    if scenario.transactional and end <= seen:
+        return False, "no transaction markers in the output: written outside transactions"
+    return True, ""
 
 
 async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
@@ -296,19 +392,20 @@ async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
     total, keys = ctx.records_of(scenario), ctx.keys_of(scenario)
     app_id = unique(f"bench-{scenario.name}")
     inp, out = f"{app_id}-in", f"{app_id}-out"
-    await create_topics(ctx.bootstrap, [inp, out], PARTITIONS)
+    n = scenario.partitions
+    await create_topics(ctx.bootstrap, [inp, out], n)
     if scenario.table:
-        await fill_table(ctx, f"{inp}-table", keys)
+        await fill_table(ctx, f"{inp}-table", keys, n)
     procs: list[Proc] = []
     try:
-        async with Backlog(ctx.bootstrap, inp, PARTITIONS, transactional=True) as backlog:
+        async with Backlog(ctx.bootstrap, inp, n, transactional=True) as backlog:
             filled = time.monotonic()
             await backlog.fill(numbered(keys, total), event_step_ms=scenario.event_step_ms)
             filled = time.monotonic() - filled
             procs = start_workers(ctx, scenario, app_id, inp, out)
-            startup = await wait_ready(procs, PARTITIONS * scenario.groups)
+            startup = await _wait_started(ctx, scenario, procs, app_id, inp)
             if scenario.table:  # the table loaded before the clock starts
-                await _wait_committed(ctx, app_id, f"{inp}-table", keys, procs)
+                await _wait_committed(ctx, app_id, f"{inp}-table", keys, procs, n)
             stop_profile = await ctx.on_release(procs) if ctx.on_release else None
             released = await backlog.release()
             cpu_at_release = cpu_mark(ctx, procs)
@@ -317,18 +414,17 @@ async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
         if scenario.transactional and scenario.watch:
             watched = scenario.watch.format(app_id=app_id)
         source: ProgressSource = "committed" if scenario.transactional else "output"
-        async with Progress(ctx.bootstrap, source, app_id, watched, PARTITIONS) as progress:
-            first, done = await _watch(progress, procs, total, 120 + total / 500)
+        # Peers may be much slower than onceflow (faust: ~300 records/s here).
+        timeout = 120 + total / (50 if scenario.peer else 500)
+        async with Progress(ctx.bootstrap, source, app_id, watched, n) as progress:
+            first, done = await _watch(progress, procs, total, timeout)
         cpu = cpu_figures(ctx, procs, cpu_at_release, total, done - released)
         if stop_profile is not None:
             await stop_profile()
     finally:
         stop_workers(ctx, procs, app_id)
-    seen, end = await count_committed(ctx.bootstrap, out, PARTITIONS, timeout=120 + total / 20_000)
-    if not scenario.output_per_record:
-        expected_ok = 0 < seen <= total
-    else:
-        expected_ok = seen == total if scenario.transactional else seen >= total
+    seen, end = await count_committed(ctx.bootstrap, out, n, timeout=120 + total / 20_000)
+    verified, note = verify(scenario, total, seen, end)
     return {
         "records": total,
         "keys": keys,
@@ -341,7 +437,9 @@ async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
         "output_records": seen,
         # Commit markers in the output: the transactions that wrote to it, per output partition.
         "output_markers": end - seen,
-        "verified": expected_ok,
+        "verified": verified,
+        "verify_note": note,
         "workers": len(procs),
+        "partitions": n,
         **cpu,
     }
