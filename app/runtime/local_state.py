@@ -14,6 +14,7 @@ than their changelog's ``delete.retention.ms``): their state is worth nothing. B
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Collection, Mapping
@@ -46,9 +47,20 @@ def process_id(root: Path) -> str:
         return text
     root.mkdir(parents=True, exist_ok=True)
     text = uuid.uuid4().hex
-    tmp = path.with_suffix(".tmp")
+    # Written whole under a name of its own, then linked into place: of two workers starting
+    # at once on one directory the first link wins, and both read the winner's id.
+    tmp = path.with_name(f"{PROCESS_FILE}.{os.getpid()}.{text}.tmp")
     tmp.write_text(text + "\n")
-    tmp.replace(path)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        winner = path.read_text().strip()
+        if winner:
+            text = winner
+        else:  # an empty file (written by hand, or cut short): ours replaces it
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return text
 
 

@@ -4,6 +4,7 @@ would (docs/architecture.md, *High availability*)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -116,3 +117,13 @@ def test_positions_on_disk_and_the_process_id(tmp_path: Path) -> None:
     assert stored_positions(app, root, {"0": 6}, {}) == {}
     again.close()
     assert process_id(root) == process_id(root) != process_id(tmp_path / "elsewhere")
+
+
+def test_workers_starting_at_once_on_one_directory_agree_on_its_process_id(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "app"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: process_id(root), range(32)))
+    assert len(set(ids)) == 1
+    assert sorted(p.name for p in root.iterdir()) == ["onceflow.process"]  # no temp left
