@@ -15,6 +15,7 @@ committed.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from onceflow.errors import ChangelogMissingError, RestoreCancelledError
+from onceflow.runtime import changelog_chunks
+from onceflow.runtime.changelog_chunks import Chunk
 from onceflow.runtime.compat import cluster_metadata
 from onceflow.state.typing import Restorable
 
@@ -81,10 +84,17 @@ async def _offsets(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int,
 
 
 def changelog_reader(
-    consumer_factory: ConsumerFactory, fetch_bytes: int = FETCH_BYTES
+    consumer_factory: ConsumerFactory, fetch_bytes: int = FETCH_BYTES, *, chunked: bool = False
 ) -> AIOKafkaConsumer:
     """A consumer that reads changelogs as restores and standbys do: no group, committed
-    records only, from the log start when asked for an offset retention removed."""
+    records only, from the log start when asked for an offset retention removed.
+
+    ``chunked``: its ``getmany`` returns a ``Chunk`` of ``(key, value)`` pairs per fetched record
+    batch instead of ``ConsumerRecord``s (``changelog_chunks``)."""
+    extra: dict[str, Any] = {}
+    if chunked:
+        changelog_chunks.install()
+        extra["key_deserializer"] = changelog_chunks.CHUNKED
     return consumer_factory(
         group_id=None,
         isolation_level="read_committed",
@@ -92,6 +102,7 @@ def changelog_reader(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=fetch_bytes,
         fetch_max_bytes=fetch_bytes,
+        **extra,
     )
 
 
@@ -124,7 +135,7 @@ async def restore_partition(
     ``ConsumerRecord`` included); a worker restores all its store partitions at once.
     """
     tp = TopicPartition(topic, partition)
-    consumer = changelog_reader(consumer_factory, fetch_bytes)
+    consumer = changelog_reader(consumer_factory, fetch_bytes, chunked=True)
     await consumer.start()
     try:
         cluster = await cluster_metadata(consumer)
@@ -230,25 +241,64 @@ async def _copy(
     on_batch: Callable[[RestoreProgress, int], Any] | None,
     batch_records: int,
 ) -> None:
+    per_chunk = 0.0  # records per fetched record batch, as seen so far
     while not progress.cancelled:
         position = await consumer.position(tp)
         progress.position = position
         if position >= progress.end_offset:
             return
-        # A short wait: a tail of transaction markers returns no records, and getmany would
-        # sit out its whole timeout although the position moved past them (every restore of a
-        # store that was in sync ends with its last commit's marker).
-        fetched = await consumer.getmany(tp, timeout_ms=POLL_MS, max_records=batch_records)
-        # A restore that ends before the log end (``until``) leaves out what it fetched beyond.
-        records = fetched.get(tp, [])
-        if records and records[-1].offset >= progress.end_offset:
-            records = [r for r in records if r.offset < progress.end_offset]
-        if not records:
+        chunks = await _fetch(consumer, tp, batch_records, per_chunk)
+        if chunks:
+            per_chunk = sum(len(c.offsets) for c in chunks) / len(chunks)
+        batch, last = take(chunks, progress.end_offset)
+        if not batch:
             continue
-        batch = [(r.key, r.value) for r in records]
-        await asyncio.to_thread(store.restore_batch, batch, records[-1].offset)
+        await asyncio.to_thread(store.restore_batch, batch, last)
         progress.restored += len(batch)
-        progress.position = records[-1].offset + 1
+        progress.position = last + 1
         if on_batch is not None:
             on_batch(progress, len(batch))
     raise RestoreCancelledError(f"restore of {progress.store} partition {progress.partition}")
+
+
+async def _fetch(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, batch_records: int, per_chunk: float
+) -> list[Chunk]:
+    """Fetched chunks holding about ``batch_records`` records (at least one chunk, if any came
+    within ``POLL_MS``; more only while they are already fetched). ``getmany`` counts chunks,
+    so it is asked for as many as ``per_chunk`` records each make up the rest."""
+    chunks: list[Chunk] = []
+    records, timeout_ms = 0, POLL_MS
+    while records < batch_records:
+        # A short wait: a tail of transaction markers returns no records, and getmany would
+        # sit out its whole timeout although the position moved past them (every restore of a
+        # store that was in sync ends with its last commit's marker).
+        wanted = 1 if per_chunk <= 0 else max(1, int((batch_records - records) / per_chunk))
+        fetched = await consumer.getmany(tp, timeout_ms=timeout_ms, max_records=wanted)
+        got = fetched.get(tp)
+        if not got:
+            break
+        chunks.extend(got)
+        records += sum(len(c.offsets) for c in got)
+        per_chunk = records / len(chunks)
+        timeout_ms = 0
+    return chunks
+
+
+def take(chunks: list[Chunk], end: int) -> tuple[list[tuple[bytes, bytes | None]], int]:
+    """The records of ``chunks`` before offset ``end`` (a restore that ends before the log end,
+    ``until``, leaves out what it fetched beyond) and the offset of the last of them (-1: none)."""
+    batch: list[tuple[bytes, bytes | None]] = []
+    last = -1
+    for chunk in chunks:
+        offsets = chunk.offsets
+        if offsets[-1] < end:
+            batch.extend(chunk.pairs)
+            last = offsets[-1]
+            continue
+        n = bisect.bisect_left(offsets, end)
+        if n:
+            batch.extend(chunk.pairs[:n])
+            last = offsets[n - 1]
+        break
+    return batch, last
