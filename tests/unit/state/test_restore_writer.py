@@ -47,9 +47,10 @@ def test_a_dead_child_is_replaced_and_the_batch_applied(tmp_path: Path) -> None:
     try:
         with SqliteStorePartition(tmp_path) as store:
             writer.apply(store.file, b"k", {b"a": b"1"}, [])
-            assert writer._proc is not None
-            writer._proc.kill()
-            writer._proc.wait()
+            proc = writer._children[0]._proc
+            assert proc is not None
+            proc.kill()
+            proc.wait()
             writer.apply(store.file, b"k", {b"b": b"2"}, [])
         assert {b"ka", b"kb"} <= rows(tmp_path).keys()
     finally:
