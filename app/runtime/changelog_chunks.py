@@ -13,7 +13,8 @@ How: aiokafka's fetcher builds a ``PartitionRecords`` per fetched partition, pas
 consumer's key deserializer. ``install()`` replaces that class, in aiokafka's fetcher module,
 with a subclass that behaves exactly like it unless that deserializer is ``CHUNKED`` (which no
 other consumer passes; it is never called). ``check()`` fails loudly if a later aiokafka changed
-what this relies on (run by the unit tests and at first use).
+what this relies on (run by the unit tests, and at first use: restores then fall back to
+``ConsumerRecord``s, with a warning).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, NamedTuple
 
 from aiokafka.consumer import fetcher as _fetcher
 
-__all__ = ["CHUNKED", "Chunk", "check", "install"]
+__all__ = ["CHUNKED", "Chunk", "as_chunk", "check", "install"]
 
 log = logging.getLogger("onceflow.restore")
 
@@ -135,10 +136,28 @@ def check() -> None:
         )
 
 
-def install() -> None:
-    """Make aiokafka's fetcher build ``_PartitionRecords`` (idempotent). Consumers without the
-    ``CHUNKED`` key deserializer are unaffected."""
+def install() -> bool:
+    """Make aiokafka's fetcher build ``_PartitionRecords`` (idempotent); False (and a warning,
+    once) if ``check`` fails: restores then read ``ConsumerRecord``s, slower. Consumers without
+    the ``CHUNKED`` key deserializer are unaffected."""
+    global _refused
     if _fetcher.PartitionRecords is _PartitionRecords:
-        return
-    check()
+        return True
+    if _refused:
+        return False
+    try:
+        check()
+    except RuntimeError as exc:
+        _refused = True
+        log.warning("restores read records one by one: %s", exc)
+        return False
     _fetcher.PartitionRecords = _PartitionRecords
+    return True
+
+
+_refused = False
+
+
+def as_chunk(records: list[Any]) -> Chunk:
+    """``ConsumerRecord``s (of a consumer without ``CHUNKED``) as one chunk."""
+    return Chunk([(r.key, r.value) for r in records], [r.offset for r in records])

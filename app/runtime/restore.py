@@ -90,10 +90,9 @@ def changelog_reader(
     records only, from the log start when asked for an offset retention removed.
 
     ``chunked``: its ``getmany`` returns a ``Chunk`` of ``(key, value)`` pairs per fetched record
-    batch instead of ``ConsumerRecord``s (``changelog_chunks``)."""
+    batch instead of ``ConsumerRecord``s (``changelog_chunks``), unless aiokafka changed."""
     extra: dict[str, Any] = {}
-    if chunked:
-        changelog_chunks.install()
+    if chunked and changelog_chunks.install():
         extra["key_deserializer"] = changelog_chunks.CHUNKED
     return consumer_factory(
         group_id=None,
@@ -278,6 +277,8 @@ async def _fetch(
         got = fetched.get(tp)
         if not got:
             break
+        if not isinstance(got[0], Chunk):  # changelog_chunks could not be installed
+            got = [changelog_chunks.as_chunk(got)]
         chunks.extend(got)
         records += sum(len(c.offsets) for c in got)
         per_chunk = records / len(chunks)

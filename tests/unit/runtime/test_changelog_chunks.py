@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from aiokafka.consumer import fetcher
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
@@ -130,3 +131,22 @@ def test_take_cuts_the_fetched_chunks_at_the_end_offset() -> None:
     assert take(chunks, 6) == ([(b"a", b"a"), (b"b", b"b")], 5)
     assert take(chunks, 3) == ([], -1)
     assert take([], 3) == ([], -1)
+
+
+def test_a_changed_aiokafka_falls_back_to_consumer_records(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected = [(o, (k, v)) for o, k, v in chunked(0)[0]]
+    monkeypatch.setattr(fetcher, "PartitionRecords", changelog_chunks._Base)
+    monkeypatch.setattr(changelog_chunks, "_EXPECTED", ("self", "something", "else"))
+    monkeypatch.setattr(changelog_chunks, "_refused", False)
+    assert not changelog_chunks.install()
+    assert not changelog_chunks.install()
+    assert fetcher.PartitionRecords is changelog_chunks._Base
+    assert caplog.text.count("restores read records one by one") == 1
+    records = changelog_chunks._Base(
+        TP, MemoryRecords(b"".join(BATCHES)), list(ABORTED), 0, None, None, False,
+        fetcher.READ_COMMITTED,
+    )  # fmt: skip
+    as_chunk = changelog_chunks.as_chunk(list(records))
+    assert list(zip(as_chunk.offsets, as_chunk.pairs, strict=True)) == expected
