@@ -5,6 +5,7 @@ record batch; ``restore.take`` cuts fetched chunks at a restore's end offset."""
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 import pytest
 from aiokafka.consumer import fetcher
@@ -14,7 +15,7 @@ from aiokafka.structs import TopicPartition
 
 from onceflow.runtime import changelog_chunks
 from onceflow.runtime.changelog_chunks import CHUNKED, Chunk
-from onceflow.runtime.restore import take
+from onceflow.runtime.restore import _fetch, take
 
 TP = TopicPartition("t-changelog", 0)
 _CONTROL = 0x20
@@ -150,3 +151,42 @@ def test_a_changed_aiokafka_falls_back_to_consumer_records(
     )  # fmt: skip
     as_chunk = changelog_chunks.as_chunk(list(records))
     assert list(zip(as_chunk.offsets, as_chunk.pairs, strict=True)) == expected
+
+
+class FakeConsumer:
+    """``getmany`` of a consumer holding ``items`` already fetched: up to ``max_records``."""
+
+    def __init__(self, items: list[object]) -> None:
+        self.items = items
+        self.asked: list[int] = []
+
+    async def getmany(
+        self, tp: TopicPartition, *, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[object]]:
+        self.asked.append(max_records)
+        got, self.items = self.items[:max_records], self.items[max_records:]
+        return {tp: got} if got else {}
+
+
+async def test_a_fetch_takes_chunks_until_it_holds_a_batch() -> None:
+    chunks = [chunk(*((10 * i + j, b"k") for j in range(10))) for i in range(10)]
+    consumer = FakeConsumer(list(chunks))
+    got, per_item = await _fetch(consumer, TP, 35, 0.0)  # type: ignore[arg-type]
+    # One chunk first (its size unknown), then as many as make up the rest: 40 records.
+    assert (got, per_item, consumer.asked) == (chunks[:4], 10.0, [1, 2, 1])
+    got, _ = await _fetch(consumer, TP, 1_000, per_item)  # type: ignore[arg-type]
+    assert got == chunks[4:]
+
+
+class Record(NamedTuple):
+    offset: int
+    key: bytes
+    value: bytes | None
+
+
+async def test_a_fetch_of_consumer_records_makes_them_one_chunk_per_call() -> None:
+    consumer = FakeConsumer([Record(o, b"k%d" % o, b"v") for o in range(50)])
+    got, per_item = await _fetch(consumer, TP, 20, 0.0)  # type: ignore[arg-type]
+    assert per_item == 1.0
+    assert [c.offsets for c in got] == [[0], list(range(1, 20))]
+    assert got[1].pairs[0] == (b"k1", b"v")
