@@ -137,7 +137,7 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
          get("echo-alos", "throughput")), _ratio(get("echo-alos", "worker_cpu_us_per_record"),
          get("echo-eos", "worker_cpu_us_per_record")), 0.9, ">="),
         ("p99 <= 150 ms at 50 % load", get("latency", "latency_p99_ms"), float("nan"), 150, "<="),
-        ("restore >= 150k records/s", get("restore", "restore_rate"), float("nan"), 150_000, ">="),
+        ("restore >= 300k records/s", get("restore", "restore_rate"), float("nan"), 300_000, ">="),
         ("RSS with 1M keys <= 300 MB", get("sum-1m", "peak_rss_mb"), float("nan"), 300, "<="),
         ("failover, 1 standby: resume <= 2 x session + 2 s", get("failover-standby", "resume_s"),
          float("nan"), get("failover-standby", "resume_target_s"), "<="),

@@ -8,18 +8,26 @@ worker starts with an empty state directory; the figures come from its restore l
 
 * ``restore_rate``: restored records / the restores' wall-clock span (first start to last end;
   partitions restore concurrently);
-* ``ready_rate``: restored records / (process start -> every task running), start-up included.
+* ``ready_rate``: restored records / (process start -> every task running), start-up included;
+* ``cpu_us_per_record``: CPU the worker and its restore writer children used until every task
+  ran, per restored record (start-up included: ~1 us of it), which the machine's other load
+  changes far less than the rates; ``child_peak_rss_mb``: the largest child's peak RSS (children
+  are not in the worker's ``peak_rss_mb``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import struct
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bench.kafka_io import Backlog, create_topics, key_of, unique
 from bench.procs import Proc, wait_ready
@@ -64,6 +72,26 @@ class Changelog:
         self.fill_s = time.monotonic() - started
 
 
+def _cpu_and_children(proc: Proc) -> tuple[float, float]:
+    """CPU seconds of the worker and its children (live, and those it reaped), and the largest
+    live child's peak RSS in MB (restore writer children idle 10 s before they exit)."""
+    try:
+        worker = psutil.Process(proc.pid)
+        times = worker.cpu_times()
+        cpu = times.user + times.system + times.children_user + times.children_system
+        peak = 0
+        for child in worker.children(recursive=True):
+            with contextlib.suppress(psutil.Error, OSError):
+                t = child.cpu_times()
+                cpu += t.user + t.system
+                status = Path(f"/proc/{child.pid}/status").read_text()
+                match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+                peak = max(peak, int(match.group(1)) * 1024 if match else 0)
+    except psutil.Error:
+        return float("nan"), float("nan")
+    return float(cpu), peak / 2**20
+
+
 def _restores(proc: Proc) -> list[tuple[float, float, int]]:
     """(start, end, records) of each partition's restore, from the worker's log."""
     spans = []
@@ -86,6 +114,7 @@ async def restore_once(changelog: Changelog, repeat: int) -> dict[str, Any]:
         stop_profile = await ctx.on_release(procs) if ctx.on_release else None
         ready_s = await wait_ready(procs, PARTITIONS, timeout=600)
         spans = _restores(procs[0])
+        cpu_s, child_rss_mb = _cpu_and_children(procs[0])
         if stop_profile is not None:
             await stop_profile()
     finally:
@@ -103,5 +132,7 @@ async def restore_once(changelog: Changelog, repeat: int) -> dict[str, Any]:
         "ready_rate": restored / ready_s,
         "fill_s": changelog.fill_s,
         "peak_rss_mb": max(p.peak_rss for p in procs) / 2**20,
+        "cpu_us_per_record": cpu_s / restored * 1e6 if restored else float("nan"),
+        "child_peak_rss_mb": child_rss_mb,
         "repeat": repeat,
     }

@@ -1,16 +1,17 @@
-"""Restore batches applied by a helper process, so that SQLite runs on a second core.
+"""Restore batches applied by helper processes, so that SQLite runs on every core.
 
-A restore is CPU-bound: aiokafka decodes each changelog record (~2.5 us) and SQLite inserts it
-(~3 us). In one interpreter the two do not overlap: SQLite releases the GIL while it runs, but
-two threads inserting into two databases were measured no faster than one (~340k rows/s either
-way; its allocator serializes them), so a worker restoring six partitions used one core. One
-child process per worker (``_restore_child.py``, standard library only) applies the
-batches instead; the worker's threads wait for it with the GIL released.
+A restore is CPU-bound: the worker decodes each changelog record (~0.7 us, see
+``runtime/changelog_chunks``) and SQLite inserts it (~3-4 us). In one interpreter the two do not
+overlap: SQLite releases the GIL while it runs, but two threads inserting into two databases
+were measured no faster than one (~340k rows/s either way; its allocator serializes them). So
+up to ``PROCESSES`` child processes per worker (``_restore_child.py``, standard library only)
+apply the batches instead, each batch in whichever is idle; the worker's threads wait for them
+with the GIL released.
 
 Exactly-once is unchanged: each batch and its checkpoint commit in one SQLite transaction, as
 in-process. The child never holds the store's lock, so it writes only for a live parent: it
 checks its parent just before COMMIT and exits when its stdin closes — when the worker exits or
-is killed. It also exits after 10 s idle; the next batch starts another (~20 ms). If the child
+is killed. Each also exits after 10 s idle; the next batch starts another (~20 ms). If the child
 dies mid-batch the batch is retried once in a new child (re-applying a batch is idempotent:
 whole values and the same checkpoint); a second death is a ``RestoreChildGoneError`` (the task
 is rebuilt). Only a child that cannot be started at all (``OSError``) falls back to writing
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import queue
 import sqlite3
 import subprocess
 import sys
@@ -35,16 +38,24 @@ __all__ = ["RestoreWriter", "restore_writer"]
 
 log = logging.getLogger("onceflow.state")
 _SCRIPT = Path(child.__file__)
+PROCESSES = max(1, min(4, os.cpu_count() or 1))
+"""Children per worker: SQLite is most of a restore's CPU once decoding is cheap, and a worker
+restores all its store partitions at once; one child per core (the worker's own share is small),
+at most four."""
 
 
 class RestoreWriter:
-    """A lazily started child process that applies restore batches; thread-safe (one batch at a
-    time: SQLite would not run two faster). ``close()`` stops the child; safe to call twice."""
+    """Up to ``processes`` lazily started children that apply restore batches; thread-safe.
+    Each batch goes to an idle child (a caller waits while all are busy): a store restores one
+    batch at a time (its write lock), so two children never write one file at once.
+    ``close()`` stops them; safe to call twice."""
 
-    def __init__(self, layout: tuple[Any, ...]) -> None:
-        self._layout = layout
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, layout: tuple[Any, ...], processes: int = 1) -> None:
+        self._children = [_Child(layout) for _ in range(max(1, processes))]
+        # Last in, first out: a lone restore keeps using one warm child.
+        self._idle: queue.LifoQueue[_Child] = queue.LifoQueue()
+        for c in reversed(self._children):
+            self._idle.put(c)
 
     def apply(
         self,
@@ -57,17 +68,38 @@ class RestoreWriter:
         transaction. Raises ``sqlite3.Error`` (with SQLite's code and name) if it rolled back,
         ``OSError`` if no child could be started."""
         request = (str(file), prefix, latest, meta)
-        with self._lock:
-            try:
-                reply = self._call(request)
-            except RestoreChildGoneError:
-                reply = self._call(request)  # a new child; the batch is idempotent
+        c = self._idle.get()
+        try:
+            reply = c.apply(request)
+        finally:
+            self._idle.put(c)
         if reply is not None:
             code, name, message = reply
             exc = sqlite3.OperationalError(message)
             exc.sqlite_errorcode = code
             exc.sqlite_errorname = name
             raise exc
+
+    def close(self) -> None:
+        """Stop the children (each exits when its stdin closes) and wait for them."""
+        for c in self._children:
+            c.close()
+
+
+class _Child:
+    """One child process, started on first use and again after it exited."""
+
+    def __init__(self, layout: tuple[Any, ...]) -> None:
+        self._layout = layout
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def apply(self, request: tuple[Any, ...]) -> Any:
+        with self._lock:
+            try:
+                return self._call(request)
+            except RestoreChildGoneError:
+                return self._call(request)  # a new child; the batch is idempotent
 
     def _call(self, request: tuple[Any, ...]) -> Any:
         proc = self._proc if self._proc is not None and self._proc.poll() is None else None
@@ -109,7 +141,6 @@ class RestoreWriter:
             proc.wait()
 
     def close(self) -> None:
-        """Stop the child (it exits when its stdin closes) and wait for it."""
         with self._lock:
             self._reap()
 
@@ -124,10 +155,11 @@ _writer_lock = threading.Lock()
 
 
 def restore_writer(layout: tuple[Any, ...]) -> RestoreWriter:
-    """The process's restore writer (one child for every store), created on first use."""
+    """The process's restore writer (``PROCESSES`` children for every store), created on first
+    use."""
     global _writer
     with _writer_lock:
         if _writer is None:
-            _writer = RestoreWriter(layout)
+            _writer = RestoreWriter(layout, PROCESSES)
             atexit.register(_writer.close)
         return _writer

@@ -47,9 +47,10 @@ def test_a_dead_child_is_replaced_and_the_batch_applied(tmp_path: Path) -> None:
     try:
         with SqliteStorePartition(tmp_path) as store:
             writer.apply(store.file, b"k", {b"a": b"1"}, [])
-            assert writer._proc is not None
-            writer._proc.kill()
-            writer._proc.wait()
+            proc = writer._children[0]._proc
+            assert proc is not None
+            proc.kill()
+            proc.wait()
             writer.apply(store.file, b"k", {b"b": b"2"}, [])
         assert {b"ka", b"kb"} <= rows(tmp_path).keys()
     finally:
@@ -87,3 +88,21 @@ def test_the_child_never_commits_for_a_dead_parent(tmp_path: Path) -> None:
             orphan.apply(str(store.file), b"k", {b"a": b"2"}, [(META_CHECKPOINT, b"x" * 8)])
     with SqliteStorePartition(tmp_path) as store:
         assert (store.checkpoint, store.get(b"a")) == (5, b"1")
+
+
+def test_a_batch_goes_to_an_idle_child_while_another_is_busy(tmp_path: Path) -> None:
+    writer = RestoreWriter(_CHILD_LAYOUT, processes=2)
+    try:
+        with SqliteStorePartition(tmp_path / "a") as a, SqliteStorePartition(tmp_path / "b") as b:
+            writer.apply(a.file, b"k", {b"x": b"1"}, [])
+            first = writer._idle.get()  # the warm child, as if busy with another store's batch
+            try:
+                writer.apply(b.file, b"k", {b"y": b"2"}, [])
+            finally:
+                writer._idle.put(first)
+            started = [c._proc is not None for c in writer._children]
+            assert started == [True, True]
+        assert rows(tmp_path / "a")[b"kx"] == b"1"
+        assert rows(tmp_path / "b")[b"ky"] == b"2"
+    finally:
+        writer.close()
