@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import logging
 import os
 import resource
 import shutil
@@ -86,10 +85,6 @@ _DISK_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
 # Under this much free space a failed write is blamed on a full file system.
 _LOW_SPACE = 64 * 1024 * 1024
 _T = TypeVar("_T")
-
-# sqlitedict (not used by the stores any more; apps may) logs every failed statement as a dozen
-# ERROR lines of stack frames.
-logging.getLogger("sqlitedict").setLevel(logging.CRITICAL)
 
 
 def db_files(directory: Path) -> list[Path]:
