@@ -55,6 +55,11 @@ __all__ = ["Task", "TaskState"]
 
 log = logging.getLogger("onceflow.task")
 
+YIELD_MASK = 255
+"""The per-record loop yields to the event loop every ``YIELD_MASK + 1`` records: a big batch
+would otherwise hold it for tens of milliseconds while other tasks' background commits wait for
+their next step (docs/architecture.md, *Commit scheduling*)."""
+
 
 class TaskState(enum.StrEnum):
     """``created → restoring → running → closed``; ``failed`` from the moment a ``process`` or
@@ -352,6 +357,8 @@ class Task:
         punctuator = self._time
         done = len(records)
         for index, record in enumerate(records):
+            if index & YIELD_MASK == YIELD_MASK:  # let other tasks' commits go on
+                await asyncio.sleep(0)
             timestamp = record.timestamp
             if timestamp > self.stream_time:
                 previous, self.stream_time = self.stream_time, timestamp
