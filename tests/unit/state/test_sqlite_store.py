@@ -322,13 +322,19 @@ def test_prefetch_loads_the_cache_in_one_round_trip(
         assert queries == [1500]
 
 
-def test_a_read_racing_a_flush_does_not_cache_a_stale_value(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = SqliteStorePartition(tmp_path)
+def _committed_uncached(path: Path) -> SqliteStorePartition:
+    """A store with ``a -> old`` in SQLite and nothing in its read cache."""
+    store = SqliteStorePartition(path)
     store.put(b"a", b"old")
     store.flush(1)
     store._cache.clear()
+    return store
+
+
+def test_a_read_racing_a_flush_does_not_cache_a_stale_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _committed_uncached(tmp_path)
     real_get = store._db.get
 
     def read_then_flush_commits(key: bytes) -> bytes | None:
@@ -431,10 +437,7 @@ def test_a_prefetch_racing_a_flush_keeps_the_keys_the_flush_did_not_write(
 def test_a_read_racing_a_wipe_caches_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SqliteStorePartition(tmp_path)
-    store.put(b"a", b"old")
-    store.flush(1)
-    store._cache.clear()
+    store = _committed_uncached(tmp_path)
     real_get_many = store._db.get_many
 
     def read_then_wipe(raw: list[bytes]) -> dict[bytes, bytes]:
