@@ -35,6 +35,7 @@ _PROMOTED = re.compile(r"task (\w+) promoted from its standby here: (\d+) change
 _PLACED_BEHIND = re.compile(
     r"task 0_\d: active on \S+ \((?:caught up, lag (\d+)|nobody caught up; it restores (\d+) )"
 )
+_ASSIGNED = re.compile(r"onceflow.worker: assigned tasks (.*)")
 _BALANCED = re.compile(r"assigned 6 tasks to 3 members .*; balanced")
 
 
@@ -146,22 +147,31 @@ async def test_scale_out_warms_up_then_moves_tasks_without_a_full_restore(
             await asyncio.sleep(1)
         produced += await producing
         await collect(bootstrap_servers, app.sink, first_n + then_n, timeout=120, workers=workers)
+        # Before the stops, which move every task again (and restore some in full).
+        before_stop = [w.log_text() for w in workers[1:]]
     finally:
         for w in workers:
             w.stop()
-    newcomers = workers[1].log_text() + workers[2].log_text()
+    newcomers = "".join(before_stop)
     leader = "".join(w.log_text() for w in workers)
     # Both newcomers in one rebalance: 4 tasks wait; on a loaded machine the second may join a
     # rebalance later (then 3, then 2 wait): either way tasks waited for a warm copy.
     assert re.search(r"[1-4] tasks wait for their place to warm up", leader), leader[-4000:]
     if not standbys:
         assert re.search(r"warm-up tasks \d", newcomers), newcomers[-4000:]
-    moved = _PROMOTED.findall(newcomers)
-    assert len(moved) >= 4, newcomers[-4000:]  # 4 of the 6 tasks moved to the newcomers
-    # A full restore of one task reads ~20k changelog records; a moved task restores at most
-    # the acceptable lag (10,000) plus what its owner wrote while the group rebalanced.
-    tails = [n for _, _, n, _ in _RESTORED.findall(newcomers)]
-    assert all(int(n) <= 12_000 for n in tails), tails
+    # 4 of the 6 tasks moved to the newcomers, none by a full restore: most are promoted from
+    # their warm-up copy; one whose copy was dropped when the warm-ups went to other tasks may be
+    # placed later on the store that copy left (caught up: within the acceptable lag) and restore
+    # its tail from there.
+    held = [_ASSIGNED.findall(log)[-1].split(", ") for log in before_stop]
+    assert sorted(len(tasks) for tasks in held) == [2, 2], held
+    promoted = {task for task, _ in _PROMOTED.findall(newcomers)}
+    restores = _RESTORED.findall(newcomers)
+    assert all(offset != "0" for _, _, _, offset in restores), restores
+    assert promoted, newcomers[-4000:]
+    # A moved task restores at most the acceptable lag (10,000) plus what its owner wrote while
+    # the group rebalanced, per store.
+    assert all(int(n) <= 12_000 for _, _, n, _ in restores), restores
     report = await check_run(
         bootstrap_servers, app.source, app.sink, AggregatesOracle(),
         faults={"scale-up": 2, "scale-down": 2}, produced=produced,
