@@ -183,3 +183,26 @@ def test_a_longer_group_id_owns_its_topics() -> None:
         "shop-v2-counts-changelog"
     }
     assert foreign_topics("shop", names, ["shop"]) == set()
+
+
+def test_what_counts_as_a_mismatch() -> None:
+    from onceflow.runtime.cluster_check import _problems
+
+    compact = {"cleanup.policy": "compact,delete", "retention.ms": "1000"}
+    assert _problems("changelog", 3, 3, compact, {**compact}) == []
+    swapped = {"cleanup.policy": "delete,compact", "retention.ms": "5000"}  # longer: fine
+    assert _problems("changelog", 3, 3, compact, swapped) == []
+    assert _problems("changelog", 3, 3, compact, {**compact, "retention.ms": "999"}) == [
+        "retention.ms=999, the worker creates it with 1000"
+    ]
+    assert _problems(
+        "changelog", 3, 2, {"cleanup.policy": "compact"}, {"cleanup.policy": "delete"}
+    ) == [
+        "2 partitions, the planned count is 3",
+        "cleanup.policy=delete, the worker creates it with compact",
+    ]
+    infinite = {"retention.ms": "-1"}
+    assert _problems("repartition", 2, 2, infinite, {"retention.ms": "604800000"}) != []
+    assert _problems("source", 4, 3, {}, {}) == ["3 partitions, the task group's count is 4"]
+    assert "onceflow topics create" in _problems("source", 4, None, {}, {})[0]
+    assert "the worker creates it at start" in _problems("dlq", 4, None, {}, {})[0]
