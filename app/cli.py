@@ -4,6 +4,8 @@ onceflow worker MODULE[:ATTR]            run the App found there (attribute ``ap
 onceflow topics create MODULE[:ATTR]     create the App's source topics
 onceflow send TOPIC VALUE [--key K]      produce one record (for trying things)
 onceflow tables get TABLE KEY            read a key's committed value through the HTTP API
+onceflow describe MODULE[:ATTR]          the App's topology (and, with --bootstrap, the cluster's)
+onceflow reset MODULE[:ATTR]             make the App start over: offsets, internal topics, state
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import importlib
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onceflow.errors import ConfigurationError, OnceflowError
 
 if TYPE_CHECKING:
+    from onceflow.runtime import Target
     from onceflow.settings import Settings
     from onceflow.topology import App
 
@@ -120,6 +123,87 @@ def _get_table(settings: Settings, url: str | None, table: str, key: str) -> int
     return 0 if response.status_code == 200 else 1
 
 
+async def _describe(app: App, settings: Settings, args: argparse.Namespace) -> None:
+    import json
+
+    from onceflow.runtime import describe_app, render_text
+
+    if args.bootstrap:
+        settings = settings.model_copy(update={"bootstrap_servers": args.bootstrap})
+    cluster = args.bootstrap is not None or "bootstrap_servers" in settings.model_fields_set
+    topology, report = await describe_app(app, settings, cluster=cluster)
+    if args.json:
+        described = {"topology": topology.model_dump(), "cluster": report and report.model_dump()}
+        print(json.dumps(described, indent=2))
+    else:
+        print(render_text(topology, report), end="")
+
+
+def _loaded(spec: str, settings: Settings) -> App:
+    """The App at ``spec``, named as ``ONCEFLOW_APP_ID`` says (as the worker names it)."""
+    app = load_app(spec)
+    if settings.app_id:
+        app.with_app_id(settings.app_id)
+    app.validate()
+    return app
+
+
+def _reset(app: App, settings: Settings, target: Target, args: argparse.Namespace) -> None:
+    from onceflow.runtime import reset_app
+
+    asyncio.run(
+        reset_app(
+            app,
+            settings,
+            target,
+            include_dlq=args.include_dlq,
+            local_state_only=args.local_state_only,
+            dry_run=args.dry_run,
+            say=print,
+        )
+    )
+
+
+def _reset_parser(sub: Any) -> None:
+    reset = sub.add_parser(
+        "reset",
+        help="with every worker stopped: reset the group's offsets of the sources, delete the "
+        "internal topics and wipe the local state, to reprocess",
+    )
+    reset.add_argument("app", metavar="MODULE[:ATTR]")
+    where = reset.add_mutually_exclusive_group()
+    where.add_argument("--to-earliest", action="store_true", help="the log start (default)")
+    where.add_argument("--to-latest", action="store_true", help="the log end: skip what is there")
+    where.add_argument("--to-datetime", metavar="ISO8601", help="first record at or after it")
+    where.add_argument("--by-duration", metavar="DURATION", help="ISO 8601 (PT1H) before now")
+    reset.add_argument("--include-dlq", action="store_true", help="delete the dead-letter topic")
+    reset.add_argument(
+        "--local-state-only", action="store_true", help="only wipe this host's state directory"
+    )
+    reset.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+
+def _check_reset_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.command != "reset" or not args.local_state_only:
+        return
+    cluster = [
+        flag
+        for flag, on in (
+            ("--to-earliest", args.to_earliest),
+            ("--to-latest", args.to_latest),
+            ("--to-datetime", args.to_datetime is not None),
+            ("--by-duration", args.by_duration is not None),
+            ("--include-dlq", args.include_dlq),
+        )
+        if on
+    ]
+    if cluster:
+        parser.error(
+            f"reset: --local-state-only wipes this host's state directory only; "
+            f"{', '.join(cluster)} acts on the cluster: use one or the other"
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onceflow",
@@ -145,6 +229,18 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("table")
     get.add_argument("key")
     get.add_argument("--url", help="worker URL (default http://127.0.0.1:$ONCEFLOW_HTTP_PORT)")
+    describe = sub.add_parser("describe", help="the App's topology, and its topics on a cluster")
+    describe.add_argument("app", metavar="MODULE[:ATTR]")
+    describe.add_argument("--json", action="store_true", help="JSON, for scripts")
+    describe.add_argument(
+        "--bootstrap",
+        nargs="?",
+        const="",
+        metavar="SERVERS",
+        help="compare with the cluster (default: ONCEFLOW_BOOTSTRAP_SERVERS, which also turns "
+        "the comparison on when set)",
+    )
+    _reset_parser(sub)
     return parser
 
 
@@ -159,6 +255,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(_send(settings, args.topic, args.value, args.key))
     elif args.command == "tables":
         return _get_table(settings, args.url, args.table, args.key)
+    elif args.command == "describe":
+        asyncio.run(_describe(_loaded(args.app, settings), settings, args))
+    elif args.command == "reset":
+        from onceflow.runtime import Target
+
+        target = Target.of(args.to_latest, args.to_datetime, args.by_duration)
+        _reset(_loaded(args.app, settings), settings, target, args)
     return 0
 
 
@@ -170,7 +273,9 @@ def _exit_before_start(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     # The worker installs its own graceful handler once its loop runs; until then, exit cleanly.
     signal.signal(signal.SIGTERM, _exit_before_start)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_reset_args(parser, args)
     from aiokafka.errors import KafkaError
 
     from onceflow.logs import configure_logging

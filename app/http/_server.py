@@ -8,9 +8,9 @@ URL to the group, and runs uvicorn next to ``worker.run()`` in the same event lo
     await serve(worker)                                     # returns when the worker stops
 
 Routes: ``/health/live``, ``/health/ready``, ``/metrics``, ``/tables``,
-``/tables/{table}/keys/{key}`` (see ``_queries``) and ``/openapi.json``. With
-``ONCEFLOW_HTTP_TOKEN`` set, ``/tables*`` require ``Authorization: Bearer <token>``; health and
-metrics stay open for probes and scrapers.
+``/tables/{table}/keys/{key}`` (see ``_queries``), ``/topology`` (``_topology``) and
+``/openapi.json``. With ``ONCEFLOW_HTTP_TOKEN`` set, ``/tables*`` and ``/topology`` require
+``Authorization: Bearer <token>``; health and metrics stay open for probes and scrapers.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from onceflow.errors import ConfigurationError, OnceflowError
 from onceflow.http._global_queries import global_infos
 from onceflow.http._health import health_routes
 from onceflow.http._queries import KEEP_ALIVE_S, OWNER, KeyQueries
+from onceflow.http._topology import topology_routes
 from onceflow.http._types import (
     Error,
     KeyValue,
@@ -73,6 +74,7 @@ def create_api(worker: WorkerView, *, client: httpx.AsyncClient | None = None) -
     )
     api.include_router(health_routes(worker))
     api.include_router(_table_routes(worker, queries), dependencies=_auth(worker))
+    api.include_router(topology_routes(worker), dependencies=_auth(worker))
 
     @api.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
