@@ -11,6 +11,9 @@ for the metric names the dashboard and the rules use.
     check_monitoring.py rules RULES.yaml OPERATIONS.md
         every alert has a severity, a summary, a description and a runbook_url whose anchor is
         a heading of docs/operations.md
+    check_monitoring.py embedded MANIFESTS.yaml CHART_DIR
+        the PrometheusRule and the dashboard ConfigMap, rendered without overrides, hold the
+        chart's rules file and dashboard file unchanged
     check_monitoring.py rendered MANIFESTS.yaml OUT.rules.yaml
         the rules of every rendered PrometheusRule written to OUT (for promtool), and the
         dashboard of every rendered ConfigMap checked as above
@@ -197,6 +200,14 @@ def main(argv: list[str]) -> int:
         summary = (
             f"{sum(1 for _ in alerts(rules))} alerts with severity, summary, description, runbook"
         )
+    elif command == "embedded":
+        rules, dashboards = rendered(text)
+        with open(f"{other}/rules/onceflow.rules.yaml") as fh:
+            problems = [] if rules == yaml.safe_load(fh) else ["the rendered rules differ"]
+        with open(f"{other}/dashboards/onceflow.json") as fh:
+            if dashboards != [json.load(fh)]:
+                problems.append("the rendered dashboard differs")
+        summary = "rules and dashboard rendered as in the files"
     elif command == "rendered":
         rules, dashboards = rendered(text)
         problems = [p for d in dashboards for p in dashboard_problems(d)]
