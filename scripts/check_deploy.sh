@@ -79,56 +79,43 @@ python_tools() {
     log "tools: installed $(basename "$lock" .txt) into $venv [$((SECONDS - start))s]"
 }
 
-helm_tool() {
-    local stamp=$TOOLS/bin/.helm-version want="$HELM_VERSION k8s 1.$HELM_K8S_MINOR"
-    if [[ -x $TOOLS/bin/helm && -f $stamp && $(<"$stamp") == "$want" ]]; then
+# go_tool NAME STAMP PACKAGE@VERSION LDFLAGS: `go install` NAME into $TOOLS/bin, unless the one
+# there was built with the same STAMP (the pins it was built from).
+go_tool() {
+    local name=$1 want=$2 pkg=$3 ldflags=$4 stamp=$TOOLS/bin/.$1-version
+    if [[ -x $TOOLS/bin/$name && -f $stamp && $(<"$stamp") == "$want" ]]; then
         return
     fi
     command -v go > /dev/null || {
-        log "FAIL  tools: helm is built with Go, and go is not on PATH (https://go.dev/dl/)"
+        log "FAIL  tools: $name is built with Go, and go is not on PATH (https://go.dev/dl/)"
         exit 1
     }
     local start=$SECONDS
+    mkdir -p "$TOOLS/bin"
+    CGO_ENABLED=0 GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false \
+        go install -trimpath -ldflags "$ldflags" "$pkg" > "$WORK/go-install.log" 2>&1 || {
+        log "FAIL  tools: go install $pkg"
+        tail -n 40 "$WORK/go-install.log"
+        exit 1
+    }
+    printf '%s' "$want" > "$stamp"
+    log "tools: built $name ($want) with $(go version | cut -d' ' -f3) [$((SECONDS - start))s]"
+}
+
+helm_tool() {
     local pkg=helm.sh/helm/v3
     local ldflags="-s -w -X $pkg/internal/version.version=$HELM_VERSION"
     local var
     for var in pkg/lint/rules pkg/chartutil; do
         ldflags+=" -X $pkg/$var.k8sVersionMajor=1 -X $pkg/$var.k8sVersionMinor=$HELM_K8S_MINOR"
     done
-    mkdir -p "$TOOLS/bin"
-    CGO_ENABLED=0 GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false \
-        go install -trimpath -ldflags "$ldflags" "$pkg/cmd/helm@$HELM_VERSION" \
-        > "$WORK/go-install.log" 2>&1 || {
-        log "FAIL  tools: go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-        tail -n 40 "$WORK/go-install.log"
-        exit 1
-    }
-    printf '%s' "$want" > "$stamp"
-    log "tools: built helm $HELM_VERSION with $(go version | cut -d' ' -f3) [$((SECONDS - start))s]"
+    go_tool helm "$HELM_VERSION k8s 1.$HELM_K8S_MINOR" "$pkg/cmd/helm@$HELM_VERSION" "$ldflags"
 }
 
 promtool_tool() {
-    local stamp=$TOOLS/bin/.promtool-version want=$PROMTOOL_MODULE_VERSION
-    if [[ -x $TOOLS/bin/promtool && -f $stamp && $(<"$stamp") == "$want" ]]; then
-        return
-    fi
-    command -v go > /dev/null || {
-        log "FAIL  tools: promtool is built with Go, and go is not on PATH (https://go.dev/dl/)"
-        exit 1
-    }
-    local start=$SECONDS
-    local ldflags="-s -w -X github.com/prometheus/common/version.Version=$PROMTOOL_VERSION"
-    mkdir -p "$TOOLS/bin"
-    CGO_ENABLED=0 GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false \
-        go install -trimpath -ldflags "$ldflags" \
+    go_tool promtool "$PROMTOOL_MODULE_VERSION" \
         "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_MODULE_VERSION" \
-        > "$WORK/go-install.log" 2>&1 || {
-        log "FAIL  tools: go install github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_MODULE_VERSION"
-        tail -n 40 "$WORK/go-install.log"
-        exit 1
-    }
-    printf '%s' "$want" > "$stamp"
-    log "tools: built promtool $PROMTOOL_VERSION with $(go version | cut -d' ' -f3) [$((SECONDS - start))s]"
+        "-s -w -X github.com/prometheus/common/version.Version=$PROMTOOL_VERSION"
 }
 
 mkdir -p "$TOOLS"

@@ -3,14 +3,12 @@ tests/unit/test_monitoring.py and tests/integration/test_monitoring_metrics.py c
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from types import ModuleType
 from typing import Any
 
 import yaml
-from kafka_helpers import REPO
+from kafka_helpers import REPO, load_script
 
 CHART = REPO / "helm/onceflow"
 DASHBOARD = CHART / "dashboards/onceflow.json"
@@ -30,14 +28,7 @@ _SERIES = {
 
 def check_monitoring() -> ModuleType:
     """scripts/check_monitoring.py, which is a script rather than a package module."""
-    name = "onceflow_check_monitoring"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "scripts/check_monitoring.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("check_monitoring")
 
 
 def dashboard() -> dict[str, Any]:
