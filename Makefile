@@ -1,6 +1,6 @@
 # onceflow developer commands. `make test` is what CI runs (.ci/run); it needs only python3,
 # a JDK 17, Maven and Go on the machine: the venv, the Kafka jars, the broker and the deploy
-# check tools (hadolint, helm, kubernetes-validate, checkov) are set up here.
+# check tools (hadolint, helm, kubernetes-validate, checkov, promtool) are set up here.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make venv        create .venv and install onceflow[dev] with constraints.txt"
 	@echo "make lint        ruff check, ruff format --check, mypy --strict"
-	@echo "make deploy-check hadolint, helm lint/template, kubernetes-validate, checkov (offline)"
+	@echo "make deploy-check hadolint, helm lint/template, kubernetes-validate, checkov, promtool (offline)"
 	@echo "make test        lint, deploy-check, then the test suite against a fresh local Kafka (CI runs this)"
 	@echo "make chaos       soak tests against a fresh local Kafka"
 	@echo "make bench       benchmarks (python -m bench) against a fresh local Kafka"

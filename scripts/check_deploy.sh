@@ -10,9 +10,12 @@
 #   hadolint, kubernetes-validate   from PyPI (scripts/deploy-tools/linters.txt)
 #   checkov                         from PyPI, in a venv of its own (scripts/deploy-tools/checkov.txt)
 #   helm                            built from source with `go install` (Go module proxy)
+#   promtool                        built from source with `go install` (Go module proxy)
 # A first run needs python3 (3.9+), go and network access to those registries (about 12 minutes
-# on a busy 2-core machine, most of it building helm); later runs only reinstall a tool whose pin
-# changed and take well under a minute. HELM=/path/to/helm skips the helm build.
+# on a busy 2-core machine for helm, and about 9 more for promtool, which compiles most of
+# Prometheus, its service discovery SDKs included, into an 84 MiB binary); later runs only
+# reinstall a tool whose pin changed and take well under a minute. HELM=/path/to/helm and
+# PROMTOOL=/path/to/promtool skip the builds.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +28,10 @@ PYTHON=${PYTHON:-python3}
 # links it in as the default Kubernetes version (without it `helm template` assumes 1.20).
 HELM_VERSION=v3.22.0
 HELM_K8S_MINOR=37
+# promtool: the newest Prometheus release on the Go module proxy
+# (`go list -m -versions github.com/prometheus/prometheus`: v0.316.0 is Prometheus 3.16.0).
+PROMTOOL_MODULE_VERSION=v0.316.0
+PROMTOOL_VERSION=3.16.0
 # Kubernetes versions the rendered manifests are validated against: the chart's minimum
 # (Chart.yaml kubeVersion) and later ones. Rendering uses the first.
 K8S_VERSIONS=(1.27.0 1.30.0 1.33.0)
@@ -72,32 +79,43 @@ python_tools() {
     log "tools: installed $(basename "$lock" .txt) into $venv [$((SECONDS - start))s]"
 }
 
-helm_tool() {
-    local stamp=$TOOLS/bin/.helm-version want="$HELM_VERSION k8s 1.$HELM_K8S_MINOR"
-    if [[ -x $TOOLS/bin/helm && -f $stamp && $(<"$stamp") == "$want" ]]; then
+# go_tool NAME STAMP PACKAGE@VERSION LDFLAGS: `go install` NAME into $TOOLS/bin, unless the one
+# there was built with the same STAMP (the pins it was built from).
+go_tool() {
+    local name=$1 want=$2 pkg=$3 ldflags=$4 stamp=$TOOLS/bin/.$1-version
+    if [[ -x $TOOLS/bin/$name && -f $stamp && $(<"$stamp") == "$want" ]]; then
         return
     fi
     command -v go > /dev/null || {
-        log "FAIL  tools: helm is built with Go, and go is not on PATH (https://go.dev/dl/)"
+        log "FAIL  tools: $name is built with Go, and go is not on PATH (https://go.dev/dl/)"
         exit 1
     }
     local start=$SECONDS
+    mkdir -p "$TOOLS/bin"
+    CGO_ENABLED=0 GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false \
+        go install -trimpath -ldflags "$ldflags" "$pkg" > "$WORK/go-install.log" 2>&1 || {
+        log "FAIL  tools: go install $pkg"
+        tail -n 40 "$WORK/go-install.log"
+        exit 1
+    }
+    printf '%s' "$want" > "$stamp"
+    log "tools: built $name ($want) with $(go version | cut -d' ' -f3) [$((SECONDS - start))s]"
+}
+
+helm_tool() {
     local pkg=helm.sh/helm/v3
     local ldflags="-s -w -X $pkg/internal/version.version=$HELM_VERSION"
     local var
     for var in pkg/lint/rules pkg/chartutil; do
         ldflags+=" -X $pkg/$var.k8sVersionMajor=1 -X $pkg/$var.k8sVersionMinor=$HELM_K8S_MINOR"
     done
-    mkdir -p "$TOOLS/bin"
-    CGO_ENABLED=0 GOBIN=$TOOLS/bin GOFLAGS=-buildvcs=false \
-        go install -trimpath -ldflags "$ldflags" "$pkg/cmd/helm@$HELM_VERSION" \
-        > "$WORK/go-install.log" 2>&1 || {
-        log "FAIL  tools: go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-        tail -n 40 "$WORK/go-install.log"
-        exit 1
-    }
-    printf '%s' "$want" > "$stamp"
-    log "tools: built helm $HELM_VERSION with $(go version | cut -d' ' -f3) [$((SECONDS - start))s]"
+    go_tool helm "$HELM_VERSION k8s 1.$HELM_K8S_MINOR" "$pkg/cmd/helm@$HELM_VERSION" "$ldflags"
+}
+
+promtool_tool() {
+    go_tool promtool "$PROMTOOL_MODULE_VERSION" \
+        "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_MODULE_VERSION" \
+        "-s -w -X github.com/prometheus/common/version.Version=$PROMTOOL_VERSION"
 }
 
 mkdir -p "$TOOLS"
@@ -108,12 +126,17 @@ if [[ -z ${HELM:-} ]]; then
     helm_tool
     HELM=$TOOLS/bin/helm
 fi
+if [[ -z ${PROMTOOL:-} ]]; then
+    promtool_tool
+    PROMTOOL=$TOOLS/bin/promtool
+fi
 LINTERS=$TOOLS/linters/bin
 CHECKOV=$TOOLS/checkov/bin/checkov
 log "tools: $("$LINTERS/hadolint" --version | sed 's/Haskell Dockerfile Linter/hadolint/')," \
     "helm $("$HELM" version --template '{{.Version}}')," \
     "kubernetes-validate $("$LINTERS/kubernetes-validate" --version | awk '{print $NF}')," \
-    "checkov $("$CHECKOV" --version)"
+    "checkov $("$CHECKOV" --version)," \
+    "promtool $("$PROMTOOL" --version 2>&1 | awk 'NR == 1 {print $3}')"
 
 # -- checks --------------------------------------------------------------------------------------
 
@@ -173,6 +196,9 @@ chart_guards() {
 --set highAvailability.acceptableRecoveryLag=many|highAvailability.acceptableRecoveryLag must be a whole number >= 0
 --set highAvailability.maxWarmupReplicas=0|highAvailability.maxWarmupReplicas must be a whole number >= 1
 --set highAvailability.probingRebalanceIntervalMs=500|highAvailability.probingRebalanceIntervalMs must be a whole number >= 1000
+--set prometheusRule.enabled=true --set prometheusRule.alerts.OnceflowLagGrowing.for=5m|prometheusRule.alerts.OnceflowLagGrowing: no such alert
+--set prometheusRule.enabled=true --set prometheusRule.alerts.OnceflowRestoreStuck.threshold=5|OnceflowRestoreStuck has no threshold to override
+--set prometheusRule.enabled=true --set prometheusRule.alerts.OnceflowConsumerLagGrowing.threshold=lots|threshold must be a number >= 0
 EOF
     echo "$count invalid value sets rejected" > "$WORK/summary"
 }
@@ -261,8 +287,9 @@ PY
 }
 
 # Strict schema validation (unknown fields fail) of every rendered document. The
-# ServiceMonitor is a Prometheus Operator CRD, absent from the core Kubernetes schemas: it is
-# skipped by name, and any other kind without a schema fails.
+# ServiceMonitor and the PrometheusRule are Prometheus Operator CRDs, absent from the core
+# Kubernetes schemas: they are skipped by name (promtool checks the rules), and any other kind
+# without a schema fails.
 kubernetes_validate() {
     local set=$1 version=$2
     "$LINTERS/python" - "$WORK/rendered/$set/manifests.yaml" "$version" "$WORK/summary" <<'PY'
@@ -272,7 +299,7 @@ import kubernetes_validate
 import yaml
 
 path, version, summary = sys.argv[1:]
-SKIP = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+SKIP = {("monitoring.coreos.com/v1", k) for k in ("ServiceMonitor", "PrometheusRule")}
 passed, skipped, failed = 0, [], 0
 with open(path) as fh:
     for doc in yaml.safe_load_all(fh):
@@ -297,6 +324,61 @@ with open(summary, "w") as fh:
     fh.write(f"{passed} valid, {failed} invalid{note}")
 sys.exit(1 if failed else 0)
 PY
+}
+
+# -- monitoring: the alerting rules and the dashboard (helm/onceflow/rules, dashboards) ------------
+
+MONITORING="$LINTERS/python $ROOT/scripts/check_monitoring.py"
+RULES=$CHART/rules/onceflow.rules.yaml
+
+# promtool check rules FILE, its "SUCCESS: N rules found" as the summary.
+promtool_rules() {
+    "$PROMTOOL" check rules "$1" 2>&1 | tee "$WORK/promtool.out"
+    local status=${PIPESTATUS[0]}
+    local found
+    found=$(grep -oE '[0-9]+ rules found' "$WORK/promtool.out" | paste -sd, -) || true
+    [[ -z $found ]] || echo "$found" > "$WORK/summary"
+    return "$status"
+}
+
+alert_rules() {
+    promtool_rules "$RULES" || return 1
+    local found
+    found=$(<"$WORK/summary")
+    $MONITORING rules "$RULES" "$ROOT/docs/operations.md" > "$WORK/rules.summary" || return 1
+    echo "$found; $(<"$WORK/rules.summary")" > "$WORK/summary"
+}
+
+alert_tests() {
+    "$PROMTOOL" test rules "$CHART/rules/onceflow.rules.test.yaml" || return 1
+    grep -c '^  - name:' "$CHART/rules/onceflow.rules.test.yaml" | sed 's/$/ test groups passed/' \
+        > "$WORK/summary"
+}
+
+# The dashboard's structure, and every expression in it as a recording rule for promtool.
+dashboard() {
+    $MONITORING dashboard "$CHART/dashboards/onceflow.json" "$WORK/dashboard.rules.yaml" \
+        > "$WORK/dashboard.summary" || return 1
+    promtool_rules "$WORK/dashboard.rules.yaml" || return 1
+    cat "$WORK/dashboard.summary" > "$WORK/summary"
+}
+
+# With no overrides, the chart renders the rules file's alerts and the dashboard unchanged.
+embedded_monitoring() {
+    "$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" \
+        --set prometheusRule.enabled=true --set grafanaDashboard.enabled=true \
+        --show-only templates/prometheusrule.yaml --show-only templates/grafana-dashboard.yaml \
+        > "$WORK/embedded.yaml" || return 1
+    $MONITORING embedded "$WORK/embedded.yaml" "$CHART" > "$WORK/summary"
+}
+
+# The PrometheusRule and the dashboard ConfigMap as rendered with a value set's overrides.
+rendered_monitoring() {
+    local set=$1
+    $MONITORING rendered "$WORK/rendered/$set/manifests.yaml" "$WORK/rendered-$set.rules.yaml" \
+        > "$WORK/rendered.summary" || return 1
+    promtool_rules "$WORK/rendered-$set.rules.yaml" || return 1
+    cat "$WORK/rendered.summary" > "$WORK/summary"
 }
 
 # checkov reads its settings and the justified skips from .checkov.yaml.
@@ -334,6 +416,16 @@ for set in "${VALUE_SETS[@]}"; do
         check "kubernetes-validate --strict k8s $version ($set values)" \
             kubernetes_validate "$set" "$version"
     done
+done
+check "promtool check rules + runbooks (rules/onceflow.rules.yaml)" alert_rules
+check "promtool test rules (rules/onceflow.rules.test.yaml)" alert_tests
+check "dashboard structure + promtool check of its PromQL (dashboards/onceflow.json)" dashboard
+check "PrometheusRule and dashboard ConfigMap embed the files unchanged" embedded_monitoring
+for set in "${VALUE_SETS[@]}"; do
+    [[ -s $WORK/rendered/$set/manifests.yaml ]] || continue
+    grep -q '^kind: PrometheusRule' "$WORK/rendered/$set/manifests.yaml" || continue
+    check "promtool check rules, rendered PrometheusRule + dashboard ($set values)" \
+        rendered_monitoring "$set"
 done
 check "checkov rendered manifests (${VALUE_SETS[*]} values)" \
     checkov_scan kubernetes K8S --directory "$WORK/rendered"

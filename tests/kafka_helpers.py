@@ -38,9 +38,14 @@ def unique_name(prefix: str = "t") -> str:
 
 def load_kafka_local() -> ModuleType:
     """Import scripts/kafka_local.py, which is a script rather than a package module."""
-    name = "onceflow_kafka_local"
+    return load_script("kafka_local")
+
+
+def load_script(script: str) -> ModuleType:
+    """Import scripts/<script>.py as the module ``onceflow_<script>``."""
+    name = f"onceflow_{script}"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "scripts/kafka_local.py")
+        spec = importlib.util.spec_from_file_location(name, REPO / f"scripts/{script}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses look their module up while the class is built

@@ -624,6 +624,10 @@ class Worker:
             await self._stop_start(task)
         await asyncio.gather(*(t.close(commit=commit) for t in tasks), return_exceptions=True)
         self.metrics.assigned_tasks.labels(self.app.app_id).set(len(self.tasks))
+        # The partitions' lag is now their new owner's to report: a value left here would stay
+        # frozen and add to the app's lag in sums (docs/operations.md, OnceflowNotProcessing).
+        for tp in (tp for task in tasks for tp in task.tps):
+            self.metrics.consumer_lag.remove(self.app.app_id, tp.topic, str(tp.partition))
 
     async def _stop_start(self, task: Task) -> None:
         key = (task.group, task.partition)
