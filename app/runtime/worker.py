@@ -48,6 +48,7 @@ from onceflow.runtime.sinks import (
     Sink,
     TransactionalSink,
 )
+from onceflow.runtime.sql_sinks import SqlSinks
 from onceflow.runtime.standby import StandbyTask
 from onceflow.runtime.task import Task, TaskState
 from onceflow.runtime.watches import purge_repartitions, watch_changelogs
@@ -151,6 +152,14 @@ class Worker:
             check_interval_s=topic_check_interval_s,
             on_fatal=lambda exc: self._fatal(exc, "global tables"),
         )
+        # Exactly-once into a database (docs/architecture.md): a DSN that is missing fails here.
+        self.sql_sinks = SqlSinks(
+            app,
+            self.settings,
+            self.clients,
+            self.metrics,
+            on_fatal=lambda exc: self._fatal(exc, "sql sinks"),
+        )
 
     # -- public --------------------------------------------------------------------------------
 
@@ -197,6 +206,7 @@ class Worker:
             )  # fmt: skip
             self._spawn(self.global_tables.run(self._stop))
             self._spawn(self.ha.run(self._stop))
+            self._spawn(self.sql_sinks.run(self._stop))
             self._spawn(StateCleaner.of(self.app, self.settings).run(self._owned, self._stop))
             self._spawn(
                 purge_repartitions(
@@ -288,6 +298,8 @@ class Worker:
             await asyncio.wait_for(self.global_tables.close(), grace or 1)
         with contextlib.suppress(KafkaError, TimeoutError):
             await asyncio.wait_for(self.ha.close(), grace or 1)
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(self.sql_sinks.close(), grace or 1)
         if self._shared_producer is not None:
             with contextlib.suppress(KafkaError, TimeoutError):
                 await asyncio.wait_for(self._shared_producer.stop(), grace or 1)
