@@ -90,6 +90,11 @@ def start(data_dir: Path, port: int | None = None) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         data_dir.chmod(0o755)  # the server user must reach pgdata
+        if not _traversable_by_others(data_dir):
+            raise PostgresLocalError(
+                f"{data_dir}: a folder above it is closed to other users, and the server runs "
+                "as nobody under root: pick a data dir under /tmp, or chmod o+x that folder"
+            )
     bins = _binaries(data_dir)
     pgdata = data_dir / "pgdata"
     port_file = data_dir / "port"

@@ -136,7 +136,7 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                     await asyncio.gather(*(self._flush(p) for p in due))
                 for p in self._parts.values():
                     self._sync_pause(p)
-                self._update_lag()
+                await self._update_lag()
             if due:
                 with contextlib.suppress(KafkaError):  # informational: lag tools read it
                     await consumer.commit({p.tp: p.next_offset for p in due if p.tp in self._parts})
@@ -368,14 +368,18 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         else:
             consumer.resume(p.tp)
 
-    def _update_lag(self) -> None:
+    async def _update_lag(self) -> None:
+        """Records behind: those not fetched yet (to the last stable offset) plus those buffered.
+        Counted from the fetch position, so that transaction markers count as read."""
         consumer = self._consumer
         if consumer is None:
             return
-        for p in self._parts.values():
+        for p in list(self._parts.values()):
             end = consumer.last_stable_offset(p.tp)
-            if end is not None and p.epoch is not None:
-                lag = max(0, end - p.next_offset)
-                self.metrics.lag.labels(
-                    self.metrics.app_id, self.sink.name, str(p.tp.partition)
-                ).set(lag)
+            if end is None or p.epoch is None or p.tp not in consumer.assignment():
+                continue
+            with contextlib.suppress(KafkaError, TimeoutError):
+                fetched = await asyncio.wait_for(consumer.position(p.tp), 1)
+                lag = max(0, end - max(fetched, p.next_offset)) + len(p.buffer)
+                labels = (self.metrics.app_id, self.sink.name, str(p.tp.partition))
+                self.metrics.lag.labels(*labels).set(lag)

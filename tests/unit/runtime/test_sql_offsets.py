@@ -100,7 +100,7 @@ def test_dsn_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_dsn(None, load_settings(sql_sink_dsn=dsn), "orders") == dsn
     named = load_settings(sql_databases={"main": dsn})
     assert resolve_dsn("main", named, "orders") == dsn
-    with pytest.raises(ConfigurationError, match="ONCEFLOW_SQL_DATABASES.*has: main"):
+    with pytest.raises(ConfigurationError, match=r"ONCEFLOW_SQL_DATABASES.*has: main"):
         resolve_dsn("other", named, "orders")
     assert (
         resolve_dsn("sqlite+aiosqlite:///x.db", load_settings(), "o") == "sqlite+aiosqlite:///x.db"

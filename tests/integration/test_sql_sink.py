@@ -1,0 +1,136 @@
+"""SQL sinks against a real PostgreSQL server and a real SQLite file: every payment changes the
+database exactly once, a row that breaks a constraint goes to the dead-letter topic with its SQL
+error, and a database that goes down and comes back loses and doubles nothing, with readiness
+and metrics saying so meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+from kafka_helpers import read_to_end, unique_name
+from sql_helpers import PostgresServer, check_exactly_once, create_schema, free_port, query
+from workers import WorkerProcess, produce, worker_env
+
+POISON_EVERY = 397
+
+
+def payments(n: int) -> tuple[list[tuple[bytes, bytes]], dict[str, tuple[str, int]]]:
+    """n payments, every POISON_EVERY-th negative (a poison row); the good ones by id."""
+    records, good = [], {}
+    for i in range(n):
+        customer, amount = f"c{i % 23}", (i % 17) + 1
+        if i % POISON_EVERY == 5:
+            amount = -1
+        else:
+            good[f"p{i}"] = (customer, amount)
+        records.append((customer.encode(), f"p{i}:{amount}".encode()))
+    return records, good
+
+
+async def wait_rows(dsn: str, n: int, worker: WorkerProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert worker.alive, worker.log_text()[-3000:]
+        try:
+            (count,) = (await query(dsn, "SELECT count(*) FROM payments"))[0]
+        except OSError:
+            count = -1
+        if count == n:
+            await asyncio.sleep(2)  # anything written twice would show up now
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"payments has {count} rows, not {n}:\n{worker.log_text()[-3000:]}")
+
+
+async def start_payments(
+    bootstrap: str, new_topic, tmp_path: Path, dsn: str, n: int, **extra: str | int
+) -> tuple[WorkerProcess, dict[str, tuple[str, int]], str, int]:
+    source = await new_topic("pay-in", partitions=3)
+    forwarded = await new_topic("pay-fwd", partitions=3)
+    app_id = unique_name("sqlpay")
+    records, good = payments(n)
+    await produce(bootstrap, source, records)
+    port = free_port()
+    env = worker_env(
+        bootstrap, app_id, tmp_path / "state",
+        ONCEFLOW_TEST_INPUT=source, ONCEFLOW_TEST_OUTPUT=forwarded, ONCEFLOW_SQL_SINK_DSN=dsn,
+        ONCEFLOW_HTTP_PORT=port, **extra,
+    )  # fmt: skip
+    worker = WorkerProcess("tests.apps.sql_payments", env, tmp_path / "worker.log").start()
+    return worker, good, app_id, port
+
+
+async def check_dead_letters(bootstrap: str, app_id: str, n: int, error: str) -> None:
+    dead = await read_to_end(bootstrap, f"{app_id}-dlq")
+    poison = {f"p{i}" for i in range(n) if i % POISON_EVERY == 5}
+    assert {r.value.decode().split(":")[0] for r in dead if r.value} == poison
+    headers = dict(dead[0].headers)
+    assert headers["onceflow.error.stage"] == b"sql_sink"
+    assert error.encode() in headers["onceflow.error.message"].lower()
+
+
+async def test_exactly_once_into_sqlite(bootstrap_servers: str, new_topic, tmp_path: Path) -> None:
+    dsn = f"sqlite+aiosqlite:///{tmp_path / 'payments.db'}"
+    await create_schema(dsn)
+    worker, good, app_id, _ = await start_payments(
+        bootstrap_servers, new_topic, tmp_path, dsn, 1500
+    )
+    try:
+        await wait_rows(dsn, len(good), worker, timeout=90)
+        await check_exactly_once(dsn, good)
+        await check_dead_letters(bootstrap_servers, app_id, 1500, "check constraint")
+    finally:
+        worker.stop()
+
+
+async def test_postgres_down_and_up(
+    bootstrap_servers: str, new_topic, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    dsn = await postgres.new_database(unique_name("pay").replace("-", "_"))
+    n = 6000
+    worker, good, app_id, port = await start_payments(
+        bootstrap_servers, new_topic, tmp_path, dsn, n,
+        ONCEFLOW_TEST_SINK_BATCH=20, ONCEFLOW_SQL_SINK_STATEMENT_TIMEOUT_MS=3000,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            while not (await query(dsn, "SELECT count(*) FROM payments"))[0][0]:
+                assert worker.alive, worker.log_text()[-3000:]
+                await asyncio.sleep(0.1)
+            postgres.stop("immediate")  # a crash: open transactions are lost
+            try:
+                reason = ""
+                for _ in range(100):
+                    ready = await http.get("/health/ready")
+                    reason = ready.json().get("reason", "")
+                    if ready.status_code == 503 and "database unavailable" in reason:
+                        break
+                    await asyncio.sleep(0.2)
+                assert "database unavailable" in reason, reason
+                metrics = (await http.get("/metrics")).text
+                assert (
+                    f'onceflow_sink_failures_total{{app="{app_id}",reason="database",sink="payments"}}'
+                    in metrics
+                )
+            finally:
+                postgres.start()
+            await wait_rows(dsn, len(good), worker, timeout=120)
+            await check_exactly_once(dsn, good)
+            for _ in range(50):
+                if (await http.get("/health/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.2)
+            assert (await http.get("/health/ready")).status_code == 200
+            metrics = (await http.get("/metrics")).text
+            assert 'result="committed",sink="payments"' in metrics
+            assert (
+                f'onceflow_sink_lag{{app="{app_id}",partition="0",sink="payments"}} 0.0' in metrics
+            )
+        await check_dead_letters(bootstrap_servers, app_id, n, "check constraint")
+        assert worker.log_text().count("database unavailable") == 1, "one log line per outage"
+    finally:
+        worker.stop()
