@@ -3,17 +3,20 @@ the pgserver wheel), and what the tests check in the sink's tables."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import socket
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from kafka_helpers import REPO
+from kafka_helpers import REPO, read_to_end
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+from workers import WorkerProcess
 
 # The tables of tests/apps/sql_payments.py: no unique key on payments, so that a payment
 # written twice shows up as two rows.
@@ -120,3 +123,51 @@ async def check_exactly_once(dsn: str, expected: dict[str, tuple[str, int]]) -> 
             f"row at {p}@{o} written by epoch {e} after epoch {e + 1} claimed from {later}: a "
             "fenced owner wrote it"
         )
+
+
+POISON_EVERY = 397
+
+
+def payments(n: int) -> tuple[list[tuple[bytes, bytes]], dict[str, tuple[str, int]]]:
+    """n payments, every POISON_EVERY-th negative (a poison row); the good ones by id."""
+    records, good = [], {}
+    for i in range(n):
+        customer, amount = f"c{i % 23}", (i % 17) + 1
+        if i % POISON_EVERY == 5:
+            amount = -1
+        else:
+            good[f"p{i}"] = (customer, amount)
+        records.append((customer.encode(), f"p{i}:{amount}".encode()))
+    return records, good
+
+
+async def wait_rows(dsn: str, n: int, worker: WorkerProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert worker.alive, worker.log_text()[-3000:]
+        try:
+            (count,) = (await query(dsn, "SELECT count(*) FROM payments"))[0]
+        except OSError:
+            count = -1
+        if count == n:
+            await asyncio.sleep(2)  # anything written twice would show up now
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"payments has {count} rows, not {n}:\n{worker.log_text()[-3000:]}")
+
+
+async def check_dead_letters(bootstrap: str, app_id: str, n: int, error: str) -> None:
+    dead = await read_to_end(bootstrap, f"{app_id}-dlq")
+    poison = {f"p{i}" for i in range(n) if i % POISON_EVERY == 5}
+    assert {r.value.decode().split(":")[0] for r in dead if r.value} == poison
+    headers = dict(dead[0].headers)
+    assert headers["onceflow.error.stage"] == b"sql_sink"
+    assert error.encode() in headers["onceflow.error.message"].lower()
+
+
+async def wait_first_row(dsn: str, worker: WorkerProcess, timeout: float = 90) -> None:
+    """Wait until the sink has committed a payment (so that a fault lands while it writes)."""
+    deadline = time.monotonic() + timeout
+    while not (await query(dsn, "SELECT count(*) FROM payments"))[0][0]:
+        assert worker.alive and time.monotonic() < deadline, worker.log_text()[-3000:]
+        await asyncio.sleep(0.1)

@@ -6,43 +6,21 @@ and metrics saying so meanwhile."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import httpx
-from kafka_helpers import read_to_end, unique_name
-from sql_helpers import PostgresServer, check_exactly_once, create_schema, free_port, query
+from kafka_helpers import unique_name
+from sql_helpers import (
+    PostgresServer,
+    check_dead_letters,
+    check_exactly_once,
+    create_schema,
+    free_port,
+    payments,
+    wait_first_row,
+    wait_rows,
+)
 from workers import WorkerProcess, produce, worker_env
-
-POISON_EVERY = 397
-
-
-def payments(n: int) -> tuple[list[tuple[bytes, bytes]], dict[str, tuple[str, int]]]:
-    """n payments, every POISON_EVERY-th negative (a poison row); the good ones by id."""
-    records, good = [], {}
-    for i in range(n):
-        customer, amount = f"c{i % 23}", (i % 17) + 1
-        if i % POISON_EVERY == 5:
-            amount = -1
-        else:
-            good[f"p{i}"] = (customer, amount)
-        records.append((customer.encode(), f"p{i}:{amount}".encode()))
-    return records, good
-
-
-async def wait_rows(dsn: str, n: int, worker: WorkerProcess, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert worker.alive, worker.log_text()[-3000:]
-        try:
-            (count,) = (await query(dsn, "SELECT count(*) FROM payments"))[0]
-        except OSError:
-            count = -1
-        if count == n:
-            await asyncio.sleep(2)  # anything written twice would show up now
-            return
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"payments has {count} rows, not {n}:\n{worker.log_text()[-3000:]}")
 
 
 async def start_payments(
@@ -61,15 +39,6 @@ async def start_payments(
     )  # fmt: skip
     worker = WorkerProcess("tests.apps.sql_payments", env, tmp_path / "worker.log").start()
     return worker, good, app_id, port
-
-
-async def check_dead_letters(bootstrap: str, app_id: str, n: int, error: str) -> None:
-    dead = await read_to_end(bootstrap, f"{app_id}-dlq")
-    poison = {f"p{i}" for i in range(n) if i % POISON_EVERY == 5}
-    assert {r.value.decode().split(":")[0] for r in dead if r.value} == poison
-    headers = dict(dead[0].headers)
-    assert headers["onceflow.error.stage"] == b"sql_sink"
-    assert error.encode() in headers["onceflow.error.message"].lower()
 
 
 async def test_exactly_once_into_sqlite(bootstrap_servers: str, new_topic, tmp_path: Path) -> None:
@@ -98,9 +67,7 @@ async def test_postgres_down_and_up(
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
-            while not (await query(dsn, "SELECT count(*) FROM payments"))[0][0]:
-                assert worker.alive, worker.log_text()[-3000:]
-                await asyncio.sleep(0.1)
+            await wait_first_row(dsn, worker)
             postgres.stop("immediate")  # a crash: open transactions are lost
             try:
                 reason = ""
