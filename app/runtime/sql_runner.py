@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
@@ -25,13 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from onceflow.errors import HandlerFailedError
 from onceflow.runtime.clients import Clients
+from onceflow.runtime.sql_health import Outage, SinkMetrics
 from onceflow.runtime.sql_offsets import PartitionKey, advance, claim, create_tables, is_outage
 from onceflow.runtime.sql_offsets import position as read_position
 from onceflow.settings import Settings
 from onceflow.sql_sink import SinkRecord, SinkTransaction, SqlSink
-
-if TYPE_CHECKING:
-    from onceflow.runtime.sql_sinks import SinkMetrics
 
 __all__ = ["SinkRunner"]
 
@@ -39,7 +37,6 @@ log = logging.getLogger("onceflow.sql_sink")
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 BadRecord = Callable[[str, Record, BaseException], Awaitable[None]]
-MAX_BACKOFF_S = 5.0
 
 
 class _Fenced(Exception):
@@ -101,14 +98,13 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._started = False
-        self._down: tuple[float, str] | None = None  # since, why
-        self._streak = 0
+        self._outage = Outage(sink.name, metrics)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not await self._attempt(create_tables(self.engine)):  # noqa: ASYNC110
-            await asyncio.sleep(self._backoff())
+        while not await self._outage.attempt(create_tables(self.engine)):  # noqa: ASYNC110
+            await asyncio.sleep(self._outage.backoff())
         self._consumer = consumer = self._clients.consumer(
             group_id=self.group, isolation_level="read_committed", max_poll_records=self._batch
         )
@@ -143,11 +139,9 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def not_ready(self) -> str | None:
         name = self.sink.name
-        if self._down is not None:
-            since, why = self._down
-            return (
-                f"sql sink {name}: database unavailable for {time.monotonic() - since:.0f}s: {why}"
-            )
+        down = self._outage.not_ready()
+        if down is not None:
+            return down
         if not self._started:
             return f"sql sink {name}: starting"
         for p in self._parts.values():
@@ -193,8 +187,8 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             async with self.engine.begin() as conn:
                 claimed.append(await claim(conn, p.key, self._owner))
 
-        while not await self._attempt(once()):  # noqa: ASYNC110
-            await asyncio.sleep(self._backoff())
+        while not await self._outage.attempt(once()):  # noqa: ASYNC110
+            await asyncio.sleep(self._outage.backoff())
         p.epoch, p.next_offset = claimed[0]
         p.fetched_to = p.next_offset
         p.buffer.clear()
@@ -235,11 +229,11 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         except HandlerFailedError:
             raise  # error policy "fail": the worker stops
         except Exception as exc:  # the database (or the DLQ) cannot be used now
-            self._failed(exc)
-            p.retry_at = time.monotonic() + self._backoff()
+            self._outage.failed(exc)
+            p.retry_at = time.monotonic() + self._outage.backoff()
             return
         p.retry_at = None
-        self._healthy()
+        self._outage.healthy()
         if p.buffer:
             p.first_at = time.monotonic()
 
@@ -316,40 +310,6 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         )  # fmt: skip
 
     # -- outages, pauses, lag ------------------------------------------------------------------
-
-    async def _attempt(self, coro: Awaitable[None]) -> bool:
-        try:
-            await coro
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            self._failed(exc)
-            return False
-        self._healthy()
-        return True
-
-    def _failed(self, exc: BaseException) -> None:
-        self.metrics.failures.labels(self.metrics.app_id, self.sink.name, "database").inc()
-        self._streak += 1
-        if self._down is None:
-            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-            self._down = (time.monotonic(), why)
-            log.error(
-                "sql sink %r: database unavailable (%s); partitions wait, retrying with backoff",
-                self.sink.name, why,
-            )  # fmt: skip
-
-    def _healthy(self) -> None:
-        self._streak = 0
-        if self._down is not None:
-            log.info(
-                "sql sink %r: database back after %.1fs",
-                self.sink.name, time.monotonic() - self._down[0],
-            )  # fmt: skip
-            self._down = None
-
-    def _backoff(self) -> float:
-        return min(MAX_BACKOFF_S, 0.1 * 2.0 ** min(self._streak, 10))
 
     def _wait_ms(self) -> int:
         retries = [p.retry_at for p in self._parts.values() if p.retry_at is not None]

@@ -18,55 +18,21 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
-from prometheus_client import Counter, Gauge
 
 from onceflow import naming
 from onceflow.errors import HandlerFailedError
 from onceflow.runtime.clients import Clients
 from onceflow.runtime.dead_letters import dead_letter
 from onceflow.runtime.metrics import Metrics
+from onceflow.runtime.sql_health import SinkMetrics
 from onceflow.runtime.sql_offsets import make_engine, resolve_dsn
 from onceflow.runtime.sql_runner import SinkRunner
 from onceflow.settings import Settings
 from onceflow.topology import App
 
-__all__ = ["SinkMetrics", "SqlSinks"]
+__all__ = ["SqlSinks"]
 
 log = logging.getLogger("onceflow.sql_sink")
-
-
-class SinkMetrics:
-    """``onceflow_sink_*``: transactions by result, records written, failures by reason (per
-    sink), and the lag of each partition (records behind the last stable offset)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        r = metrics.registry
-        self.app_id = metrics.app_id
-        self.dead_letters = metrics.dead_letter_records
-        self.transactions = Counter(
-            "onceflow_sink_transactions",
-            "SQL sink batch transactions by result (committed, rolled_back, fenced)",
-            ["app", "sink", "result"],
-            registry=r,
-        )
-        self.records = Counter(
-            "onceflow_sink_records",
-            "Records a SQL sink committed to its database (dead letters apart)",
-            ["app", "sink"],
-            registry=r,
-        )
-        self.failures = Counter(
-            "onceflow_sink_failures",
-            "SQL sink failures by reason (database, record, fenced)",
-            ["app", "sink", "reason"],
-            registry=r,
-        )
-        self.lag = Gauge(
-            "onceflow_sink_lag",
-            "Records of a partition not yet committed to the database",
-            ["app", "sink", "partition"],
-            registry=r,
-        )
 
 
 class SqlSinks:
