@@ -142,18 +142,26 @@ def payments(n: int) -> tuple[list[tuple[bytes, bytes]], dict[str, tuple[str, in
 
 
 async def wait_rows(dsn: str, n: int, worker: WorkerProcess, timeout: float) -> None:
+    """Wait until ``payments`` has ``n`` rows, then 2 s more (to catch a row written twice)."""
+    await wait_rows_in(dsn, "SELECT count(*) FROM payments", n, worker, timeout)
+
+
+async def wait_rows_in(
+    dsn: str, count_sql: str, n: int, worker: WorkerProcess, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
+    count: object = None
     while time.monotonic() < deadline:
         assert worker.alive, worker.log_text()[-3000:]
         try:
-            (count,) = (await query(dsn, "SELECT count(*) FROM payments"))[0]
+            (count,) = (await query(dsn, count_sql))[0]
         except OSError:
             count = -1
         if count == n:
             await asyncio.sleep(2)  # anything written twice would show up now
             return
         await asyncio.sleep(0.3)
-    raise AssertionError(f"payments has {count} rows, not {n}:\n{worker.log_text()[-3000:]}")
+    raise AssertionError(f"{count_sql}: {count}, not {n}:\n{worker.log_text()[-3000:]}")
 
 
 async def check_dead_letters(bootstrap: str, app_id: str, n: int, error: str) -> None:
