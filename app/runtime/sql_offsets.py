@@ -116,7 +116,8 @@ def make_engine(dsn: str, settings: Settings) -> AsyncEngine:
         dsn,
         pool_size=settings.sql_sink_pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
+        # No pre-ping (a round trip per batch): a connection the server dropped fails its
+        # transaction, which is retried on a new one (an outage of one attempt).
         connect_args={
             # A paused owner's open transaction holds the offsets row's lock: the server ends
             # its session after this long, so that the next owner's claim goes through.

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -36,6 +37,8 @@ __all__ = ["SinkRunner"]
 log = logging.getLogger("onceflow.sql_sink")
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+FETCH_RECORDS = 500  # at least, per fetch: a sink of small batches writes several per fetch
+REPORT_INTERVAL_S = 1.0  # lag metrics and the informational Kafka commit
 BadRecord = Callable[[str, Record, BaseException], Awaitable[None]]
 
 
@@ -57,10 +60,17 @@ class _Partition:
     next_offset: int = 0  # in the database, as this owner last read or wrote it
     fetched_to: int = 0  # records below this are in the buffer or applied
     buffer: list[Record] = field(default_factory=list)
-    first_at: float = 0.0
+    arrivals: deque[tuple[int, float]] = field(default_factory=deque)  # (first offset, fetched at)
     retry_at: float | None = None
     fenced: bool = False
     claim: asyncio.Task[None] | None = None
+
+    def take(self, records: list[Record], now: float) -> None:
+        fresh = [r for r in records if r.offset >= self.fetched_to]
+        if fresh:
+            self.buffer += fresh
+            self.arrivals.append((fresh[0].offset, now))
+            self.fetched_to = fresh[-1].offset + 1
 
     def applied(self, next_offset: int) -> None:
         self.next_offset = next_offset
@@ -68,6 +78,19 @@ class _Partition:
         while i < len(self.buffer) and self.buffer[i].offset < next_offset:
             i += 1
         del self.buffer[:i]
+        if not self.buffer:
+            self.arrivals.clear()
+        while len(self.arrivals) > 1 and self.arrivals[1][0] <= self.buffer[0].offset:
+            self.arrivals.popleft()
+
+    def clear(self) -> None:
+        self.buffer.clear()
+        self.arrivals.clear()
+
+    @property
+    def oldest_at(self) -> float:
+        """When the oldest buffered record was fetched."""
+        return self.arrivals[0][1] if self.arrivals else 0.0
 
 
 class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -105,8 +128,9 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
     async def run(self, stop: asyncio.Event) -> None:
         while not await self._outage.attempt(create_tables(self.engine)):  # noqa: ASYNC110
             await asyncio.sleep(self._outage.backoff())
+        fetch = max(self._batch, FETCH_RECORDS)
         self._consumer = consumer = self._clients.consumer(
-            group_id=self.group, isolation_level="read_committed", max_poll_records=self._batch
+            group_id=self.group, isolation_level="read_committed", max_poll_records=fetch
         )
         await consumer.start()
         consumer.subscribe([self.sink.topic.name], listener=self)
@@ -114,11 +138,10 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info(
             "sql sink %r reading %r as group %r", self.sink.name, self.sink.topic.name, self.group
         )
+        reported = 0.0
         while not stop.is_set():
             try:
-                fetched = await consumer.getmany(
-                    timeout_ms=self._wait_ms(), max_records=self._batch
-                )
+                fetched = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=fetch)
             except KafkaError as exc:
                 log.warning("sql sink %r: fetch failed: %r; retrying", self.sink.name, exc)
                 await asyncio.sleep(0.5)
@@ -132,10 +155,9 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                     await asyncio.gather(*(self._flush(p) for p in due))
                 for p in self._parts.values():
                     self._sync_pause(p)
-                await self._update_lag()
-            if due:
-                with contextlib.suppress(KafkaError):  # informational: lag tools read it
-                    await consumer.commit({p.tp: p.next_offset for p in due if p.tp in self._parts})
+            if now >= reported + REPORT_INTERVAL_S:
+                reported = now
+                await self._report(consumer)
 
     def not_ready(self) -> str | None:
         name = self.sink.name
@@ -191,7 +213,7 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.sleep(self._outage.backoff())
         p.epoch, p.next_offset = claimed[0]
         p.fetched_to = p.next_offset
-        p.buffer.clear()
+        p.clear()
         if self._consumer is not None and self._parts.get(p.tp) is p:
             self._consumer.seek(p.tp, p.next_offset)
             self._sync_pause(p)
@@ -204,38 +226,32 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def _take(self, tp: TopicPartition, records: list[Record], now: float) -> None:
         p = self._parts.get(tp)
-        if p is None or p.epoch is None or p.fenced:
-            return  # fetched before the claim's seek: fetched again from there
-        for r in records:
-            if r.offset >= p.fetched_to:
-                if not p.buffer:
-                    p.first_at = now
-                p.buffer.append(r)
-                p.fetched_to = r.offset + 1
+        if p is not None and p.epoch is not None and not p.fenced:
+            p.take(records, now)  # else fetched before the claim's seek: fetched again from there
 
     def _due(self, p: _Partition, now: float) -> bool:
         if p.epoch is None or p.fenced or not p.buffer:
             return False
         if p.retry_at is not None:
             return now >= p.retry_at
-        return len(p.buffer) >= self._batch or now - p.first_at >= self._wait_s
+        return len(p.buffer) >= self._batch or now - p.oldest_at >= self._wait_s
 
     async def _flush(self, p: _Partition) -> None:
-        records = p.buffer[: self._batch]
-        try:
-            await self._write(p, records)
-        except _Fenced:
-            await self._fenced(p)
-        except HandlerFailedError:
-            raise  # error policy "fail": the worker stops
-        except Exception as exc:  # the database (or the DLQ) cannot be used now
-            self._outage.failed(exc)
-            p.retry_at = time.monotonic() + self._outage.backoff()
-            return
-        p.retry_at = None
-        self._outage.healthy()
-        if p.buffer:
-            p.first_at = time.monotonic()
+        """Write the partition's full batches, and the rest if it waited long enough."""
+        while self._due(p, time.monotonic()):
+            try:
+                await self._write(p, p.buffer[: self._batch])
+            except _Fenced:
+                await self._fenced(p)
+                return
+            except HandlerFailedError:
+                raise  # error policy "fail": the worker stops
+            except Exception as exc:  # the database (or the DLQ) cannot be used now
+                self._outage.failed(exc)
+                p.retry_at = time.monotonic() + self._outage.backoff()
+                return
+            p.retry_at = None
+            self._outage.healthy()
 
     async def _write(self, p: _Partition, records: list[Record]) -> None:
         """Apply ``records`` (a prefix of the buffer); a record whose data fails is found by
@@ -301,7 +317,7 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             p.applied(next_offset)
             return
         p.fenced = True
-        p.buffer.clear()
+        p.clear()
         self.metrics.transactions.labels(self.metrics.app_id, self.sink.name, "fenced").inc()
         self.metrics.failures.labels(self.metrics.app_id, self.sink.name, "fenced").inc()
         log.info(
@@ -328,12 +344,14 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         else:
             consumer.resume(p.tp)
 
-    async def _update_lag(self) -> None:
-        """Records behind: those not fetched yet (to the last stable offset) plus those buffered.
-        Counted from the fetch position, so that transaction markers count as read."""
-        consumer = self._consumer
-        if consumer is None:
-            return
+    async def _report(self, consumer: AIOKafkaConsumer) -> None:
+        """Lag per partition: records not fetched yet (to the last stable offset) plus those
+        buffered, counted from the fetch position so that transaction markers count as read.
+        And the group's Kafka commit, only informational (lag tools read it)."""
+        offsets = {p.tp: p.next_offset for p in self._parts.values() if p.epoch and p.next_offset}
+        if offsets:
+            with contextlib.suppress(KafkaError):
+                await consumer.commit(offsets)
         for p in list(self._parts.values()):
             end = consumer.last_stable_offset(p.tp)
             if end is None or p.epoch is None or p.tp not in consumer.assignment():
