@@ -20,7 +20,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from onceflow import naming
-from onceflow.errors import HandlerFailedError
+from onceflow.errors import HandlerFailedError, TopicNotFoundError
+from onceflow.runtime.admin import TopicAdmin
 from onceflow.runtime.clients import Clients
 from onceflow.runtime.dead_letters import dead_letter
 from onceflow.runtime.metrics import Metrics
@@ -77,6 +78,7 @@ class SqlSinks:
         if not self.runners:
             return
         try:
+            await self._check_topics()
             self._producer = self._clients.producer()
             await self._producer.start()
             async with asyncio.TaskGroup() as group:
@@ -85,6 +87,24 @@ class SqlSinks:
         except Exception as exc:  # a bug, or error policy "fail": the worker stops, saying why
             self._on_fatal(exc)
             raise
+
+    async def _check_topics(self) -> None:
+        """A sink whose topic does not exist fails at start, naming it (its consumer would wait
+        for it silently, or a broker with auto-creation would create it with defaults)."""
+        admin_client = self._clients.admin()
+        try:
+            await self._clients.start(admin_client)
+            admin = TopicAdmin(admin_client, replication_factor=self._settings.replication_factor)
+            counts = await admin.partition_counts(r.sink.topic.name for r in self.runners)
+        finally:
+            await admin_client.close()
+        for runner in self.runners:
+            if runner.sink.topic.name not in counts:
+                raise TopicNotFoundError(
+                    f"sql sink {runner.sink.name!r} reads topic {runner.sink.topic.name!r}, which "
+                    "does not exist on the cluster; create it (`onceflow topics create MODULE`) "
+                    "and restart"
+                )
 
     def not_ready(self) -> str | None:
         """Why a sink cannot write now (readiness), or None."""

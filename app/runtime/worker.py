@@ -176,6 +176,8 @@ class Worker:
         (docs/architecture.md, *Fencing*).
         """
         if self._consumer is None:
+            if not self.app.groups() and self.phase == "running":
+                return True, "no tasks: SQL sinks only"
             return False, "not in the group yet"
         return membership_current(self._consumer, self.settings.session_timeout_ms / 1000)
 
@@ -193,6 +195,9 @@ class Worker:
     async def run(self) -> None:
         """Run until ``stop()``; re-raises a fatal error (bad config, handler under ``fail``, a
         changelog topic deleted)."""
+        if not self.app.groups() and self.app.sql_sinks:
+            await self._run_sql_sinks_only()
+            return
         try:
             await self._setup()
             self._spawn(
@@ -648,6 +653,32 @@ class Worker:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await starting
+
+    async def _run_sql_sinks_only(self) -> None:
+        """An app of SQL sinks and no handlers: no group of tasks, only the sinks' consumers
+        (docs/architecture.md, *Exactly-once into a database*)."""
+        admin_client = self.clients.admin()
+        try:
+            await self.clients.start(admin_client)
+            admin = TopicAdmin(admin_client, replication_factor=self.settings.replication_factor)
+            await admin.ensure(internal_topics(self.app, {}))  # the dead-letter topic
+        finally:
+            await admin_client.close()
+        self.phase = "running"
+        sinks = self._spawn(self.sql_sinks.run(self._stop))
+        try:
+            while not self._stop.is_set() and not sinks.done():
+                self.last_loop_at = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1)
+        finally:
+            self.phase = "stopping"
+            sinks.cancel()
+            await asyncio.wait({sinks}, timeout=self.settings.shutdown_grace_ms / 1000 or 1)
+            await self.sql_sinks.close()
+            self.phase = "stopped"
+        if self.fatal_error is not None:
+            raise self.fatal_error
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

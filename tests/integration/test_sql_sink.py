@@ -42,17 +42,50 @@ async def start_payments(
 
 
 async def test_exactly_once_into_sqlite(bootstrap_servers: str, new_topic, tmp_path: Path) -> None:
+    """An app with the sink alone (no handlers): it runs without a group of tasks."""
     dsn = f"sqlite+aiosqlite:///{tmp_path / 'payments.db'}"
     await create_schema(dsn)
-    worker, good, app_id, _ = await start_payments(
-        bootstrap_servers, new_topic, tmp_path, dsn, 1500
+    worker, good, app_id, port = await start_payments(
+        bootstrap_servers, new_topic, tmp_path, dsn, 1500, ONCEFLOW_TEST_SINK_ONLY=1
     )
     try:
         await wait_rows(dsn, len(good), worker, timeout=90)
         await check_exactly_once(dsn, good)
         await check_dead_letters(bootstrap_servers, app_id, 1500, "check constraint")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            assert (await http.get("/health/ready")).status_code == 200
     finally:
-        worker.stop()
+        code = worker.stop()
+    assert code == 0, worker.log_text()[-3000:]
+
+
+async def test_a_sink_of_a_missing_topic_fails_at_start(
+    tmp_path: Path, bootstrap_servers: str
+) -> None:
+    missing = unique_name("no-such-topic")
+    env = worker_env(
+        bootstrap_servers, unique_name("sqlmiss"), tmp_path / "state",
+        ONCEFLOW_TEST_INPUT=missing, ONCEFLOW_TEST_OUTPUT=f"{missing}-out",
+        ONCEFLOW_TEST_SINK_ONLY=1,
+        ONCEFLOW_SQL_SINK_DSN=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}",
+    )  # fmt: skip
+    worker = WorkerProcess("tests.apps.sql_payments", env, tmp_path / "worker.log").start()
+    code = worker.wait(60)
+    assert code not in (None, 0), worker.log_text()[-3000:]
+    assert f"reads topic {missing!r}, which does not exist" in worker.log_text()
+
+
+async def test_a_sink_without_a_database_fails_at_start_naming_the_setting(
+    tmp_path: Path, bootstrap_servers: str
+) -> None:
+    env = worker_env(
+        bootstrap_servers, unique_name("sqlnodsn"), tmp_path / "state",
+        ONCEFLOW_TEST_INPUT="any-in", ONCEFLOW_TEST_OUTPUT="any-out", ONCEFLOW_TEST_SINK_ONLY=1,
+    )  # fmt: skip
+    worker = WorkerProcess("tests.apps.sql_payments", env, tmp_path / "worker.log").start()
+    code = worker.wait(60)
+    assert code not in (None, 0), worker.log_text()[-3000:]
+    assert "set ONCEFLOW_SQL_SINK_DSN" in worker.log_text()
 
 
 async def test_postgres_down_and_up(
