@@ -14,14 +14,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from onceflow.errors import HandlerFailedError
@@ -29,6 +27,7 @@ from onceflow.runtime.clients import Clients
 from onceflow.runtime.sql_health import Outage, SinkMetrics
 from onceflow.runtime.sql_offsets import PartitionKey, advance, claim, create_tables, is_outage
 from onceflow.runtime.sql_offsets import position as read_position
+from onceflow.runtime.sql_partition import Record, SinkPartition
 from onceflow.settings import Settings
 from onceflow.sql_sink import SinkRecord, SinkTransaction, SqlSink
 
@@ -36,7 +35,6 @@ __all__ = ["SinkRunner"]
 
 log = logging.getLogger("onceflow.sql_sink")
 
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 FETCH_RECORDS = 500  # at least, per fetch: a sink of small batches writes several per fetch
 REPORT_INTERVAL_S = 1.0  # lag metrics and the informational Kafka commit
 BadRecord = Callable[[str, Record, BaseException], Awaitable[None]]
@@ -50,47 +48,6 @@ class _RecordFailed(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
-
-
-@dataclass
-class _Partition:
-    tp: TopicPartition
-    key: PartitionKey
-    epoch: int | None = None  # None until claimed
-    next_offset: int = 0  # in the database, as this owner last read or wrote it
-    fetched_to: int = 0  # records below this are in the buffer or applied
-    buffer: list[Record] = field(default_factory=list)
-    arrivals: deque[tuple[int, float]] = field(default_factory=deque)  # (first offset, fetched at)
-    retry_at: float | None = None
-    fenced: bool = False
-    claim: asyncio.Task[None] | None = None
-
-    def take(self, records: list[Record], now: float) -> None:
-        fresh = [r for r in records if r.offset >= self.fetched_to]
-        if fresh:
-            self.buffer += fresh
-            self.arrivals.append((fresh[0].offset, now))
-            self.fetched_to = fresh[-1].offset + 1
-
-    def applied(self, next_offset: int) -> None:
-        self.next_offset = next_offset
-        i = 0
-        while i < len(self.buffer) and self.buffer[i].offset < next_offset:
-            i += 1
-        del self.buffer[:i]
-        if not self.buffer:
-            self.arrivals.clear()
-        while len(self.arrivals) > 1 and self.arrivals[1][0] <= self.buffer[0].offset:
-            self.arrivals.popleft()
-
-    def clear(self) -> None:
-        self.buffer.clear()
-        self.arrivals.clear()
-
-    @property
-    def oldest_at(self) -> float:
-        """When the oldest buffered record was fetched."""
-        return self.arrivals[0][1] if self.arrivals else 0.0
 
 
 class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -117,7 +74,7 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         self._on_bad_record = on_bad_record
         self._batch = sink.batch or settings.sql_sink_batch_size
         self._wait_s = settings.sql_sink_max_batch_wait_ms / 1000
-        self._parts: dict[TopicPartition, _Partition] = {}
+        self._parts: dict[TopicPartition, SinkPartition] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._started = False
@@ -195,12 +152,12 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         for tp in assigned:
-            p = _Partition(tp, PartitionKey(self.group, tp.topic, tp.partition))
+            p = SinkPartition(tp, PartitionKey(self.group, tp.topic, tp.partition))
             self._parts[tp] = p
             self._sync_pause(p)
             p.claim = asyncio.get_running_loop().create_task(self._claim(p))
 
-    async def _claim(self, p: _Partition) -> None:
+    async def _claim(self, p: SinkPartition) -> None:
         """Bump the partition's epoch and read its offset in one transaction, then seek there
         (docs/architecture.md, *Exactly-once into a database*, step 1)."""
         claimed: list[tuple[int, int]] = []
@@ -229,21 +186,22 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         if p is not None and p.epoch is not None and not p.fenced:
             p.take(records, now)  # else fetched before the claim's seek: fetched again from there
 
-    def _due(self, p: _Partition, now: float) -> bool:
+    def _due(self, p: SinkPartition, now: float) -> bool:
         if p.epoch is None or p.fenced or not p.buffer:
             return False
         if p.retry_at is not None:
             return now >= p.retry_at
         return len(p.buffer) >= self._batch or now - p.oldest_at >= self._wait_s
 
-    async def _flush(self, p: _Partition) -> None:
+    async def _flush(self, p: SinkPartition) -> None:
         """Write the partition's full batches, and the rest if it waited long enough."""
         while self._due(p, time.monotonic()):
             try:
-                await self._write(p, p.buffer[: self._batch])
-            except _Fenced:
-                await self._fenced(p)
-                return
+                try:
+                    await self._write(p, p.buffer[: self._batch])
+                except _Fenced:
+                    await self._fenced(p)  # reads the row: may meet an outage too
+                    return
             except HandlerFailedError:
                 raise  # error policy "fail": the worker stops
             except Exception as exc:  # the database (or the DLQ) cannot be used now
@@ -253,7 +211,7 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             p.retry_at = None
             self._outage.healthy()
 
-    async def _write(self, p: _Partition, records: list[Record]) -> None:
+    async def _write(self, p: SinkPartition, records: list[Record]) -> None:
         """Apply ``records`` (a prefix of the buffer); a record whose data fails is found by
         halving the batch, dead-lettered, and skipped by an offset-only transaction."""
         try:
@@ -271,7 +229,7 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._on_bad_record(self.sink.name, records[0], failed.cause)
             await self._transaction(p, [], records[0].offset + 1)
 
-    async def _transaction(self, p: _Partition, records: list[Record], next_offset: int) -> None:
+    async def _transaction(self, p: SinkPartition, records: list[Record], next_offset: int) -> None:
         """One database transaction: the sink's function on ``records``, then the fenced offset
         update from ``p.next_offset`` to ``next_offset``; committed, or rolled back on any error."""
         assert p.epoch is not None
@@ -307,7 +265,7 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
         headers = tuple(r.headers or ())
         return SinkRecord(key, value, r.topic, r.partition, r.offset, r.timestamp, headers)
 
-    async def _fenced(self, p: _Partition) -> None:
+    async def _fenced(self, p: SinkPartition) -> None:
         """No row matched: if the epoch is still ours, an earlier commit whose answer was lost
         (a dropped connection) did go through: take its offset and go on. Otherwise a newer owner
         claimed the partition: drop what is buffered and wait, paused, for the rebalance."""
@@ -334,7 +292,7 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
             wait = min(wait, max(0.0, min(retries) - time.monotonic()))
         return max(1, min(100, int(wait * 1000)))
 
-    def _sync_pause(self, p: _Partition) -> None:
+    def _sync_pause(self, p: SinkPartition) -> None:
         consumer = self._consumer
         if consumer is None or p.tp not in consumer.assignment():
             return

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 from kafka_helpers import unique_name
 from sql_helpers import PostgresServer, query
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from workers import produce
 
+from onceflow import App, SinkRecord, SinkTransaction
+from onceflow.runtime.clients import Clients
+from onceflow.runtime.metrics import Metrics
+from onceflow.runtime.sql_health import SinkMetrics
 from onceflow.runtime.sql_offsets import PartitionKey, advance, claim, create_tables, make_engine
+from onceflow.runtime.sql_runner import SinkRunner
 from onceflow.settings import load_settings
 
 KEY = PartitionKey("g", "orders", 0)
@@ -115,3 +124,81 @@ async def test_a_paused_zombie_inside_its_transaction_is_ended_by_the_server(
     assert not committed
     assert await query(dsn, "SELECT id FROM payments") == []
     await engine.dispose()
+
+
+async def test_a_running_sink_whose_partition_is_claimed_elsewhere_writes_nothing_more(
+    postgres: PostgresServer, bootstrap_servers: str, new_topic, caplog
+) -> None:
+    """A sink (in this process, real broker and server) writes a first part of its topic; then
+    another owner claims its partition (as the next owner of a zombie does): the sink's next
+    batch matches no row, is rolled back, and the partition stays closed."""
+    engine, dsn = await _engine(postgres)
+    topic = await new_topic("fence-run", partitions=1)
+    app = App(unique_name("fence-run"))
+    source = app.topic(topic, key_serde="str", value_serde="str")
+
+    @app.sql_sink(source, batch=10, name="payments")
+    async def write(tx: SinkTransaction, records: Sequence[SinkRecord[str, str]]) -> None:
+        for r in records:
+            await _pay(tx.connection, r.value, tx.epoch, r.offset)
+
+    settings = load_settings(bootstrap_servers=bootstrap_servers, sql_sink_max_batch_wait_ms=10)
+    registry = Metrics(app.app_id, eos=True)
+    metrics = SinkMetrics(registry)
+    group = f"{app.app_id}-sink-payments"
+
+    async def no_bad_record(*_: object) -> None:
+        raise AssertionError("no record fails here")
+
+    runner = SinkRunner(
+        app.sql_sinks["payments"], group=group, engine=engine, settings=settings,
+        clients=Clients(settings, client_id=app.app_id), metrics=metrics, owner="old",
+        on_bad_record=no_bad_record,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    running = asyncio.create_task(runner.run(stop))
+    key = PartitionKey(group, topic, 0)
+    try:
+        await produce(bootstrap_servers, topic, [(b"c", f"a{i}".encode()) for i in range(100)])
+        await _until(lambda: _offset(dsn, key), 100, running)
+        assert await _claim_key(engine, key, "new") == (2, 100)  # the next owner claims
+        with caplog.at_level(logging.INFO, "onceflow.sql_sink"):
+            await produce(bootstrap_servers, topic, [(b"c", f"b{i}".encode()) for i in range(50)])
+            await _until(lambda: _fenced(registry), 1.0, running)
+        await asyncio.sleep(1)  # a closed partition stays closed
+        assert await query(dsn, "SELECT count(*), max(epoch) FROM payments") == [(100, 1)]
+        assert await _offset(dsn, key) == 100
+        assert "partition 0 fenced: epoch 1 superseded by 2" in caplog.text
+    finally:
+        stop.set()
+        await running
+        await runner.close()
+
+
+async def _claim_key(engine: AsyncEngine, key: PartitionKey, owner: str) -> tuple[int, int]:
+    async with engine.begin() as conn:
+        return await claim(conn, key, owner)
+
+
+async def _offset(dsn: str, key: PartitionKey) -> object:
+    rows = await query(
+        dsn,
+        "SELECT next_offset FROM onceflow_offsets WHERE consumer_group = "
+        f"'{key.group}' AND topic = '{key.topic}' AND topic_partition = {key.partition}",
+    )
+    return rows[0][0] if rows else None
+
+
+async def _fenced(metrics: Metrics) -> float | None:
+    labels = {"app": metrics.app_id, "sink": "payments", "result": "fenced"}
+    return metrics.registry.get_sample_value("onceflow_sink_transactions_total", labels)
+
+
+async def _until(
+    read: Callable[[], Awaitable[object]], value: object, running: asyncio.Task[None]
+) -> None:
+    deadline = time.monotonic() + 60
+    while (got := await read()) != value:
+        assert not running.done(), running
+        assert time.monotonic() < deadline, f"{got} != {value}"
+        await asyncio.sleep(0.05)
