@@ -12,7 +12,7 @@ data dir::
 
 PostgreSQL refuses to run as root (CI runs as root): then the server runs as ``nobody`` through
 ``setpriv``, with the data dir given to that user; when the binaries sit under a path ``nobody``
-cannot traverse (a venv under /root), they are copied into ``DATA_DIR/pginstall`` first.
+cannot traverse (a venv under /root), they are copied into ``DATA_DIR/pg/`` first.
 
 Command line (prints ``dsn=postgresql://postgres@127.0.0.1:PORT/postgres`` after ``start``)::
 
@@ -56,14 +56,20 @@ def _traversable_by_others(path: Path) -> bool:
 
 
 def _binaries(data_dir: Path) -> Path:
-    """The pginstall folder the server user can run: the wheel's own, or a copy in data_dir."""
+    """The bin folder the server user can run: the wheel's own, or a copy in data_dir that
+    keeps the wheel's layout (the binaries find their libraries at ``$ORIGIN/../../../
+    pgserver.libs``)."""
     install = _install()
     if os.geteuid() != 0 or _traversable_by_others(install):
         return install / "bin"
-    copy = data_dir / "pginstall"
-    if not (copy / "bin" / "postgres").exists():
-        shutil.copytree(install, copy, ignore=shutil.ignore_patterns("include"), dirs_exist_ok=True)
-    return copy / "bin"
+    copy = data_dir / "pg"
+    if not (copy / "pgserver" / "pginstall" / "bin" / "postgres").exists():
+        skip = shutil.ignore_patterns("include")
+        shutil.copytree(install, copy / "pgserver" / "pginstall", ignore=skip, dirs_exist_ok=True)
+        libs = install.parent.parent / "pgserver.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, copy / "pgserver.libs", dirs_exist_ok=True)
+    return copy / "pgserver" / "pginstall" / "bin"
 
 
 def _as_server_user(cmd: list[str]) -> list[str]:

@@ -673,8 +673,9 @@ class Worker:
                     await asyncio.wait_for(self._stop.wait(), 1)
         finally:
             self.phase = "stopping"
-            sinks.cancel()
+            self._stop.set()  # the sinks finish their batch in flight, then stop
             await asyncio.wait({sinks}, timeout=self.settings.shutdown_grace_ms / 1000 or 1)
+            sinks.cancel()  # if still running: a batch cut short rolls back, read again later
             await self.sql_sinks.close()
             self.phase = "stopped"
         if self.fatal_error is not None:
