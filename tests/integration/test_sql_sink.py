@@ -17,6 +17,7 @@ from sql_helpers import (
     create_schema,
     free_port,
     payments,
+    query,
     wait_first_row,
     wait_rows,
 )
@@ -134,3 +135,20 @@ async def test_postgres_down_and_up(
         assert worker.log_text().count("database unavailable") == 1, "one log line per outage"
     finally:
         worker.stop()
+
+
+async def test_error_policy_fail_stops_the_worker_at_the_poison_row(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    dsn = f"sqlite+aiosqlite:///{tmp_path / 'payments.db'}"
+    await create_schema(dsn)
+    worker, good, _, _ = await start_payments(
+        bootstrap_servers, new_topic, tmp_path, dsn, 100,
+        ONCEFLOW_TEST_SINK_ONLY=1, ONCEFLOW_ERROR_POLICY="fail",
+    )  # fmt: skip
+    code = worker.wait(60)
+    assert code not in (None, 0), worker.log_text()[-3000:]
+    assert "(error policy 'fail')" in worker.log_text()
+    # What came before the poison row in its partition was committed, nothing after it.
+    rows = await query(dsn, "SELECT id FROM payments")
+    assert {str(r[0]) for r in rows} <= set(good) and "p5" not in {str(r[0]) for r in rows}
