@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import shutil
 import socket
 import statistics
 import tempfile
@@ -176,6 +177,7 @@ async def run(bootstrap: str | None, repeat: int, records: int, workdir: Path) -
                       f"ratio {s / b:.2f}", flush=True)  # fmt: skip
     finally:
         pg.stop(data_dir, "immediate")
+        shutil.rmtree(data_dir, ignore_errors=True)
     return {"machine": info, "repeat": repeat, "records": records, "batches": results}
 
 
