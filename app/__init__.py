@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from onceflow.settings import Settings, load_settings
     from onceflow.sliding import SlidingWindowedTable
     from onceflow.source_tables import SourceTable
+    from onceflow.sql_sink import SinkRecord, SinkTransaction
     from onceflow.tables import Table, WindowedTable, WindowValue
     from onceflow.topics import Topic
     from onceflow.topology import App, Handler
@@ -76,6 +77,8 @@ _WHERE = {
     "Settings": "onceflow.settings",
     "load_settings": "onceflow.settings",
     "SlidingWindowedTable": "onceflow.sliding",
+    "SinkRecord": "onceflow.sql_sink",
+    "SinkTransaction": "onceflow.sql_sink",
     "SourceTable": "onceflow.source_tables",
     "Table": "onceflow.tables",
     "WindowedTable": "onceflow.tables",
@@ -113,6 +116,8 @@ __all__ = [
     "Session",
     "SessionTable",
     "Settings",
+    "SinkRecord",
+    "SinkTransaction",
     "Sliding",
     "SlidingWindowedTable",
     "SourceTable",

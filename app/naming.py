@@ -22,6 +22,7 @@ __all__ = [
     "changelog_topic",
     "dlq_topic",
     "repartition_topic",
+    "sink_group",
     "task_id",
     "transactional_id",
 ]
@@ -40,6 +41,12 @@ def repartition_topic(app_id: str, name: str) -> str:
 def dlq_topic(app_id: str) -> str:
     """The dead-letter topic: records that could not be processed, with the headers below."""
     return f"{app_id}-dlq"
+
+
+def sink_group(app_id: str, sink: str) -> str:
+    """The consumer group of SQL sink ``sink``: its offsets live in the database, keyed by this
+    name (``onceflow_offsets.consumer_group``); the group's Kafka commits are informational."""
+    return f"{app_id}-sink-{sink}"
 
 
 def task_id(group: str, partition: int) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from onceflow.errors import ConfigurationError
 
@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
+    # SQL sinks (docs/architecture.md, *Exactly-once into a database*): the DSN of sinks
+    # declared without database=, named DSNs (a JSON object) for database="name", and what
+    # every sink's engine and batches use.
+    sql_sink_dsn: SecretStr | None = None
+    sql_databases: dict[str, SecretStr] = Field(default_factory=dict)
+    sql_sink_pool_size: int = Field(default=5, ge=1)
+    sql_sink_statement_timeout_ms: int = Field(default=30_000, ge=1)
+    sql_sink_batch_size: int = Field(default=500, ge=1)
+    sql_sink_max_batch_wait_ms: int = Field(default=100, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("processing_guarantee", mode="before")
@@ -176,9 +185,18 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             field = "_".join(str(p) for p in err["loc"])
             # Never echo what was given for a secret, even a malformed one.
-            shown = "***" if field.endswith(("password", "token")) else repr(err.get("input"))
+            secret = field.endswith(("password", "token", "dsn")) or field.startswith(
+                "sql_databases"
+            )
+            shown = "***" if secret else repr(err.get("input"))
             lines.append(f"ONCEFLOW_{field.upper()}: {err['msg']} (got {shown})")
         raise ConfigurationError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    except SettingsError as exc:  # a JSON setting (ONCEFLOW_SQL_DATABASES) that does not parse
+        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        raise ConfigurationError(
+            f"invalid settings:\n  ONCEFLOW_{field.upper()}: not valid JSON (a JSON object, "
+            'e.g. {"main": "postgresql+asyncpg://user:password@host/db"})'
+        ) from None
     if settings.state_read_cache_mib is not None:
         raise ConfigurationError(
             "ONCEFLOW_STATE_READ_CACHE_MIB is no longer read: the store partitions of a worker "

@@ -19,6 +19,7 @@ from onceflow.serdes import Serde, resolve_serde
 from onceflow.sessions import SessionTable
 from onceflow.sliding import SlidingWindowedTable
 from onceflow.source_tables import SourceTable, validate_source_tables
+from onceflow.sql_sink import SinkFn, SqlSink
 from onceflow.tables import Table, WindowedTable
 from onceflow.timers import Timer, TimerFn
 from onceflow.topics import RepartitionTopic, Topic
@@ -29,6 +30,7 @@ __all__ = ["AnyTable", "App", "Handler", "HandlerFn"]
 HandlerFn = Callable[[Context, Any, Any], Awaitable[None]]
 F = TypeVar("F", bound=HandlerFn)
 T = TypeVar("T", bound=TimerFn)
+S = TypeVar("S", bound=SinkFn)
 DEFAULT_GROUP = "0"
 AnyTable = (
     Table[Any, Any]
@@ -93,6 +95,7 @@ class App:
         self.tables: dict[str, AnyTable] = {}
         self.timers: list[Timer] = []
         self.global_tables: dict[str, GlobalTable[Any, Any]] = {}
+        self.sql_sinks: dict[str, SqlSink] = {}  # by name
 
     # -- declarations --------------------------------------------------------------------------
 
@@ -195,6 +198,33 @@ class App:
                         f"{self.handlers[topic.name].name}; one handler per source topic"
                     )
                 self.handlers[topic.name] = Handler(fn, tuple(topics), group, max_retries)
+            return fn
+
+        return register
+
+    def sql_sink(
+        self,
+        topic: Topic[Any, Any],
+        *,
+        database: str | None = None,
+        batch: int | None = None,
+        name: str | None = None,
+    ) -> Callable[[S], S]:
+        """Register ``async def fn(tx, records)`` writing batches of ``topic`` into a database,
+        exactly once: the rows and the consumed offsets commit in one database transaction
+        (``onceflow.sql_sink``; docs/architecture.md, *Exactly-once into a database*).
+        ``name`` (default: the function's name) names its consumer group
+        ``<app_id>-sink-<name>``."""
+        if batch is not None and batch < 1:
+            raise ConfigurationError(f"sql sink batch must be >= 1 (got {batch})")
+
+        def register(fn: S) -> S:
+            if not inspect.iscoroutinefunction(cast(Any, fn)):
+                raise ConfigurationError(f"sql sink {fn.__qualname__} must be an async def")
+            sink_name = SqlSink.check_name(name or fn.__name__)
+            if sink_name in self.sql_sinks:
+                raise ConfigurationError(f"sql sink {sink_name!r} is declared twice")
+            self.sql_sinks[sink_name] = SqlSink(fn, topic, sink_name, database, batch)
             return fn
 
         return register

@@ -6,6 +6,7 @@
     python -m bench --only failover --only failover-standby --only scale-out --repeat 1
     python -m bench --peers --repeat 1   # faust-streaming and Quix Streams beside onceflow
     python -m bench --scaling --repeat 1 # 1/2/3 workers, 6 -> 12 partitions
+    python -m bench --sql --repeat 3     # SQL sink into PostgreSQL vs. bare asyncpg
 
 ``raw-alos`` always runs too (every figure is reported as a ratio to it, measured in the same
 run), and ``latency*`` brings ``echo-eos`` along: ``latency`` offers 50 % of echo-eos's median
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         "--peers", action="store_true", help="the peer comparison: faust-streaming, Quix Streams"
     )
     parser.add_argument("--scaling", action="store_true", help="1/2/3 workers, 12 partitions")
+    parser.add_argument(
+        "--sql", action="store_true", help="only the SQL sink into PostgreSQL (bench.sql_sink)"
+    )
     parser.add_argument(
         "--bootstrap",
         default=os.environ.get("ONCEFLOW_BOOTSTRAP_SERVERS"),
@@ -273,7 +277,13 @@ async def _main(args: argparse.Namespace) -> Path:
 def main() -> None:
     # The input producer's retries right after topic creation (NotLeaderForPartition) are noise.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    asyncio.run(_main(_parser().parse_args()))
+    args = _parser().parse_args()
+    if args.sql:
+        from bench.sql_sink import main as sql_main
+
+        sql_main(args.bootstrap, args.repeat or 3, args.records or 50_000, args.workdir)
+        return
+    asyncio.run(_main(args))
 
 
 if __name__ == "__main__":

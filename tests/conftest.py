@@ -7,12 +7,15 @@ starts its own single-node broker on free ports for the session (slower: a JVM s
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from kafka_helpers import create_topics, load_kafka_local, unique_name
+from sql_helpers import PostgresServer, free_port
 
 NewTopicFactory = Callable[..., Awaitable[str]]
 
@@ -60,3 +63,15 @@ async def new_topic(bootstrap_servers: str) -> AsyncIterator[NewTopicFactory]:
         if created:
             await admin.delete_topics(created)
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (scripts/postgres_local.py) for the SQL sink tests. Its data dir
+    is not under pytest's (closed to other users): under root the server runs as nobody."""
+    data_dir = Path(tempfile.mkdtemp(prefix="onceflow-postgres-"))
+    server = PostgresServer(data_dir, free_port())
+    server.start()
+    yield server
+    server.stop("immediate")
+    shutil.rmtree(data_dir, ignore_errors=True)

@@ -40,7 +40,7 @@ def readiness(worker: WorkerView) -> str | None:
     for group, partition in worker.assignor.owned:
         if (group, partition) not in worker.tasks:
             return f"rebuilding task {group}_{partition}"  # it failed; see the worker log
-    return None
+    return worker.sql_sinks.not_ready()  # a database down, a partition not claimed yet
 
 
 def _task_not_ready(task: TaskView) -> str | None:

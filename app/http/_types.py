@@ -25,6 +25,7 @@ __all__ = [
     "KeyValueReader",
     "NotOk",
     "RestoreView",
+    "SqlSinksView",
     "Status",
     "TableInfo",
     "Tables",
@@ -125,6 +126,14 @@ class GlobalTablesView(Protocol):
         ...
 
 
+class SqlSinksView(Protocol):
+    """The worker's SQL sinks (``onceflow.runtime.sql_sinks.SqlSinks``)."""
+
+    def not_ready(self) -> str | None:
+        """Why a sink cannot write now (readiness), or None."""
+        ...
+
+
 class WorkerView(Protocol):
     """The worker (``onceflow.runtime.Worker``) as the HTTP API sees it."""
 
@@ -152,6 +161,9 @@ class WorkerView(Protocol):
     def global_tables(self) -> GlobalTablesView:
         """Read only when the app declares global tables."""
         ...
+
+    @property
+    def sql_sinks(self) -> SqlSinksView: ...
 
     def membership(self) -> tuple[bool, str]:
         """Whether this instance is a current member of its group; if not, why (then its tasks

@@ -48,6 +48,7 @@ from onceflow.runtime.sinks import (
     Sink,
     TransactionalSink,
 )
+from onceflow.runtime.sql_sinks import SqlSinks
 from onceflow.runtime.standby import StandbyTask
 from onceflow.runtime.task import Task, TaskState
 from onceflow.runtime.watches import purge_repartitions, watch_changelogs
@@ -151,6 +152,14 @@ class Worker:
             check_interval_s=topic_check_interval_s,
             on_fatal=lambda exc: self._fatal(exc, "global tables"),
         )
+        # Exactly-once into a database (docs/architecture.md): a DSN that is missing fails here.
+        self.sql_sinks = SqlSinks(
+            app,
+            self.settings,
+            self.clients,
+            self.metrics,
+            on_fatal=lambda exc: self._fatal(exc, "sql sinks"),
+        )
 
     # -- public --------------------------------------------------------------------------------
 
@@ -167,6 +176,8 @@ class Worker:
         (docs/architecture.md, *Fencing*).
         """
         if self._consumer is None:
+            if not self.app.groups() and self.phase == "running":
+                return True, "no tasks: SQL sinks only"
             return False, "not in the group yet"
         return membership_current(self._consumer, self.settings.session_timeout_ms / 1000)
 
@@ -184,6 +195,9 @@ class Worker:
     async def run(self) -> None:
         """Run until ``stop()``; re-raises a fatal error (bad config, handler under ``fail``, a
         changelog topic deleted)."""
+        if not self.app.groups() and self.app.sql_sinks:
+            await self._run_sql_sinks_only()
+            return
         try:
             await self._setup()
             self._spawn(
@@ -197,6 +211,7 @@ class Worker:
             )  # fmt: skip
             self._spawn(self.global_tables.run(self._stop))
             self._spawn(self.ha.run(self._stop))
+            self._spawn(self.sql_sinks.run(self._stop))
             self._spawn(StateCleaner.of(self.app, self.settings).run(self._owned, self._stop))
             self._spawn(
                 purge_repartitions(
@@ -288,6 +303,8 @@ class Worker:
             await asyncio.wait_for(self.global_tables.close(), grace or 1)
         with contextlib.suppress(KafkaError, TimeoutError):
             await asyncio.wait_for(self.ha.close(), grace or 1)
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(self.sql_sinks.close(), grace or 1)
         if self._shared_producer is not None:
             with contextlib.suppress(KafkaError, TimeoutError):
                 await asyncio.wait_for(self._shared_producer.stop(), grace or 1)
@@ -640,6 +657,33 @@ class Worker:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await starting
+
+    async def _run_sql_sinks_only(self) -> None:
+        """An app of SQL sinks and no handlers: no group of tasks, only the sinks' consumers
+        (docs/architecture.md, *Exactly-once into a database*)."""
+        admin_client = self.clients.admin()
+        try:
+            await self.clients.start(admin_client)
+            admin = TopicAdmin(admin_client, replication_factor=self.settings.replication_factor)
+            await admin.ensure(internal_topics(self.app, {}))  # the dead-letter topic
+        finally:
+            await admin_client.close()
+        self.phase = "running"
+        sinks = self._spawn(self.sql_sinks.run(self._stop))
+        try:
+            while not self._stop.is_set() and not sinks.done():
+                self.last_loop_at = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1)
+        finally:
+            self.phase = "stopping"
+            self._stop.set()  # the sinks finish their batch in flight, then stop
+            await asyncio.wait({sinks}, timeout=self.settings.shutdown_grace_ms / 1000 or 1)
+            sinks.cancel()  # if still running: a batch cut short rolls back, read again later
+            await self.sql_sinks.close()
+            self.phase = "stopped"
+        if self.fatal_error is not None:
+            raise self.fatal_error
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

@@ -13,7 +13,7 @@ PUBLIC = {
     "App", "ChangelogMissingError", "ConfigurationError", "Context", "CopartitioningError",
     "GlobalTable", "Handler", "HandlerFailedError", "Hopping", "OnceflowError", "Serde",
     "SerdeError", "Session", "SessionTable", "Settings", "Sliding", "SlidingWindowedTable",
-    "SourceTable",
+    "SourceTable", "SinkRecord", "SinkTransaction",
     "StateError", "StoreCorruptError", "StoreLockedError", "Table",
     "TaskFencedError", "TaskScope", "Topic", "TopicNotFoundError", "Tumbling", "WindowValue",
     "WindowedTable", "WrongPartitionError", "load_settings", "resolve_serde",

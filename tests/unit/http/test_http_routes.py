@@ -98,6 +98,13 @@ def make_app() -> App:
     return app
 
 
+class NoSqlSinks:
+    """An app without SQL sinks: nothing for readiness to wait for."""
+
+    def not_ready(self) -> str | None:
+        return None
+
+
 class FakeWorker:
     """What create_api reads of a Worker; owns tasks for the partitions in ``mine``."""
 
@@ -113,6 +120,7 @@ class FakeWorker:
         self.standbys: dict[tuple[str, int], Any] = {}  # see test_http_stale.py
         self.assignor = FakeAssignor(url)
         self.current: tuple[bool, str] = (True, "current")
+        self.sql_sinks = NoSqlSinks()
         for p in range(PARTITIONS):
             owner = url if p in mine else (OTHER if url == SELF else SELF)
             self.assignor.owners[("0", p)] = owner
