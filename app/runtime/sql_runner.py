@@ -151,6 +151,11 @@ class SinkRunner(ConsumerRebalanceListener):  # type: ignore[misc]
                     self.metrics.lag.remove(self.metrics.app_id, self.sink.name, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        assigned = sorted(assigned)
+        log.info(
+            "sql sink %r: assigned partitions %s",
+            self.sink.name, ", ".join(str(tp.partition) for tp in assigned) or "(none)",
+        )  # fmt: skip
         for tp in assigned:
             p = SinkPartition(tp, PartitionKey(self.group, tp.topic, tp.partition))
             self._parts[tp] = p
