@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from kafka_helpers import REPO, read_to_end
+from kafka_helpers import REPO, read_to_end, unique_name
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
-from workers import WorkerProcess
+from workers import WorkerProcess, produce, worker_env
 
 # The tables of tests/apps/sql_payments.py: no unique key on payments, so that a payment
 # written twice shows up as two rows.
@@ -179,3 +179,21 @@ async def wait_first_row(dsn: str, worker: WorkerProcess, timeout: float = 90) -
     while not (await query(dsn, "SELECT count(*) FROM payments"))[0][0]:
         assert worker.alive and time.monotonic() < deadline, worker.log_text()[-3000:]
         await asyncio.sleep(0.1)
+
+
+async def start_payments(
+    bootstrap: str, new_topic, tmp_path: Path, dsn: str, n: int, **extra: str | int
+) -> tuple[WorkerProcess, dict[str, tuple[str, int]], str, int]:
+    source = await new_topic("pay-in", partitions=3)
+    forwarded = await new_topic("pay-fwd", partitions=3)
+    app_id = unique_name("sqlpay")
+    records, good = payments(n)
+    await produce(bootstrap, source, records)
+    port = free_port()
+    env = worker_env(
+        bootstrap, app_id, tmp_path / "state",
+        ONCEFLOW_TEST_INPUT=source, ONCEFLOW_TEST_OUTPUT=forwarded, ONCEFLOW_SQL_SINK_DSN=dsn,
+        ONCEFLOW_HTTP_PORT=port, **extra,
+    )  # fmt: skip
+    worker = WorkerProcess("tests.apps.sql_payments", env, tmp_path / "worker.log").start()
+    return worker, good, app_id, port

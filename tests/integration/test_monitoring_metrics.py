@@ -16,6 +16,7 @@ import httpx
 from kafka_helpers import load_kafka_local, recent_window_start
 from monitoring import missing_names, used_names
 from prometheus_client.parser import text_string_to_metric_families
+from sql_helpers import create_schema, start_payments, wait_rows
 from workers import AppUnderTest, WorkerProcess, app_under_test, produce
 
 # The series the inputs below must have moved before the scrape counts.
@@ -85,16 +86,27 @@ async def test_every_metric_the_dashboard_and_rules_read_is_exported(
     # Then a record for a window closed long ago (late) and one the int64 serde cannot read.
     inputs += [(b"k0", ONE, base), (b"k1", b"not an int64", base + 8000)]
     await produce(bootstrap_servers, app.source, inputs)
+    # And a worker of an app with a SQL sink (into a SQLite file): the sink_* series.
+    dsn = f"sqlite+aiosqlite:///{tmp_path / 'payments.db'}"
+    await create_schema(dsn)
+    (tmp_path / "sink").mkdir()
+    sinking, good, _, sink_port = await start_payments(
+        bootstrap_servers, new_topic, tmp_path / "sink", dsn, 300, ONCEFLOW_TEST_SINK_ONLY=1
+    )
     try:
+        await wait_rows(dsn, len(good), sinking, timeout=90)
         async with httpx.AsyncClient(timeout=5) as http:
             exposition = await poll(
                 lambda: scrape(http, worker, port), lambda e: moved(e) == set(MOVED)
             )
+            sink_exposition = await scrape(http, sinking, sink_port)
     finally:
         worker.stop()
+        sinking.stop()
     assert moved(exposition) == set(MOVED), f"not moved: {set(MOVED) - moved(exposition)}"
+    assert any(v > 0 for _, v in samples(sink_exposition, "onceflow_sink_records_total"))
     assert len(used_names()) >= 20
-    assert missing_names(exposition) == {}
+    assert missing_names(exposition + sink_exposition) == {}
 
 
 def lagging(exposition: str) -> set[str]:

@@ -15,31 +15,12 @@ from sql_helpers import (
     check_dead_letters,
     check_exactly_once,
     create_schema,
-    free_port,
-    payments,
     query,
+    start_payments,
     wait_first_row,
     wait_rows,
 )
-from workers import WorkerProcess, produce, worker_env
-
-
-async def start_payments(
-    bootstrap: str, new_topic, tmp_path: Path, dsn: str, n: int, **extra: str | int
-) -> tuple[WorkerProcess, dict[str, tuple[str, int]], str, int]:
-    source = await new_topic("pay-in", partitions=3)
-    forwarded = await new_topic("pay-fwd", partitions=3)
-    app_id = unique_name("sqlpay")
-    records, good = payments(n)
-    await produce(bootstrap, source, records)
-    port = free_port()
-    env = worker_env(
-        bootstrap, app_id, tmp_path / "state",
-        ONCEFLOW_TEST_INPUT=source, ONCEFLOW_TEST_OUTPUT=forwarded, ONCEFLOW_SQL_SINK_DSN=dsn,
-        ONCEFLOW_HTTP_PORT=port, **extra,
-    )  # fmt: skip
-    worker = WorkerProcess("tests.apps.sql_payments", env, tmp_path / "worker.log").start()
-    return worker, good, app_id, port
+from workers import WorkerProcess, worker_env
 
 
 async def test_exactly_once_into_sqlite(bootstrap_servers: str, new_topic, tmp_path: Path) -> None:

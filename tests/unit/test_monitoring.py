@@ -22,10 +22,14 @@ from monitoring import (
 from prometheus_client import generate_latest
 
 from onceflow.runtime import Metrics
+from onceflow.runtime.sql_health import SinkMetrics
 
 
 def registered() -> str:
-    return generate_latest(Metrics("app", eos=True).registry).decode()
+    """What a worker of an app with a SQL sink registers (an app without one has no sink_*)."""
+    metrics = Metrics("app", eos=True)
+    SinkMetrics(metrics)
+    return generate_latest(metrics.registry).decode()
 
 
 def test_every_name_the_dashboard_and_rules_read_is_registered() -> None:
