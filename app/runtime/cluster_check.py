@@ -37,7 +37,9 @@ __all__ = [
     "named_like_internal",
 ]
 
-Role = Literal["source", "source table", "global table", "changelog", "repartition", "dlq"]
+Role = Literal[
+    "source", "source table", "global table", "sql sink source", "changelog", "repartition", "dlq"
+]
 Status = Literal["ok", "missing", "mismatch"]
 
 
@@ -147,6 +149,8 @@ def _wanted(app: App, topology: Topology) -> dict[str, tuple[Role, int | None]]:
                 wanted[source.topic] = (role, group.partitions)
     for table in topology.global_tables:
         wanted[table.topic] = ("global table", None)
+    for sink in topology.sql_sinks:
+        wanted.setdefault(sink.topic, ("sql sink source", None))
     for topic in topology.internal_topics:
         wanted[topic.name] = (topic.kind, topic.partitions)
     return wanted

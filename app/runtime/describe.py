@@ -22,7 +22,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from onceflow.global_tables import GlobalTable
+from onceflow.naming import sink_group
 from onceflow.runtime.admin import internal_topics
+from onceflow.sql_sink import SqlSink
 from onceflow.tables import TableBase
 from onceflow.topics import RepartitionTopic, Topic
 from onceflow.topology import AnyTable, App
@@ -99,6 +101,17 @@ class GlobalTableInfo(BaseModel):
     value_serde: str
 
 
+class SqlSinkInfo(BaseModel):
+    """A SQL sink: where it reads, its consumer group (the key of its offsets in the database),
+    and where its database is configured (never the DSN itself: it may hold a password)."""
+
+    name: str
+    topic: str
+    consumer_group: str
+    database: str
+    batch: int | None
+
+
 class InternalTopicInfo(BaseModel):
     """A topic the worker creates at start, with the configs it creates it with."""
 
@@ -117,6 +130,7 @@ class Topology(BaseModel):
     handlers: list[HandlerInfo]
     tables: list[TableDescription]
     global_tables: list[GlobalTableInfo]
+    sql_sinks: list[SqlSinkInfo]
     internal_topics: list[InternalTopicInfo]
 
 
@@ -155,7 +169,24 @@ def describe_topology(app: App, counts: Mapping[str, int] | None = None) -> Topo
             )
             for t in app.global_tables.values()
         ],
+        sql_sinks=[_sql_sink(app, sink) for sink in app.sql_sinks.values()],
         internal_topics=_internal(app, group_partitions),
+    )
+
+
+def _sql_sink(app: App, sink: SqlSink) -> SqlSinkInfo:
+    if sink.database is None:
+        database = "ONCEFLOW_SQL_SINK_DSN"
+    elif "://" in sink.database:
+        database = f"a {sink.database.split('://')[0]} URL in the code"
+    else:
+        database = f"ONCEFLOW_SQL_DATABASES[{sink.database!r}]"
+    return SqlSinkInfo(
+        name=sink.name,
+        topic=sink.topic.name,
+        consumer_group=sink_group(app.app_id, sink.name),
+        database=database,
+        batch=sink.batch,
     )
 
 

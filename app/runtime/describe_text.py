@@ -46,6 +46,15 @@ def _topology_lines(t: Topology) -> Iterator[str]:
         yield f"  {_table_line(table)}"
     for g in t.global_tables:
         yield f"  {g.name} [global] topic={g.topic} key={g.key_serde} value={g.value_serde}"
+    if t.sql_sinks:
+        yield ""
+        yield "sql sinks (offsets in their database, keyed by consumer group):"
+    for k in t.sql_sinks:
+        batch = "setting" if k.batch is None else k.batch
+        yield (
+            f"  {k.name}: {k.topic} -> database from {k.database}; "
+            f"consumer group {k.consumer_group}, batch {batch}"
+        )
     yield ""
     yield "internal topics (created by the worker at start):"
     for i in t.internal_topics:

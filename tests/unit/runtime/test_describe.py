@@ -206,3 +206,29 @@ def test_what_counts_as_a_mismatch() -> None:
     assert _problems("source", 4, 3, {}, {}) == ["3 partitions, the task group's count is 4"]
     assert "onceflow topics create" in _problems("source", 4, None, {}, {})[0]
     assert "the worker creates it at start" in _problems("dlq", 4, None, {}, {})[0]
+
+
+def test_sql_sinks_are_described_without_their_dsn() -> None:
+    app = App("shop")
+    orders = app.topic("orders", key_serde="str", value_serde="json")
+
+    @app.sql_sink(orders, name="orders", batch=100)
+    async def into_env_dsn(tx: object, records: object) -> None:
+        pass
+
+    @app.sql_sink(orders, name="named", database="main")
+    async def into_named(tx: object, records: object) -> None:
+        pass
+
+    @app.sql_sink(orders, name="literal", database="postgresql+asyncpg://u:secret@db/shop")
+    async def into_literal(tx: object, records: object) -> None:
+        pass
+
+    sinks = {s.name: s for s in describe_topology(app).sql_sinks}
+    assert sinks["orders"].consumer_group == "shop-sink-orders"
+    assert (sinks["orders"].database, sinks["orders"].batch) == ("ONCEFLOW_SQL_SINK_DSN", 100)
+    assert sinks["named"].database == "ONCEFLOW_SQL_DATABASES['main']"
+    assert sinks["literal"].database == "a postgresql+asyncpg URL in the code"
+    text = render_text(describe_topology(app))
+    assert "secret" not in text and "secret" not in describe_topology(app).model_dump_json()
+    assert "orders: orders -> database from ONCEFLOW_SQL_SINK_DSN" in text
