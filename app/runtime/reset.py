@@ -37,6 +37,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from onceflow.errors import OnceflowError, StoreLockedError
+from onceflow.naming import sink_group
 from onceflow.runtime.admin import TopicAdmin, internal_topics
 from onceflow.runtime.clients import Clients
 from onceflow.runtime.reset_plan import (
@@ -112,7 +113,10 @@ async def plan_reset(
     client = clients.admin()
     await clients.start(client)
     try:
-        plan.members = await _members(client, app.app_id)
+        # A worker runs the app's tasks and its SQL sinks (each in a group of its own; an app of
+        # sinks alone has no task group members): any live member refuses the reset.
+        groups_of_app = [app.app_id, *(sink_group(app.app_id, n) for n in app.sql_sinks)]
+        plan.members = [m for g in groups_of_app for m in await _members(client, g)]
         existing = set(await client.list_topics())
         groups = [g[0] for g in await _retry(client.list_consumer_groups)]
         declared = [t.name for t in internal_topics(app, dict.fromkeys(app.groups(), 1))]
@@ -232,7 +236,7 @@ async def _members(client: AIOKafkaAdminClient, group: str) -> list[Member]:
     for response in responses:
         for described in response.to_object()["groups"]:
             for m in described["members"]:
-                members.append(Member(m["member_id"], m["client_id"], m["client_host"]))
+                members.append(Member(m["member_id"], m["client_id"], m["client_host"], group))
     return members
 
 

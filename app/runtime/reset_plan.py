@@ -110,9 +110,11 @@ class Member:
     member_id: str
     client_id: str
     host: str
+    group: str = ""
 
     def __str__(self) -> str:
-        return f"{self.client_id} on {self.host.lstrip('/')} (member {self.member_id})"
+        where = f" of group {self.group!r}" if self.group else ""
+        return f"{self.client_id} on {self.host.lstrip('/')} (member {self.member_id}{where})"
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class ResetPlan:
         if self.members:
             live = "; ".join(map(str, self.members))
             reasons.append(
-                f"consumer group {self.app_id!r} has live members: {live}. Stop every worker "
+                f"app {self.app_id!r} has live group members: {live}. Stop every worker "
                 "of the app (and wait for the group to empty), then reset"
             )
         reasons.extend(self.locked)

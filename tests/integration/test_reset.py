@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from kafka_helpers import REPO, create_topics, load_kafka_local, read_to_end, unique_name
+from sql_helpers import create_schema, start_payments, wait_first_row
 from test_windowed_count import WINDOW, expected_outputs
 from workers import WorkerProcess, by_partition, collect, onceflow_command, produce, worker_env
 
@@ -94,7 +95,7 @@ async def test_reset_then_restart_reproduces_a_fresh_run(
         # (a) refused while the worker is in the group, naming it
         refused = onceflow(env, "reset", WINDOWED)
         assert refused.returncode == 1, refused.stdout + refused.stderr
-        assert "has live members" in refused.stderr
+        assert "has live group members" in refused.stderr
         assert f"{app_id}-{socket.gethostname()}-{worker.proc.pid}" in refused.stderr  # type: ignore[union-attr]
     finally:
         assert worker.stop() == 0, worker.log_text()[-3000:]
@@ -272,3 +273,23 @@ async def test_describe_lists_what_the_worker_created_and_reset_removes_it(
         await admin.delete_topics([foreign])
     finally:
         await admin.close()
+
+
+async def test_reset_refuses_while_a_sql_sink_runs(
+    bootstrap_servers: str, new_topic, tmp_path: Path
+) -> None:
+    """An app of SQL sinks alone has no task group: its workers are members of the sinks'
+    groups (``<app_id>-sink-<name>``), and the reset refuses on those too."""
+    dsn = f"sqlite+aiosqlite:///{tmp_path / 'payments.db'}"
+    await create_schema(dsn)
+    worker, _, app_id, _ = await start_payments(
+        bootstrap_servers, new_topic, tmp_path, dsn, 200, ONCEFLOW_TEST_SINK_ONLY=1
+    )
+    try:
+        await wait_first_row(dsn, worker)
+        env = {**worker.env, "ONCEFLOW_APP_ID": app_id}
+        refused = onceflow(env, "reset", "tests.apps.sql_payments", "--dry-run")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"of group '{app_id}-sink-payments'" in refused.stderr, refused.stderr
+    finally:
+        assert worker.stop() == 0, worker.log_text()[-3000:]
