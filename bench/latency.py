@@ -9,14 +9,22 @@ clock. Records sent in the first ``WARMUP_S`` seconds are not counted.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.kafka_io import create_topics, key_of, padded, unique
-from bench.procs import wait_ready
-from bench.scenarios import PARTITIONS, RunContext, Scenario, start_workers, stop_workers
+from bench.procs import Proc, wait_ready
+from bench.scenarios import (
+    PARTITIONS,
+    RunContext,
+    Scenario,
+    cpu_mark,
+    start_workers,
+    stop_workers,
+)
 
 __all__ = ["percentiles", "produce_paced", "run_latency"]
 
@@ -111,8 +119,12 @@ async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[
         await wait_ready(procs, PARTITIONS)
         sent: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         since_ns = time.time_ns() + int(WARMUP_S * 1e9)
+        # Where the machine's cores go while the load runs: the workers, the broker, and this
+        # process (the paced producer and the timing consumer share its one event loop).
+        marks = (cpu_mark(ctx, procs), time.process_time(), time.monotonic())
         consumer = asyncio.create_task(_consume(ctx.bootstrap, out, sent, since_ns))
         sent.set_result(await produce_paced(ctx.bootstrap, inp, rate, ctx.latency_seconds))
+        cpu = _cpu_shares(ctx, procs, marks)
         async with asyncio.timeout(120):
             latencies = await consumer
         for proc in procs:
@@ -128,4 +140,21 @@ async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[
         "latency_ms": {**stats, "max": max(latencies), "mean": sum(latencies) / len(latencies)},
         "histogram_ms": percentiles(latencies, (*(float(q) for q in range(1, 100)), 99.9)),
         "peak_rss_mb": max(p.peak_rss for p in procs) / 2**20,
+        "cpu_cores": cpu,
     }
+
+
+def _cpu_shares(
+    ctx: RunContext, procs: list[Proc], marks: tuple[tuple[float, float], float, float]
+) -> dict[str, float]:
+    """Cores used since ``marks`` by the workers, the broker and this harness (and their sum),
+    against ``os.cpu_count()``: a sum near it means the figures measure a saturated machine."""
+    (workers0, broker0), harness0, at = marks
+    workers1, broker1 = cpu_mark(ctx, procs)
+    seconds = max(time.monotonic() - at, 1e-9)
+    shares = {
+        "workers": (workers1 - workers0) / seconds,
+        "broker": (broker1 - broker0) / seconds,
+        "harness": (time.process_time() - harness0) / seconds,
+    }
+    return {**shares, "total": sum(shares.values()), "machine": float(os.cpu_count() or 1)}
