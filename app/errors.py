@@ -17,7 +17,7 @@ docs/architecture.md, *Failures*)::
     │   ├── StoreLockedError               retriable  another worker on this host holds the store
     │   ├── StoreCorruptError              retriable  unreadable SQLite file (wiped and restored)
     │   ├── WrongPartitionError            retriable  a handler wrote another partition's key
-    │   └── RestoreChildGoneError          retriable  the restore writer's child process died
+    │   └── RestoreChildGoneError          retriable  a store I/O child process died
     ├── TaskFencedError                    fenced     another instance took over the task
     ├── TaskCorruptedError                 retriable  the open transaction cannot be committed
     ├── RestoreCancelledError              cancelled  the task was revoked while it restored
@@ -131,7 +131,8 @@ class WrongPartitionError(StateError):
 
 
 class RestoreChildGoneError(StateError):
-    """The restore writer's child process exited (idle, or killed) before it answered."""
+    """A store I/O child process (``onceflow.state.sqlite.store_io``) exited before it
+    answered, twice (killed, or out of memory)."""
 
 
 class TaskFencedError(OnceflowError):

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     state_read_cache_mib: str | None = None
     # SQLite's page cache per store partition (a worker holds tables x partitions of them).
     state_page_cache_mib: int = Field(default=4, ge=1)
+    # Child processes that run SQLite for the worker's stores (None: one per core, at most 4;
+    # 0: SQLite in the worker process).
+    state_io_processes: int | None = Field(default=None, ge=0, le=64)
     # Stores of tasks this worker no longer owns are deleted once unused this long.
     state_cleanup_delay_ms: int = Field(default=600_000, ge=0)
     # How often the records every reader committed are deleted from repartition topics.

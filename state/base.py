@@ -295,7 +295,7 @@ class BufferedStorePartition(ABC):
     # _read_committed: durable value (read caches allowed, see _generation).
     # _committed_range: durable items of [lo, hi) in key order.
     # _commit: durably apply batch then checkpoint (and _topic_id_to_record(checkpoint));
-    #   return the keys its ranges removed.
+    #   return the keys its ranges removed (None: unknown, the caches forget everything).
     # _after_commit / _after_restore: update read caches (called under _state_lock).
     # _restore: durably apply the records and the checkpoint (and _topic_id_to_record).
 
@@ -312,10 +312,10 @@ class BufferedStorePartition(ABC):
     ) -> list[tuple[bytes, bytes]]: ...
 
     @abstractmethod
-    def _commit(self, batch: WriteBatch, checkpoint: int | None) -> list[bytes]: ...
+    def _commit(self, batch: WriteBatch, checkpoint: int | None) -> list[bytes] | None: ...
 
     @abstractmethod
-    def _after_commit(self, batch: WriteBatch, range_deleted: list[bytes]) -> None: ...
+    def _after_commit(self, batch: WriteBatch, range_deleted: list[bytes] | None) -> None: ...
 
     @abstractmethod
     def _restore(self, latest: dict[bytes, bytes | None], last_offset: int) -> None: ...

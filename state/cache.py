@@ -5,12 +5,13 @@ negative entry each first-seen key would cost a SQLite round trip.
 
 Two kinds, with the same interface (``ReadCache``):
 
-* ``LruCache``: one store partition's own cache. Not thread-safe by itself: the store partition
-  guards it with its state lock.
+* ``LruCache``: one store partition's own cache. Lookups may come from any thread; changes are
+  not thread-safe by themselves: the store partition makes them under its state lock.
 * ``SharedCache``: one memory budget for every store partition of a worker, one LRU over all of
   them; each store partition reads and writes it through its ``view()``. The budget follows the
   working set: a store partition whose keys are hot holds most of it, an idle one's entries age
-  out. Thread-safe (a lock of its own: store partitions flush in worker threads).
+  out. Thread-safe (a lock of its own for what changes its accounting: store partitions flush
+  and load in worker threads; lookups take no lock).
 """
 
 from __future__ import annotations
@@ -113,9 +114,9 @@ class LruCache:
         """The cached value (None = absent), or ``MISS``."""
         try:
             value = self._entries[key]
+            self._entries.move_to_end(key)  # evicted meanwhile by a thread: a miss
         except KeyError:
             return MISS
-        self._entries.move_to_end(key)
         return value
 
     def store(self, key: bytes, value: bytes | None) -> None:
@@ -250,15 +251,17 @@ class SharedCache:
             return (0, 0) if owner is None else (owner.entries, owner.bytes)
 
     def _lookup(self, full: bytes) -> bytes | Miss | None:
+        # Without the lock: a lookup changes no accounting, and each OrderedDict operation is
+        # atomic under the GIL. An entry evicted between the two is a miss (a read of SQLite);
+        # the lock would make the event loop wait for a thread storing a whole batch.
         shards = self._shards
         entries = shards[hash(full) % len(shards)]
-        with self._lock:
-            try:
-                value = entries[full]
-            except KeyError:
-                return MISS
+        try:
+            value = entries[full]
             entries.move_to_end(full)
-            return value
+        except KeyError:
+            return MISS
+        return value
 
     def _store(self, prefix: bytes, items: Iterable[tuple[bytes, bytes | None]]) -> None:
         shards, sizes, limit = self._shards, self._shard_bytes, self._shard_limit

@@ -75,7 +75,7 @@ class InMemoryStorePartition(BufferedStorePartition):
                 self._data[key] = value
         self._sorted = None
 
-    def _after_commit(self, batch: WriteBatch, range_deleted: list[bytes]) -> None:
+    def _after_commit(self, batch: WriteBatch, range_deleted: list[bytes] | None) -> None:
         pass  # no read cache
 
     def _restore(self, latest: dict[bytes, bytes | None], last_offset: int) -> None:

@@ -1,8 +1,9 @@
 """The SQLite backend: one database file per (store, partition).
 
 ``file`` (the database, its schema and writes), ``partition`` (``SqliteStorePartition`` and
-``open_store``), ``lock`` (the host-local task lock), ``restore_writer`` with ``_restore_child``
-(big restore batches applied in a child process, so SQLite gets a core of its own).
+``open_store``), ``lock`` (the host-local task lock), ``store_io`` with ``_io_child``
+(SQLite run by child processes: restores, commits' writes, batched reads, so that it
+gets a core of its own).
 """
 
 from onceflow.state.sqlite.lock import TaskLock

@@ -19,27 +19,30 @@ primary-key index orders keys bytewise and serves range reads without a scan.
 Two plain ``sqlite3`` connections share the file, each used in the thread that calls it (sqlite3
 releases the GIL while SQLite works): a writer (flush, restore: a worker thread) and a read-only
 reader (prefetch in a worker thread, point reads on the event loop). In WAL mode the reader sees
-only committed transactions and is not queued behind a running flush. (Both went through
-sqlitedict before: a request to its thread and back per statement, and per row read, cost
-~0.1 ms each, and its thread's loop held the GIL against the event loop.)
+only committed transactions and is not queued behind a running flush. With ``offload`` (the
+default), writes of more than a few rows and reads of more than a few keys run in the worker's
+store I/O children instead (``store_io``: SQLite off the event loop's interpreter), each over a
+connection of its own to the file; small ones stay here, where a round trip to a child would
+cost more than the statement.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import resource
 import shutil
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from onceflow.errors import StateError, StoreCorruptError
-from onceflow.state.sqlite.restore_writer import restore_writer
+from onceflow.state.sqlite import store_io
 
 __all__ = [
     "DB_FILE",
@@ -51,6 +54,8 @@ __all__ = [
     "disk_diagnosis",
     "stored_checkpoint",
 ]
+
+log = logging.getLogger("onceflow.state")
 
 DB_FILE = "data.sqlite"
 _TABLE = "kv"
@@ -85,6 +90,17 @@ _DISK_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
 # Under this much free space a failed write is blamed on a full file system.
 _LOW_SPACE = 64 * 1024 * 1024
 _T = TypeVar("_T")
+# Writes of at least this many rows, and reads of at least this many keys, go to a store I/O
+# child (``offload``): below, a round trip to it (~0.1 ms) costs more than it takes off the loop.
+CHILD_MIN_ROWS = 64
+CHILD_MIN_KEYS = 32
+
+
+class _InProcess:
+    """``SqliteFile._in_child``'s answer when no child could be started."""
+
+
+_IN_PROCESS: Final = _InProcess()
 
 
 def db_files(directory: Path) -> list[Path]:
@@ -256,10 +272,13 @@ def _padded(keys: Sequence[bytes], size: int) -> Iterator[Sequence[bytes]]:
 class SqliteFile:
     """Open writer and reader connections to one store database (all blocking calls)."""
 
-    def __init__(self, file: Path, *, page_cache_kib: int) -> None:
+    def __init__(self, file: Path, *, page_cache_kib: int, offload: bool | None = None) -> None:
         """``page_cache_kib``: SQLite's page cache of *each* of the two connections (it fills up
-        to the smaller of this and the file's size, and stays allocated while open)."""
+        to the smaller of this and the file's size, and stays allocated while open).
+        ``offload``: big reads and writes run in the store I/O children (``store_io``; None:
+        unless ``store_io.configure(0)``)."""
         self.file = file
+        self.offload = store_io.enabled() if offload is None else offload
         # Writes come one at a time (the store partition's write lock); reads too (_read_lock).
         self._writer: Any = None  # sqlite3.Connection (Any: tests wrap it)
         self._reader: sqlite3.Connection | None = None
@@ -294,8 +313,13 @@ class SqliteFile:
         return None if row is None else bytes(row[0])
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
-        """Committed values of the raw keys that exist, one round trip per 999 keys."""
-        found: dict[bytes, bytes] = {}
+        """Committed values of the raw keys that exist, one round trip per 1,024 keys."""
+        if self.offload and len(keys) >= CHILD_MIN_KEYS:
+            self._check_readable()
+            found = self._in_child("reading", lambda io: io.read(self.file, keys))
+            if not isinstance(found, _InProcess):
+                return found
+        found = {}
         for chunk in _padded(keys, _KEYS):
             marks = ",".join("?" * len(chunk))
             sql = f'SELECT key, value FROM "{_TABLE}" WHERE key IN ({marks})'
@@ -321,12 +345,28 @@ class SqliteFile:
         rows = self._select(sql, args)
         return rows[0] if rows else None
 
+    def _check_readable(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise StateError(f"store database {str(self.file)!r} is closed")
+        return self._reader
+
+    def _in_child(self, doing: str, call: Callable[[store_io.StoreIO], _T]) -> _T | _InProcess:
+        """``call`` the worker's store I/O pool; ``_IN_PROCESS`` (and in-process from now on)
+        if no child can be started."""
+        try:
+            return call(store_io.store_io(_CHILD_LAYOUT))
+        except sqlite3.Error as exc:
+            raise translate(exc, self.file, doing) from exc
+        except OSError as exc:
+            log.warning("SQLite of store %s runs in-process: %s", self.file.parent, exc)
+            self.offload = False
+            return _IN_PROCESS
+
     def _select(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         with self._read_lock:
-            if self._reader is None:
-                raise StateError(f"store database {str(self.file)!r} is closed")
+            reader = self._check_readable()
             try:
-                return self._reader.execute(sql, args).fetchall()
+                return reader.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
                 raise translate(exc, self.file, "reading") from exc
 
@@ -338,16 +378,25 @@ class SqliteFile:
         puts: Sequence[tuple[bytes, bytes]] = (),
         meta: Sequence[tuple[bytes, bytes]] = (),
         checkpoint: int | None = None,
-    ) -> list[bytes]:
-        """Apply, in one transaction and in this order: range deletions, deletes, puts, meta
-        and the checkpoint. Returns the keys the range deletions removed (to evict from caches).
-        On any error the transaction is rolled back and the file is unchanged."""
-        rows = [*puts, *meta]
+    ) -> list[bytes] | None:
+        """Apply, in one transaction and in this order: range deletions, deletes, puts (in key
+        order), meta and the checkpoint. Returns the keys the range deletions removed (to evict
+        from caches), or None when they are unknown (``StoreIO.write``). On any error the
+        transaction is rolled back and the file is unchanged."""
+        meta = [*meta]
         if checkpoint is not None:
-            rows.append((META_CHECKPOINT, _OFFSET.pack(checkpoint)))
+            meta.append((META_CHECKPOINT, _OFFSET.pack(checkpoint)))
         conn = self._writer
         if conn is None:
             raise StateError(f"store database {str(self.file)!r} is closed")
+        if self.offload and (ranges or len(puts) + len(deletes) >= CHILD_MIN_ROWS):
+            answer = self._in_child(
+                "writing", lambda io: io.write(self.file, ranges, deletes, puts, meta)
+            )
+            if not isinstance(answer, _InProcess):
+                return answer
+        # Sorted keys walk the index in order: fewer pages touched than in arrival order.
+        rows = [*sorted(puts), *meta]
         # Multi-row statements (not executemany: it releases and takes back the GIL per row,
         # and each take may wait for the event loop's thread to give it up).
         try:
@@ -373,13 +422,13 @@ class SqliteFile:
         meta: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         """Like ``write`` (deletes, then puts in key order, then meta and the checkpoint, in one
-        transaction) for ``latest`` (keys get ``prefix``; None deletes), applied by the restore
-        writer's child process (``restore_writer``). Raises OSError if it cannot start."""
+        transaction) for ``latest`` (keys get ``prefix``; None deletes), applied by a store I/O
+        child (``store_io``). Raises OSError if none can start."""
         if self._writer is None:
             raise StateError(f"store database {str(self.file)!r} is closed")
         meta = [*meta, (META_CHECKPOINT, _OFFSET.pack(checkpoint))]
         try:
-            restore_writer(_CHILD_LAYOUT).apply(self.file, prefix, latest, meta)
+            store_io.store_io(_CHILD_LAYOUT).apply(self.file, prefix, latest, meta)
         except sqlite3.Error as exc:
             raise translate(exc, self.file, "writing") from exc
 
@@ -401,7 +450,9 @@ class SqliteFile:
             pass  # SQLite already rolled back (e.g. disk full): nothing left to undo
 
     def close(self) -> None:
-        """Close both connections (the last one to close checkpoints and removes the WAL)."""
+        """Close the children's connections, then both of ours (the last one to close
+        checkpoints and removes the WAL)."""
+        store_io.release(self.file)
         with self._read_lock:
             reader, self._reader = self._reader, None
         for handle in (reader, self._writer):
@@ -414,14 +465,17 @@ class SqliteFile:
 # index too.
 _UPSERT_HEAD = f'INSERT INTO "{_TABLE}" (key, value) VALUES '
 _UPSERT_TAIL = " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-# What the restore writer's child needs to write like SqliteFile.write (``_restore_child``).
+# What a store I/O child needs to read and write like SqliteFile (``_io_child``). Its
+# connections stay open (up to ``_io_child.MAX_OPEN``): a smaller page cache than ours.
 _CHILD_LAYOUT = (
     _UPSERT_HEAD,
     "(?,?)",
     _UPSERT_TAIL,
     f'DELETE FROM "{_TABLE}" WHERE key IN (',
     _ROWS,
-    ("PRAGMA synchronous=NORMAL", "PRAGMA cache_size=-2048", "PRAGMA wal_autocheckpoint=4000"),
+    ("PRAGMA synchronous=NORMAL", "PRAGMA cache_size=-512", "PRAGMA wal_autocheckpoint=4000"),
+    f'SELECT key, value FROM "{_TABLE}" WHERE key IN (',
+    f'DELETE FROM "{_TABLE}" WHERE ',
 )
 
 

@@ -50,8 +50,8 @@ CACHE_BYTES = 2 * 2**20
 PAGE_CACHE_MIB = 4
 """Default SQLite page cache of a store partition, both connections together."""
 OFFLOAD_MIN_RECORDS = 1_000
-"""Restore batches of at least this many keys are written by a child process (see
-``restore_writer``), so that SQLite and the changelog's decoding use two cores."""
+"""Restore batches of at least this many keys are written by a store I/O child (see
+``store_io``), so that SQLite and the changelog's decoding use two cores."""
 
 # User keys live under b"k"; metadata under b"m" (see file.py).
 _DATA = b"k"
@@ -95,11 +95,11 @@ class SqliteStorePartition(BufferedStorePartition):
         lock_timeout_s: float = 0.0,
         integrity: Integrity = "auto",
         page_cache_mib: int = PAGE_CACHE_MIB,
-        offload_restore: bool = True,
+        offload: bool | None = None,
         cache: ReadCache | None = None,
     ) -> None:
         self.path = Path(path)
-        self._offload_restore = offload_restore
+        self._offload = offload
         super().__init__(str(self.path))
         self.file = self.path / DB_FILE
         # Both connections get half; SQLite's own default is 2 MiB per connection.
@@ -128,7 +128,7 @@ class SqliteStorePartition(BufferedStorePartition):
                     stale.unlink(missing_ok=True)
             unclean = db_files(self.path)[1].exists()  # the WAL outlived its last connection
             check_file(self.file, deep=integrity == "always" or (integrity == "auto" and unclean))
-            self._db = SqliteFile(self.file, page_cache_kib=self._page_cache_kib)
+            self._db = self._open_file()
         except BaseException:
             if owned:
                 lock.close()
@@ -139,6 +139,9 @@ class SqliteStorePartition(BufferedStorePartition):
         # How the rows are laid out (durable), and the layout the next write records.
         self._layout = self._db.layout_at_open
         self._current_layout: bytes | None = None
+
+    def _open_file(self) -> SqliteFile:
+        return SqliteFile(self.file, page_cache_kib=self._page_cache_kib, offload=self._offload)
 
     @property
     def layout(self) -> bytes | None:
@@ -171,10 +174,13 @@ class SqliteStorePartition(BufferedStorePartition):
         does not void it: only the keys it wrote are left out."""
         self._check_open()
         cache = self._cache
+        # The cache is looked up without the state lock (the event loop reads this store
+        # meanwhile): a key a flush changes after this look-up is read below, after
+        # ``_begin_read``, and so tracked.
+        missing = [key for key in set(keys) if cache.lookup(key) is MISS]
+        if not missing:
+            return
         with self._state_lock:
-            missing = [key for key in set(keys) if cache.lookup(key) is MISS]
-            if not missing:
-                return
             epoch = self._begin_read()
         found: dict[bytes, bytes] = {}
         try:
@@ -228,7 +234,7 @@ class SqliteStorePartition(BufferedStorePartition):
         rows = self._db.range(_DATA + lo, _DATA + hi, limit)
         return [(key[1:], value) for key, value in rows]
 
-    def _commit(self, batch: WriteBatch, checkpoint: int | None) -> list[bytes]:
+    def _commit(self, batch: WriteBatch, checkpoint: int | None) -> list[bytes] | None:
         puts: list[tuple[bytes, bytes]] = []
         deletes: list[bytes] = []
         for key, value in batch.writes.items():
@@ -237,8 +243,6 @@ class SqliteStorePartition(BufferedStorePartition):
             else:
                 puts.append((_DATA + key, value))
         ranges = [(_DATA + lo, _DATA + hi) for lo, hi in batch.ranges]
-        # Sorted keys walk the index in order: fewer pages touched than in arrival order.
-        puts.sort()
         removed = self._db.write(
             ranges=ranges,
             deletes=deletes,
@@ -247,7 +251,7 @@ class SqliteStorePartition(BufferedStorePartition):
             checkpoint=checkpoint,
         )
         self._layout_recorded()
-        return [key[1:] for key in removed]
+        return None if removed is None else [key[1:] for key in removed]
 
     def _layout_recorded(self) -> None:
         if self._current_layout is not None:
@@ -262,7 +266,12 @@ class SqliteStorePartition(BufferedStorePartition):
             meta.append((META_LAYOUT, layout))
         return meta
 
-    def _after_commit(self, batch: WriteBatch, range_deleted: list[bytes]) -> None:
+    def _after_commit(self, batch: WriteBatch, range_deleted: list[bytes] | None) -> None:
+        if range_deleted is None:  # which keys the ranges removed is unknown: forget them all
+            self._epoch += 1
+            self._cache.clear()
+            self._cache.store_many(batch.writes.items())
+            return
         changed = self._changed
         if changed is not None:  # reads in flight may have seen these keys' old values
             changed.update(range_deleted)
@@ -272,7 +281,7 @@ class SqliteStorePartition(BufferedStorePartition):
         self._cache.store_many(batch.writes.items())
 
     def _restore(self, latest: dict[bytes, bytes | None], last_offset: int) -> None:
-        if self._offload_restore and len(latest) >= OFFLOAD_MIN_RECORDS:
+        if self._db.offload and len(latest) >= OFFLOAD_MIN_RECORDS:
             try:
                 self._db.write_in_child(
                     _DATA, latest, checkpoint=last_offset, meta=self._meta(last_offset)
@@ -281,11 +290,9 @@ class SqliteStorePartition(BufferedStorePartition):
                 return
             except OSError as exc:  # no child process: this batch, and the next, in-process
                 log.warning("restoring store %s in-process: %s", self.path, exc)
-                self._offload_restore = False
+                self._db.offload = False
         puts = [(_DATA + k, v) for k, v in latest.items() if v is not None]
         deletes = [_DATA + k for k, v in latest.items() if v is None]
-        # Sorted keys walk the index in order: fewer pages dirtied per transaction.
-        puts.sort()
         self._db.write(
             deletes=deletes, puts=puts, meta=self._meta(last_offset), checkpoint=last_offset
         )
@@ -303,7 +310,7 @@ class SqliteStorePartition(BufferedStorePartition):
         self._db.close()
         for file in db_files(self.path):
             file.unlink(missing_ok=True)
-        self._db = SqliteFile(self.file, page_cache_kib=self._page_cache_kib)
+        self._db = self._open_file()
 
     def _close_storage(self) -> None:
         try:

@@ -40,7 +40,7 @@ REQUIRED_IN_WHEEL = [
     "onceflow/http/__init__.py",
     "onceflow/testing/__init__.py",
     "onceflow/state/__init__.py",
-    "onceflow/state/sqlite/_restore_child.py",  # run as a script by path: it must ship as a file
+    "onceflow/state/sqlite/_io_child.py",  # run as a script by path: it must ship as a file
     "onceflow/examples/windowed_count.py",
 ]
 STEP_TIMEOUT_S = 280
@@ -276,12 +276,12 @@ def test_public_imports_work(installed: Installed, outside: Path):
         from onceflow import App, Context, Tumbling
         import onceflow.state
         import onceflow.examples.windowed_count as example
-        from onceflow.state.sqlite import restore_writer
+        from onceflow.state.sqlite import store_io
 
         assert isinstance(example.app, App), example.app
         assert Context.__name__ == "Context" and Tumbling(minutes=5)
-        # The restore writer runs its child by file path (python -I -S): the file must exist.
-        assert Path(restore_writer._SCRIPT).is_file(), restore_writer._SCRIPT
+        # The store I/O pool runs its children by file path (python -I -S): the file must exist.
+        assert Path(store_io._SCRIPT).is_file(), store_io._SCRIPT
         """,
         outside,
     )

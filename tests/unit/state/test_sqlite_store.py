@@ -87,7 +87,7 @@ def test_crash_inside_flush_before_commit_applies_nothing(tmp_path: Path) -> Non
         import os, sys
         from pathlib import Path
         from onceflow.state.sqlite.partition import SqliteStorePartition
-        store = SqliteStorePartition(Path(sys.argv[1]))
+        store = SqliteStorePartition(Path(sys.argv[1]), offload=False)  # the in-process writer
         store.put(b"a", b"1")
         store.flush(5)
         class CrashAtCommit:
@@ -118,7 +118,7 @@ def test_crash_inside_flush_before_commit_applies_nothing(tmp_path: Path) -> Non
 def test_failed_flush_rolls_back_and_keeps_the_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SqliteStorePartition(tmp_path)
+    store = SqliteStorePartition(tmp_path, offload=False)  # the in-process writer
     store.put(b"a", b"1")
     store.flush(1)
     real = sqlite_file._upsert_sql
