@@ -37,6 +37,7 @@ from onceflow.runtime.punctuation import Punctuator
 from onceflow.runtime.retries import Held
 from onceflow.runtime.source_tables import TableFeed
 from onceflow.runtime.stores import AnyTable, TaskStores
+from onceflow.window_ranges import RangeTable
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
@@ -141,6 +142,9 @@ class Task:
         self._parked_records = 0
         # Per source topic: the tables keyed like it, whose keys a fetched batch names.
         self._prefetch: dict[str, list[AnyTable]] = {}
+        # Per partition, the load of its latest fetched batch begun ahead of processing
+        # (``preload``; docs/architecture.md, *The life of a record*).
+        self._loads: dict[TopicPartition, asyncio.Future[None]] = {}
         self._effects = Effects(
             app_id=app.app_id,
             dlq_topic=app.dlq_topic,
@@ -348,6 +352,11 @@ class Task:
         handler = self.app.handlers[tp.topic]
         await self.sink.begin()
         tables = self._tables_keyed_like(tp.topic)
+        if (loading := self._loads.pop(tp, None)) is not None:
+            # Begun when this batch (or a later one: then this one's load ran before) was
+            # fetched; the range tables' loads are never begun early (``preload``).
+            await loading
+            tables = [t for t in tables if isinstance(t, RangeTable)]
         if tables:
             await asyncio.to_thread(self._stores.load, tables, records)
         # The per-record loop, with everything it touches in locals: it is the hot path.
@@ -563,6 +572,21 @@ class Task:
         self._effects.count_sent()
         await self.sink.flush()
 
+    def preload(self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        """Begin loading the committed values of ``records``' keys into the read caches, in a
+        worker thread, so that they are there when ``process`` runs the records: the worker
+        hands the next fetched batch here while it processes this one, and the SQLite reads
+        overlap the handlers (docs/architecture.md, *The life of a record*). Not for session and
+        sliding-window tables: their per-key copies are loaded by ``process`` itself."""
+        if self.state is not TaskState.RUNNING or tp.topic in self._feed or not records:
+            return
+        tables = [t for t in self._tables_keyed_like(tp.topic) if not isinstance(t, RangeTable)]
+        if not tables:
+            return
+        loading = asyncio.ensure_future(asyncio.to_thread(self._stores.load, tables, records))
+        loading.add_done_callback(_retrieve)  # an earlier one it replaces may never be awaited
+        self._loads[tp] = loading
+
     def _tables_keyed_like(self, topic: str) -> list[AnyTable]:
         """Tables whose keys are serialized like ``topic``'s: a record's key bytes are then
         likely the key the handler reads, worth loading before the batch is handled."""
@@ -661,5 +685,14 @@ class Task:
             await self.sink.abort()
         finally:
             self.state = TaskState.CLOSED
+            loads, self._loads = list(self._loads.values()), {}
+            await asyncio.gather(*loads, return_exceptions=True)  # no load reads closed stores
             await self._stores.close()
             await self.sink.close()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a load's failure as seen: the batch that awaits it fails the task, or a later load
+    replaced it and the records' own reads tell."""
+    if not future.cancelled():
+        future.exception()

@@ -18,6 +18,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -53,6 +54,7 @@ from onceflow.runtime.standby import StandbyTask
 from onceflow.runtime.task import Task, TaskState
 from onceflow.runtime.watches import purge_repartitions, watch_changelogs
 from onceflow.settings import Settings, load_settings
+from onceflow.state.sqlite import store_io
 from onceflow.topology import App
 
 __all__ = ["Worker"]
@@ -62,6 +64,15 @@ log = logging.getLogger("onceflow.worker")
 COMMIT_POLL_MS = 5
 """How long the loop waits for input at most while a commit runs: its task's records and next
 commit wait until the loop collects it."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A fetched batch, and the running task each of its partitions belonged to when it was
+    fetched (None: none was running; its records are dropped)."""
+
+    batch: dict[TopicPartition, list[Any]]
+    owners: dict[TopicPartition, Task | None]
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -198,6 +209,7 @@ class Worker:
         if not self.app.groups() and self.app.sql_sinks:
             await self._run_sql_sinks_only()
             return
+        store_io.configure(self.settings.state_io_processes)
         try:
             await self._setup()
             self._spawn(
@@ -319,6 +331,12 @@ class Worker:
 
     async def _loop(self) -> None:
         consumer = self.consumer
+        # The batch fetched last round, its loads begun (``Task.preload``), processed after the
+        # next fetch: SQLite reads for one batch overlap the handlers of the one before
+        # (docs/architecture.md, *The life of a record*). With the tasks it was fetched for: a
+        # task closed and opened again meanwhile starts from its committed offsets and fetches
+        # them again.
+        ahead: Fetched | None = None
         while not self._stop.is_set():
             self.last_loop_at = now = time.monotonic()
             next_at = min(
@@ -333,7 +351,7 @@ class Worker:
                 wait_ms = min(wait_ms, COMMIT_POLL_MS)  # collect it soon after it finishes
             try:
                 batch = await consumer.getmany(
-                    timeout_ms=wait_ms, max_records=self.settings.max_poll_records
+                    timeout_ms=0 if ahead else wait_ms, max_records=self.settings.max_poll_records
                 )
             except KafkaError as exc:
                 log.warning("fetch failed: %r; retrying", exc)
@@ -341,8 +359,9 @@ class Worker:
                 continue
             async with self._lock:
                 await self._finish_commits()
-                if batch or self._inputs.holding:
-                    await self._process(batch)
+                fetched, ahead = ahead, self._preload(batch) if batch else None
+                if fetched is not None or self._inputs.holding:
+                    await self._process(fetched)
                 await self._retry_due()
                 await self._wall_clock_due()
                 self._begin_commits()
@@ -387,15 +406,29 @@ class Worker:
         if due:
             await self._each(due, lambda task, _: run(task))
 
-    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    def _preload(self, batch: dict[TopicPartition, list[Any]]) -> Fetched:
+        """``batch`` with the tasks it was fetched for, each told to begin loading its keys."""
+        owners: dict[TopicPartition, Task | None] = {}
+        for tp in batch:
+            task = self.tasks.get((self.app.group_of(tp.topic), tp.partition))
+            # Only a running task's: one still starting seeks its committed offsets when it
+            # starts, and fetches these records again.
+            owners[tp] = task if task is not None and task.state is TaskState.RUNNING else None
+            if task is not None:
+                task.preload(tp, batch[tp])
+        return Fetched(batch, owners)
+
+    async def _process(self, fetched: Fetched | None) -> None:
         per_task: dict[TaskKey, list[tuple[TopicPartition, list[Any]]]] = {}
         consumed = self.metrics.records_consumed
-        for tp, records in batch.items():
+        fetched = fetched or Fetched({}, {})
+        for tp, records in fetched.batch.items():
             key = (self.app.group_of(tp.topic), tp.partition)
             task = self.tasks.get(key)
             consumed.labels(self.app.app_id, tp.topic, str(tp.partition)).inc(len(records))
-            # Records of a task that is not running are dropped: its start seeks explicitly.
-            if task is not None and task.state is TaskState.RUNNING:
+            # Records of a task that is not running, or not the one they were fetched for, are
+            # dropped: its start seeks explicitly.
+            if task is not None and task is fetched.owners[tp] and task.state is TaskState.RUNNING:
                 per_task.setdefault(key, []).append((tp, records))
         if self.settings.max_task_idle_ms > 0:  # a task may hold records back (HeldInputs)
             running = {k: t for k, t in self.tasks.items() if t.state is TaskState.RUNNING}
