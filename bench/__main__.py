@@ -7,6 +7,7 @@
     python -m bench --peers --repeat 1   # faust-streaming and Quix Streams beside onceflow
     python -m bench --scaling --repeat 1 # 1/2/3 workers, 6 -> 12 partitions
     python -m bench --sql --repeat 3     # SQL sink into PostgreSQL vs. bare asyncpg
+    python -m bench --only sum-100k --base /work/wt-base   # and the same on another checkout
 
 ``raw-alos`` always runs too (every figure is reported as a ratio to it, measured in the same
 run), and ``latency*`` brings ``echo-eos`` along: ``latency`` offers 50 % of echo-eos's median
@@ -18,13 +19,17 @@ share one filled 5M-record changelog (``bench.failover``).
 ``--peers`` adds the peer comparison (``bench.peers``: pinned virtualenvs of faust-streaming and
 Quix Streams, created once under ~/.cache/onceflow/bench-peers/) and ``--scaling`` the scaling
 runs; with ``--only``, only what is named, plus the baselines the named scenarios are compared
-to. Peers run only when named or with ``--peers``.
+to. Peers run only when named or with ``--peers``. ``--base DIR`` runs every selected onceflow
+throughput scenario a second time as ``<name>.base`` on the onceflow of another checkout
+(``DIR``, its ``build/typecheck`` view first on the workers' PYTHONPATH): two versions of the
+code in one run, round-robin, on the same broker — the only comparison this noisy machine allows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -76,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ha-rate", type=float, default=2_000.0, help="records/s offered in the HA scenarios"
     )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="also run each onceflow throughput scenario on this checkout's code (<name>.base)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onceflow-bench"))
     parser.add_argument("--output", type=Path, help="JSON file (bench/results/<time>.json)")
     return parser
@@ -105,6 +115,29 @@ def _selection(
         wanted.add("echo-eos")
     wanted |= {b for name in wanted if (b := SCENARIOS[name].baseline) is not None}
     return [name for name in SCENARIOS if name in wanted]  # declaration order
+
+
+def _with_base(names: list[str], base: Path) -> list[str]:
+    """``names`` with ``<name>.base`` after each onceflow throughput scenario, registered in
+    ``SCENARIOS``: the same scenario on the code of the checkout ``base``."""
+    view = base.resolve() / "build" / "typecheck"
+    if not (view / "onceflow").is_dir():
+        raise SystemExit(f"--base {base}: no {view}/onceflow; run scripts/typecheck_view.py there")
+    path = os.pathsep.join([str(view), str(base.resolve())])
+    out = []
+    for name in names:
+        out.append(name)
+        scenario = SCENARIOS[name]
+        if scenario.kind == "throughput" and scenario.module is not None:
+            SCENARIOS[f"{name}.base"] = dataclasses.replace(
+                scenario,
+                name=f"{name}.base",
+                title=f"{scenario.title}, on {base}",
+                env={**scenario.env, "PYTHONPATH": path},
+                experiment=True,
+            )
+            out.append(f"{name}.base")
+    return out
 
 
 class Changelogs:
@@ -225,6 +258,8 @@ def _write(out: Path, result: dict[str, Any]) -> None:
 async def _main(args: argparse.Namespace) -> Path:
     suites = frozenset(s for s in ("peers", "scaling") if getattr(args, s))
     names = _selection(args.only, args.quick, suites)
+    if args.base is not None:
+        names = _with_base(names, args.base)
     peers = sorted({p for name in names if (p := SCENARIOS[name].peer) is not None})
     for peer in peers:  # before the broker and the clock: the first time, this installs
         ensure(peer)

@@ -63,24 +63,39 @@ class Proc:
         return self.popen is not None and self.popen.poll() is None
 
     def sample_rss(self) -> None:
+        """Peak RSS so far, the process's own plus its live children's (a worker's store I/O
+        children: ``ONCEFLOW_STATE_IO_PROCESSES``), each at its own peak: an upper bound."""
         if self._ps is None or not self.alive:
             return
         with contextlib.suppress(psutil.Error, OSError):
-            self.peak_rss = max(self.peak_rss, self._ps.memory_info().rss, self._vmhwm())
+            own = max(self._ps.memory_info().rss, self._vmhwm(self.pid))
+            children = 0
+            for child in self._ps.children(recursive=True):
+                with contextlib.suppress(psutil.Error, OSError):
+                    children += max(child.memory_info().rss, self._vmhwm(child.pid))
+            self.peak_rss = max(self.peak_rss, own + children)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the process has used so far (all its threads)."""
+        """User + system CPU time the process has used so far (all its threads), and its
+        children's: the live ones' and the exited ones' it waited for."""
         if self._ps is None:
             return 0.0
         try:
             times = self._ps.cpu_times()
+            live = self._ps.children(recursive=True)
         except psutil.Error:
             return 0.0
-        return float(times.user + times.system)
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in live:
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                total += t.user + t.system
+        return float(total)
 
-    def _vmhwm(self) -> int:
+    @staticmethod
+    def _vmhwm(pid: int) -> int:
         try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
+            status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             return 0
         match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)

@@ -1,11 +1,14 @@
 """Profile a worker under load with py-spy, and summarize where its time goes.
 
     python -m bench.profile echo-eos [--records 200000] [--bootstrap HOST:PORT] [--rate 250]
+                                     [--full] [--threads]
 
 Runs one throughput scenario (bench.scenarios) and attaches ``py-spy record --nonblocking
 --format raw`` to the first worker from the backlog's release until the last record is
 committed, so the profile holds the steady state only (no start-up, no idle time: py-spy drops
-idle threads). For ``restore`` it samples from the worker's start until every task is running
+idle threads; ``--threads`` keeps idle samples and puts each stack under its thread, to see
+whether the event loop waits). Stateful scenarios run with ``--quick``'s key count unless
+``--full``. For ``restore`` it samples from the worker's start until every task is running
 (``--quick`` sizes: 200k changelog records). Writes the collapsed stacks to
 ``bench/results/profile-<scenario>.txt`` and prints the top functions by own time and by
 inclusive time, and the time per layer (aiokafka, onceflow ``app``/``state``, prometheus_client,
@@ -61,13 +64,17 @@ def _pyspy() -> str:
 Stop = Callable[[], Awaitable[None]]
 
 
-def profiler(out: Path, rate: int) -> Callable[[list[Proc]], Awaitable[Stop]]:
-    """An ``on_release`` hook: start py-spy on the first worker, return how to stop it."""
+def profiler(
+    out: Path, rate: int, *, threads: bool = False
+) -> Callable[[list[Proc]], Awaitable[Stop]]:
+    """An ``on_release`` hook: start py-spy on the first worker, return how to stop it.
+    ``threads``: idle samples too, each stack under its thread (is the event loop waiting?)."""
 
     async def attach(procs: list[Proc]) -> Stop:
         spy = subprocess.Popen(  # noqa: ASYNC220 - starting it is quick; it runs on its own
             [_pyspy(), "record", "--pid", str(procs[0].pid), "--format", "raw", "--nonblocking",
-             "--rate", str(rate), "--output", str(out), "--duration", "3600"],
+             "--rate", str(rate), "--output", str(out), "--duration", "3600",
+             *(["--idle", "--threads"] if threads else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -145,8 +152,8 @@ async def _profile(args: argparse.Namespace) -> None:
             broker_pid=kafka.pid,
             workdir=Path("/tmp/onceflow-bench") / time.strftime("profile-%Y%m%d-%H%M%S"),
             records=args.records,
-            quick=True,
-            on_release=profiler(out, args.rate),
+            quick=not args.full,
+            on_release=profiler(out, args.rate, threads=args.threads),
         )
         if scenario.kind == "restore":
             changelog = Changelog(ctx, scenario)
@@ -166,6 +173,12 @@ def main() -> None:
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--summarize", type=Path, help="only summarize a collapsed-stack file")
+    parser.add_argument(
+        "--full", action="store_true", help="the scenario's full key count (default: --quick's)"
+    )
+    parser.add_argument(
+        "--threads", action="store_true", help="sample idle threads too, stacks by thread"
+    )
     args = parser.parse_args()
     if args.summarize:
         print(summarize(args.summarize))

@@ -99,6 +99,10 @@ HA_ENV = {"ONCEFLOW_PROBING_REBALANCE_INTERVAL_MS": "15000"}
 FAILOVER_ENV = {**HA_ENV, "ONCEFLOW_STATE_CLEANUP_DELAY_MS": "5000"}
 
 
+# SQLite in the worker process, not in store I/O children: what the children bring.
+IN_PROCESS = {"ONCEFLOW_STATE_IO_PROCESSES": "0"}
+
+
 def _peer_suite(keys: int, suffix: str) -> list[Scenario]:
     """onceflow's reference app with 1 s commits and each peer's, over ``keys`` keys."""
     base = f"windowed-eos-1s{suffix}"
@@ -172,6 +176,12 @@ SCENARIOS: dict[str, Scenario] = {
         # Experiments (only with --only): settings.
         Scenario("exp-echo-commit1s", "throughput", "echo EOS, commit interval 1 s", ECHO,
                  env={"ONCEFLOW_COMMIT_INTERVAL_MS": "1000"}, experiment=True),
+        Scenario("exp-windowed-200k-inproc", "throughput",
+                 "windowed-200k, SQLite in the worker process", WINDOWED, keys=200_000,
+                 quick_keys=20_000, stateful=True, env=IN_PROCESS, experiment=True),
+        Scenario("exp-sum-100k-inproc", "throughput", "sum-100k, SQLite in the worker process",
+                 SUMCOUNT, keys=100_000, quick_keys=10_000, stateful=True, env=IN_PROCESS,
+                 experiment=True),
         Scenario("latency", "latency", "echo exactly_once at 50 % of max echo-eos", ECHO),
         Scenario("latency-25", "latency", "echo exactly_once at 25 % of max echo-eos", ECHO,
                  load=0.25),
