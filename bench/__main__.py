@@ -198,6 +198,7 @@ async def _run_all(
                 print(
                     f"    {result['throughput']:,.0f} records/s, "
                     f"{result['worker_cpu_us_per_record']:.1f} us CPU/record, "
+                    f"event loop busy {result.get('loop_cpu_util', math.nan):.0%}, "
                     f"RSS {result['peak_rss_mb']:.0f} MB",
                     flush=True,
                 )

@@ -92,6 +92,17 @@ class Proc:
                 total += t.user + t.system
         return float(total)
 
+    def loop_cpu_seconds(self) -> float:
+        """CPU time of the process's main thread (a worker's event loop) so far."""
+        if self.popen is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.pid}/task/{self.pid}/stat").read_text().rsplit(")", 1)[1]
+        except OSError:
+            return 0.0
+        utime, stime = fields.split()[11:13]  # fields 14 and 15 of stat(5), after the name
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+
     @staticmethod
     def _vmhwm(pid: int) -> int:
         try:
