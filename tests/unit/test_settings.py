@@ -44,6 +44,8 @@ def test_at_least_once_commits_less_often(monkeypatch: pytest.MonkeyPatch) -> No
         ("ONCEFLOW_STATE_CACHE_MIB", "-1", "greater than or equal to 0"),
         ("ONCEFLOW_STATE_CACHE_MIB", "lots", "valid number"),
         ("ONCEFLOW_STATE_PAGE_CACHE_MIB", "0", "greater than or equal to 1"),
+        ("ONCEFLOW_STATE_IO_PROCESSES", "-1", "greater than or equal to 0"),
+        ("ONCEFLOW_STATE_IO_PROCESSES", "many", "valid integer"),
         ("ONCEFLOW_STATE_CLEANUP_DELAY_MS", "-1", "greater than or equal to 0"),
         ("ONCEFLOW_STATE_CLEANUP_DELAY_MS", "10min", "valid integer"),
     ],
