@@ -141,11 +141,7 @@ async def _describe(app: App, settings: Settings, args: argparse.Namespace) -> N
 
 def _loaded(spec: str, settings: Settings) -> App:
     """The App at ``spec``, named as ``ONCEFLOW_APP_ID`` says (as the worker names it)."""
-    app = load_app(spec)
-    if settings.app_id:
-        app.with_app_id(settings.app_id)
-    app.validate()
-    return app
+    return load_app(spec).configured(settings.app_id)
 
 
 def _reset(app: App, settings: Settings, target: Target, args: argparse.Namespace) -> None:

@@ -462,6 +462,14 @@ class App:
 
     # -- derived -------------------------------------------------------------------------------
 
+    def configured(self, app_id: str | None) -> App:
+        """This app as a worker or the CLI runs it: renamed to ``app_id`` (``ONCEFLOW_APP_ID``,
+        if set), then validated. Returns it."""
+        if app_id:
+            self.with_app_id(app_id)
+        self.validate()
+        return self
+
     def with_app_id(self, app_id: str) -> None:
         """Rename the app (``ONCEFLOW_APP_ID``) before it runs; tables follow the new id."""
         self.app_id = app_id

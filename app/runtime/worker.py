@@ -102,11 +102,8 @@ class Worker:
         metrics: Metrics | None = None,
         topic_check_interval_s: float = 10.0,
     ) -> None:
-        app.validate()
         self.settings = settings if settings is not None else load_settings()
-        if self.settings.app_id:
-            app.with_app_id(self.settings.app_id)
-        self.app = app
+        self.app = app.configured(self.settings.app_id)
         self.clients = clients or Clients(
             self.settings, client_id=f"{app.app_id}-{socket.gethostname()}-{os.getpid()}"
         )
