@@ -147,7 +147,9 @@ class Table(TableBase[K, V]):
 
     def get(self, ctx: Context, key: K) -> V:
         """The key's value (the table's default when it has none, or when it expired)."""
-        data = self._key_bytes(ctx, key)
+        return self._get(ctx, self._key_bytes(ctx, key))
+
+    def _get(self, ctx: Context, data: bytes) -> V:
         raw = ctx.staged(self.name, data)
         if self.ttl_ms is not None:
             if raw is ABSENT:
@@ -159,10 +161,13 @@ class Table(TableBase[K, V]):
 
     def set(self, ctx: Context, key: K, value: V) -> None:
         """Replace the key's value (in a ttl table, also its time of last write)."""
+        self._set(ctx, self._key_bytes(ctx, key), value)
+
+    def _set(self, ctx: Context, data: bytes, value: V) -> None:
         raw = self.value_serde.serialize(value)
         if self.ttl_ms is not None:
             raw = encode_row(ctx.scope.stream_time, raw)
-        ctx.stage(self.name, self._key_bytes(ctx, key), raw)
+        ctx.stage(self.name, data, raw)
 
     def delete(self, ctx: Context, key: K) -> None:
         """Remove the key (a tombstone in the changelog)."""
@@ -170,8 +175,9 @@ class Table(TableBase[K, V]):
 
     def update(self, ctx: Context, key: K, fn: Callable[[V], V]) -> V:
         """Read-modify-write: store ``fn(current)`` and return it."""
-        value = fn(self.get(ctx, key))
-        self.set(ctx, key, value)
+        data = self._key_bytes(ctx, key)  # serialized and checked once for both
+        value = fn(self._get(ctx, data))
+        self._set(ctx, data, value)
         return value
 
     def add(self, ctx: Context, key: K, delta: Any) -> V:
