@@ -91,7 +91,10 @@ class BufferedStorePartition(ABC):
     def committed_get(self, key: bytes) -> bytes | None:
         """Read committed state only, never the open buffer (interactive queries use this)."""
         self._check_open()
-        for batch in (self._sealed, self._flushing):  # newest first
+        # Newest first, and in this order: a flush in another thread publishes a batch as
+        # ``_flushing`` before it takes it from ``_sealed``, and drops ``_flushing`` only once
+        # the read cache has its values, so a read without the lock never misses a batch.
+        for batch in (self._sealed, self._flushing):
             if batch is not None:
                 found, value = batch.lookup(key)
                 if found:
@@ -184,10 +187,10 @@ class BufferedStorePartition(ABC):
             # Step 1
             if seal:
                 self.seal()
-            # Step 2
+            # Step 2 (``_flushing`` first: see ``committed_get``)
             with self._state_lock:
-                batch, self._sealed = self._sealed, None
-                self._flushing = batch
+                batch = self._flushing = self._sealed
+                self._sealed = None
             if batch is None and checkpoint in (None, self._checkpoint):
                 return
             # Step 3
@@ -207,11 +210,12 @@ class BufferedStorePartition(ABC):
 
     def _unflush(self) -> None:
         with self._state_lock:
-            batch, self._flushing = self._flushing, None
+            batch = self._flushing
             if batch is not None:
                 if self._sealed is not None:
                     batch.absorb(self._sealed)
-                self._sealed = batch
+                self._sealed = batch  # before ``_flushing`` goes: see ``committed_get``
+            self._flushing = None
 
     def restore_batch(
         self, records: Sequence[tuple[bytes, bytes | None]], last_offset: int

@@ -53,6 +53,8 @@ OFFLOAD_MIN_RECORDS = 1_000
 """Restore batches of at least this many keys are written by a store I/O child (see
 ``store_io``), so that SQLite and the changelog's decoding use two cores."""
 
+# Loaded values stored into the read cache per hold of the state lock (``prefetch``).
+_STORE_SLICE = 256
 # User keys live under b"k"; metadata under b"m" (see file.py).
 _DATA = b"k"
 _DATA_END = b"l"
@@ -182,18 +184,31 @@ class SqliteStorePartition(BufferedStorePartition):
             return
         with self._state_lock:
             epoch = self._begin_read()
-        found: dict[bytes, bytes] = {}
         try:
             found = self._db.get_many([_DATA + key for key in missing])
+            # In slices, each under the lock: the event loop's reads of this store wait for one
+            # slice at most. The read stays open meanwhile, so a flush that commits between two
+            # slices adds its keys to ``_changed`` and the later slices leave them out.
+            for start in range(0, len(missing), _STORE_SLICE):
+                with self._state_lock:
+                    changed = self._changed
+                    if self._epoch != epoch or changed is None:
+                        break  # a restore or a wipe came between: cache nothing
+                    cache.store_many(
+                        (key, found.get(_DATA + key))
+                        for key in missing[start : start + _STORE_SLICE]
+                        if key not in changed
+                    )
         finally:
             with self._state_lock:
-                changed = self._end_read(epoch)
-                if changed is not None:
-                    cache.store_many(
-                        (key, found.get(_DATA + key)) for key in missing if key not in changed
-                    )
+                self._end_read(epoch)
 
     def _read_committed(self, key: bytes) -> bytes | None:
+        # A hit needs no lock (the cache's lookups take none): the cache holds committed values
+        # only, and a flush stores its values before it drops its batch (``committed_get``).
+        cached = self._cache.lookup(key)
+        if cached is not MISS:
+            return cached
         with self._state_lock:
             cached = self._cache.lookup(key)
             if cached is not MISS:
