@@ -20,9 +20,10 @@ share one filled 5M-record changelog (``bench.failover``).
 Quix Streams, created once under ~/.cache/onceflow/bench-peers/) and ``--scaling`` the scaling
 runs; with ``--only``, only what is named, plus the baselines the named scenarios are compared
 to. Peers run only when named or with ``--peers``. ``--base DIR`` runs every selected onceflow
-throughput scenario a second time as ``<name>.base`` on the onceflow of another checkout
-(``DIR``, its ``build/typecheck`` view first on the workers' PYTHONPATH): two versions of the
-code in one run, round-robin, on the same broker — the only comparison this noisy machine allows.
+throughput and restore scenario a second time as ``<name>.base`` on the onceflow of another
+checkout (``DIR``, its ``build/typecheck`` view first on the workers' PYTHONPATH): two versions
+of the code in one run, round-robin, on the same broker — the only comparison this noisy machine
+allows.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--base",
         type=Path,
-        help="also run each onceflow throughput scenario on this checkout's code (<name>.base)",
+        help="also run each onceflow throughput and restore scenario on this checkout's code "
+        "(<name>.base)",
     )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onceflow-bench"))
     parser.add_argument("--output", type=Path, help="JSON file (bench/results/<time>.json)")
@@ -118,8 +120,8 @@ def _selection(
 
 
 def _with_base(names: list[str], base: Path) -> list[str]:
-    """``names`` with ``<name>.base`` after each onceflow throughput scenario, registered in
-    ``SCENARIOS``: the same scenario on the code of the checkout ``base``."""
+    """``names`` with ``<name>.base`` after each onceflow throughput and restore scenario,
+    registered in ``SCENARIOS``: the same scenario on the code of the checkout ``base``."""
     view = base.resolve() / "build" / "typecheck"
     if not (view / "onceflow").is_dir():
         raise SystemExit(f"--base {base}: no {view}/onceflow; run scripts/typecheck_view.py there")
@@ -128,7 +130,7 @@ def _with_base(names: list[str], base: Path) -> list[str]:
     for name in names:
         out.append(name)
         scenario = SCENARIOS[name]
-        if scenario.kind == "throughput" and scenario.module is not None:
+        if scenario.kind in ("throughput", "restore") and scenario.module is not None:
             SCENARIOS[f"{name}.base"] = dataclasses.replace(
                 scenario,
                 name=f"{name}.base",

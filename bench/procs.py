@@ -37,6 +37,7 @@ class Proc:
         self.popen: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.peak_rss = 0
+        self.peak_own_rss = 0  # the process alone, without its children
         self._ps: psutil.Process | None = None
 
     def start(self) -> Proc:
@@ -74,6 +75,7 @@ class Proc:
                 with contextlib.suppress(psutil.Error, OSError):
                     children += max(child.memory_info().rss, self._vmhwm(child.pid))
             self.peak_rss = max(self.peak_rss, own + children)
+            self.peak_own_rss = max(self.peak_own_rss, own)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process has used so far (all its threads), and its

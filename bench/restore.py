@@ -9,10 +9,11 @@ worker starts with an empty state directory; the figures come from its restore l
 * ``restore_rate``: restored records / the restores' wall-clock span (first start to last end;
   partitions restore concurrently);
 * ``ready_rate``: restored records / (process start -> every task running), start-up included;
-* ``cpu_us_per_record``: CPU the worker and its restore writer children used until every task
-  ran, per restored record (start-up included: ~1 us of it), which the machine's other load
-  changes far less than the rates; ``child_peak_rss_mb``: the largest child's peak RSS (children
-  are not in the worker's ``peak_rss_mb``).
+* ``cpu_us_per_record``: CPU the worker and its store I/O children used until every task ran,
+  per restored record (start-up included: ~1 us of it), which the machine's other load changes
+  far less than the rates; ``peak_rss_mb``: the worker's and its live children's peaks added up
+  (an upper bound), ``worker_peak_rss_mb`` the worker alone, ``child_peak_rss_mb`` the largest
+  child's.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ async def restore_once(changelog: Changelog, repeat: int) -> dict[str, Any]:
         "ready_rate": restored / ready_s,
         "fill_s": changelog.fill_s,
         "peak_rss_mb": max(p.peak_rss for p in procs) / 2**20,
+        "worker_peak_rss_mb": max(p.peak_own_rss for p in procs) / 2**20,
         "cpu_us_per_record": cpu_s / restored * 1e6 if restored else float("nan"),
         "child_peak_rss_mb": child_rss_mb,
         "repeat": repeat,

@@ -451,7 +451,8 @@ async def run_throughput(ctx: RunContext, scenario: Scenario) -> dict[str, Any]:
         "first_commit_s": first - released,
         "startup_s": startup,
         "fill_s": filled,
-        "peak_rss_mb": max(p.peak_rss for p in procs) / 2**20,
+        "peak_rss_mb": max(p.peak_rss for p in procs) / 2**20,  # with the worker's children
+        "worker_peak_rss_mb": max(p.peak_own_rss for p in procs) / 2**20,
         "output_records": seen,
         # Commit markers in the output: the transactions that wrote to it, per output partition.
         "output_markers": end - seen,
