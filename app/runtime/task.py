@@ -142,9 +142,9 @@ class Task:
         self._parked_records = 0
         # Per source topic: the tables keyed like it, whose keys a fetched batch names.
         self._prefetch: dict[str, list[AnyTable]] = {}
-        # Per partition, the load of its latest fetched batch begun ahead of processing
-        # (``preload``; docs/architecture.md, *The life of a record*).
-        self._loads: dict[TopicPartition, asyncio.Future[None]] = {}
+        # Per partition, the loads begun ahead of processing (``preload``; docs/architecture.md,
+        # *The life of a record*), by the offset of their batch's first record.
+        self._loads: dict[TopicPartition, dict[int, asyncio.Future[None]]] = {}
         self._effects = Effects(
             app_id=app.app_id,
             dlq_topic=app.dlq_topic,
@@ -352,10 +352,8 @@ class Task:
         handler = self.app.handlers[tp.topic]
         await self.sink.begin()
         tables = self._tables_keyed_like(tp.topic)
-        if (loading := self._loads.pop(tp, None)) is not None:
-            # Begun when this batch (or a later one: then this one's load ran before) was
-            # fetched; the range tables' loads are never begun early (``preload``).
-            await loading
+        if (loading := self._loading(tp, records[0].offset)) is not None:
+            await loading  # begun when the batch was fetched; never the range tables' (preload)
             tables = [t for t in tables if isinstance(t, RangeTable)]
         if tables:
             await asyncio.to_thread(self._stores.load, tables, records)
@@ -584,8 +582,18 @@ class Task:
         if not tables:
             return
         loading = asyncio.ensure_future(asyncio.to_thread(self._stores.load, tables, records))
-        loading.add_done_callback(_retrieve)  # an earlier one it replaces may never be awaited
-        self._loads[tp] = loading
+        loading.add_done_callback(_retrieve)  # a batch split or retried may never await it
+        self._loads.setdefault(tp, {})[records[0].offset] = loading
+
+    def _loading(self, tp: TopicPartition, offset: int) -> asyncio.Future[None] | None:
+        """The load begun for the batch of ``tp`` that starts at ``offset``, if any; forgets
+        those of earlier batches (a batch that was split or retried runs its parts without)."""
+        loads = self._loads.get(tp)
+        if not loads:
+            return None
+        for first in [o for o in loads if o < offset]:
+            del loads[first]
+        return loads.pop(offset, None)
 
     def _tables_keyed_like(self, topic: str) -> list[AnyTable]:
         """Tables whose keys are serialized like ``topic``'s: a record's key bytes are then
@@ -685,7 +693,8 @@ class Task:
             await self.sink.abort()
         finally:
             self.state = TaskState.CLOSED
-            loads, self._loads = list(self._loads.values()), {}
+            loads = [f for by_offset in self._loads.values() for f in by_offset.values()]
+            self._loads = {}
             await asyncio.gather(*loads, return_exceptions=True)  # no load reads closed stores
             await self._stores.close()
             await self.sink.close()
