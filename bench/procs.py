@@ -64,18 +64,20 @@ class Proc:
         return self.popen is not None and self.popen.poll() is None
 
     def sample_rss(self) -> None:
-        """Peak RSS so far, the process's own plus its live children's (a worker's store I/O
-        children: ``ONCEFLOW_STATE_IO_PROCESSES``), each at its own peak: an upper bound."""
+        """Peak RSS so far: ``peak_own_rss`` the process's own (exact: the kernel's high-water
+        mark), ``peak_rss`` with its live children's (a worker's store I/O children,
+        ``ONCEFLOW_STATE_IO_PROCESSES``) added at each sample, as a container's memory use
+        adds them: the largest sum sampled."""
         if self._ps is None or not self.alive:
             return
         with contextlib.suppress(psutil.Error, OSError):
-            own = max(self._ps.memory_info().rss, self._vmhwm(self.pid))
-            children = 0
+            now = self._ps.memory_info().rss
             for child in self._ps.children(recursive=True):
                 with contextlib.suppress(psutil.Error, OSError):
-                    children += max(child.memory_info().rss, self._vmhwm(child.pid))
-            self.peak_rss = max(self.peak_rss, own + children)
+                    now += child.memory_info().rss
+            own = max(self._ps.memory_info().rss, self._vmhwm(self.pid))
             self.peak_own_rss = max(self.peak_own_rss, own)
+            self.peak_rss = max(self.peak_rss, now, own)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process has used so far (all its threads), and its
