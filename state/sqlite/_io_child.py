@@ -39,10 +39,11 @@ import sqlite3
 import struct
 import sys
 import urllib.parse
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Iterator, Sequence
+from typing import IO, Any, TypeVar
 
 IDLE_S = 10.0
+_T = TypeVar("_T")
 MAX_OPEN = 32
 """Connections a child keeps open (least recently used closed first): each holds a page cache."""
 _LENGTH = struct.Struct(">Q")
@@ -74,7 +75,9 @@ def write_frame(stream: IO[bytes], obj: Any) -> None:
     stream.flush()
 
 
-def _ladder(items: list[Any], size: int) -> Iterator[list[Any]]:
+def ladder(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    """``items`` in chunks of ``size`` (a power of two), then power-of-two pieces of the rest:
+    at most log2(size) + 1 distinct chunk lengths (statement shapes), whatever ``len(items)``."""
     start, n = 0, len(items)
     while start < n:
         step = min(size, 1 << ((n - start).bit_length() - 1))
@@ -82,11 +85,11 @@ def _ladder(items: list[Any], size: int) -> Iterator[list[Any]]:
         start += step
 
 
-def _padded(keys: list[bytes], size: int) -> Iterator[list[bytes]]:
-    """Chunks of at most ``size`` keys padded to a power of two with their last key (``IN``
-    lists: a duplicate changes nothing; few statement shapes to compile)."""
+def padded(keys: Sequence[bytes], size: int) -> Iterator[list[bytes]]:
+    """``keys`` in chunks of at most ``size``, each padded to a power of two by repeating its
+    last key: for ``IN (...)`` lists, where a duplicate changes nothing, few statement shapes."""
     for start in range(0, len(keys), size):
-        chunk = keys[start : start + size]
+        chunk = list(keys[start : start + size])
         chunk.extend(chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk)))
         yield chunk
 
@@ -175,7 +178,7 @@ class Applier:
 
     def _read(self, conn: sqlite3.Connection, keys: list[bytes]) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
-        for chunk in _padded(keys, self.rows):
+        for chunk in padded(keys, self.rows):
             sql = self.select_head + ",".join("?" * len(chunk)) + ")"
             found.update(conn.execute(sql, chunk).fetchall())
         return found
@@ -209,16 +212,16 @@ class Applier:
         meta: list[Any],
     ) -> list[bytes]:
         removed: list[bytes] = []
-        for chunk in _ladder(ranges, self.rows // 2):
-            where = " OR ".join(["(key >= ? AND key < ?)"] * len(chunk))
+        for pairs in ladder(ranges, self.rows // 2):
+            where = " OR ".join(["(key >= ? AND key < ?)"] * len(pairs))
             sql = f"{self.range_delete_head}{where} RETURNING key"
-            removed.extend(row[0] for row in conn.execute(sql, [x for r in chunk for x in r]))
-        for chunk in _padded(deletes, self.rows):
-            conn.execute(f"{self.delete_head}{','.join('?' * len(chunk))})", chunk)
+            removed.extend(row[0] for row in conn.execute(sql, [x for r in pairs for x in r]))
+        for keys in padded(deletes, self.rows):
+            conn.execute(f"{self.delete_head}{','.join('?' * len(keys))})", keys)
         puts.sort()  # sorted keys walk the index in order: fewer pages touched
         puts.extend(tuple(row) for row in meta)
-        for chunk in _ladder(puts, self.rows):
-            conn.execute(self.upsert_sql(len(chunk)), [x for row in chunk for x in row])
+        for rows in ladder(puts, self.rows):
+            conn.execute(self.upsert_sql(len(rows)), [x for row in rows for x in row])
         return removed
 
 

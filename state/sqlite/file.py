@@ -37,12 +37,13 @@ import shutil
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from onceflow.errors import StateError, StoreCorruptError
 from onceflow.state.sqlite import store_io
+from onceflow.state.sqlite._io_child import ladder, padded
 
 __all__ = [
     "DB_FILE",
@@ -79,7 +80,7 @@ def _variable_limit() -> int:
 # sqlitedict's thread (its executemany queues every row separately) and one GIL release in
 # sqlite3 per statement, not per row; 1,024 rows cost half the CPU of 1 per row. Each statement
 # *shape* is compiled once and kept in the connection's statement cache (128 entries, ~0.25 MiB
-# for a 1,024-row upsert), so shapes come from a short ladder (``_ladder``, ``_padded``) instead
+# for a 1,024-row upsert), so shapes come from a short ladder (``ladder``, ``padded``) instead
 # of every remainder size: a busy writer with arbitrary sizes cached up to ~17 MiB of them.
 _MAX_ITEMS = 1024 if _variable_limit() >= 2048 else 256  # SQLite before 3.32 allows 999
 _ROWS = _MAX_ITEMS  # (key, value) pairs
@@ -250,25 +251,6 @@ def _open_reader(file: Path, page_cache_kib: int) -> sqlite3.Connection:
     return conn
 
 
-def _ladder(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    """``items`` in chunks of ``size`` (a power of two), then power-of-two pieces of the rest:
-    at most log2(size) + 1 distinct chunk lengths, whatever ``len(items)``."""
-    start, n = 0, len(items)
-    while start < n:
-        step = min(size, 1 << ((n - start).bit_length() - 1))
-        yield items[start : start + step]
-        start += step
-
-
-def _padded(keys: Sequence[bytes], size: int) -> Iterator[Sequence[bytes]]:
-    """``keys`` in chunks of at most ``size``, each padded to a power of two by repeating its last
-    key: for ``IN (...)`` lists, where a duplicate changes nothing, one statement per chunk."""
-    for start in range(0, len(keys), size):
-        chunk = list(keys[start : start + size])
-        chunk.extend(chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk)))
-        yield chunk
-
-
 class SqliteFile:
     """Open writer and reader connections to one store database (all blocking calls)."""
 
@@ -320,7 +302,7 @@ class SqliteFile:
             if not isinstance(found, _InProcess):
                 return found
         found = {}
-        for chunk in _padded(keys, _KEYS):
+        for chunk in padded(keys, _KEYS):
             marks = ",".join("?" * len(chunk))
             sql = f'SELECT key, value FROM "{_TABLE}" WHERE key IN ({marks})'
             found.update((bytes(k), bytes(v)) for k, v in self._select(sql, tuple(chunk)))
@@ -402,10 +384,10 @@ class SqliteFile:
         try:
             conn.execute("BEGIN")
             removed = self._delete_ranges(conn, ranges)
-            for keys in _padded(deletes, _KEYS):
+            for keys in padded(deletes, _KEYS):
                 marks = ",".join("?" * len(keys))
                 conn.execute(f'DELETE FROM "{_TABLE}" WHERE key IN ({marks})', tuple(keys))
-            for chunk in _ladder(rows, _ROWS):
+            for chunk in ladder(rows, _ROWS):
                 conn.execute(_upsert_sql(len(chunk)), [x for row in chunk for x in row])
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -435,7 +417,7 @@ class SqliteFile:
     @staticmethod
     def _delete_ranges(conn: Any, ranges: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
         removed: list[bytes] = []
-        for chunk in _ladder(ranges, _RANGES):
+        for chunk in ladder(ranges, _RANGES):
             where = " OR ".join(["(key >= ? AND key < ?)"] * len(chunk))
             sql = f'DELETE FROM "{_TABLE}" WHERE {where} RETURNING key'
             rows = conn.execute(sql, [x for r in chunk for x in r]).fetchall()

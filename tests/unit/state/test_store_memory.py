@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from onceflow.state.cache import ENTRY_OVERHEAD, MISS, LruCache
-from onceflow.state.sqlite.file import _KEYS, _ROWS, DB_FILE, _ladder, _padded
+from onceflow.state.sqlite._io_child import ladder, padded
+from onceflow.state.sqlite.file import _KEYS, _ROWS, DB_FILE
 from onceflow.state.sqlite.partition import SqliteStorePartition
 
 
@@ -56,7 +57,7 @@ def test_cache_entry_bound_still_applies_and_oversized_values_are_not_kept() -> 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 1023, 1024, 1025, 5000])
 def test_ladder_keeps_order_and_uses_few_chunk_lengths(n: int) -> None:
     items = list(range(n))
-    chunks = list(_ladder(items, 1024))
+    chunks = list(ladder(items, 1024))
     assert [x for chunk in chunks for x in chunk] == items
     assert all(len(c) <= 1024 and len(c) & (len(c) - 1) == 0 for c in chunks)  # powers of two
 
@@ -64,7 +65,7 @@ def test_ladder_keeps_order_and_uses_few_chunk_lengths(n: int) -> None:
 @pytest.mark.parametrize("n", [1, 2, 3, 999, 1024, 1025])
 def test_padded_chunks_cover_every_key_with_power_of_two_lengths(n: int) -> None:
     keys = [b"%d" % i for i in range(n)]
-    chunks = list(_padded(keys, 1024))
+    chunks = list(padded(keys, 1024))
     assert [k for c in chunks for k in dict.fromkeys(c)] == keys
     assert all(len(c) <= 1024 and len(c) & (len(c) - 1) == 0 for c in chunks)
 
