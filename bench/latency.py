@@ -30,6 +30,7 @@ from bench.scenarios import (
     start_workers,
     stop_workers,
 )
+from bench.worker_metrics import commit_figures, commit_totals
 
 __all__ = ["percentiles", "produce_paced", "run_latency"]
 
@@ -140,6 +141,7 @@ async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[
         # Where the machine's cores go while the load runs: the workers, the broker, and this
         # process (the paced producer and the timing consumer share its one event loop).
         marks = (cpu_mark(ctx, procs), time.process_time(), time.monotonic())
+        commits_before = await commit_totals(procs)
         if ctx.harness == "rdkafka":
             consumer = asyncio.create_task(_consume_rdkafka(ctx.bootstrap, out, sent, since_ns))
             sent.set_result(
@@ -151,6 +153,9 @@ async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[
             consumer = asyncio.create_task(_consume(ctx.bootstrap, out, sent, since_ns))
             sent.set_result(await produce_paced(ctx.bootstrap, inp, rate, ctx.latency_seconds))
         cpu = _cpu_shares(ctx, procs, marks)
+        commits = commit_figures(
+            commits_before, await commit_totals(procs), time.monotonic() - marks[2]
+        )
         async with asyncio.timeout(120):
             latencies = await consumer
         for proc in procs:
@@ -168,6 +173,7 @@ async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[
         "histogram_ms": percentiles(latencies, (*(float(q) for q in range(1, 100)), 99.9)),
         "peak_rss_mb": max(p.peak_rss for p in procs) / 2**20,
         "cpu_cores": cpu,
+        "worker_commits": commits,
     }
 
 
