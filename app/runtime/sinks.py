@@ -11,8 +11,8 @@ success, ``TaskFencedError`` (a newer owner exists: close quietly) or ``TaskCorr
 * A commit does not fail because sends failed: the task awaits its send futures first.
 
 A transaction's outputs are invisible to ``read_committed`` readers until it commits, so the
-transactional sinks hand them to the producer in bulk (``FLUSH_RECORDS``) and at the commit,
-not after every fetched batch (docs/architecture.md, *Commit scheduling*).
+transactional sinks hand them to the producer in bulk (``FLUSH_RECORDS``, ``FLUSH_AGE_S``) and
+at the commit, not after every fetched batch (docs/architecture.md, *Commit scheduling*).
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ class Sink(Protocol):
     """A task's output: sends joined to the task's commit unit.
 
     ``send`` only buffers; ``flush`` hands the buffer to the producer (the task flushes after
-    each fetched batch); ``delivered`` waits for every acknowledgement and is the only way to
-    learn that a send failed, so the task calls it before ``commit``.
+    each fetched batch; a transactional sink may hold it a little longer); ``delivered`` hands
+    over the rest, waits for every acknowledgement and is the only way to learn that a send
+    failed, so the task calls it before ``commit``.
     """
 
     async def start(self) -> None: ...
