@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--latency-seconds", type=float, help="latency run length (30; quick 10)")
     parser.add_argument(
+        "--harness",
+        choices=("rdkafka", "aiokafka"),
+        default="rdkafka",
+        help="latency load generator and timing consumer: librdkafka (confluent-kafka, a small "
+        "fraction of a core) or the first, aiokafka one (over half a core at 50 %% load)",
+    )
+    parser.add_argument(
         "--ha-rate", type=float, default=2_000.0, help="records/s offered in the HA scenarios"
     )
     parser.add_argument(
@@ -285,6 +292,7 @@ async def _main(args: argparse.Namespace) -> Path:
             broker_pid=kafka.pid,
             latency_rate=args.latency_rate,
             latency_seconds=args.latency_seconds or (10.0 if args.quick else 30.0),
+            harness=args.harness,
             ha_rate=args.ha_rate,
         )
         runs = await _run_all(args, ctx, names, save)
@@ -296,7 +304,8 @@ async def _main(args: argparse.Namespace) -> Path:
     result = {
         "machine": info,
         "settings": {"records": ctx.records, "quick": args.quick, "partitions": 6,
-                     "value_bytes": 100, "repeat": args.repeat or (1 if args.quick else 3)},
+                     "value_bytes": 100, "repeat": args.repeat or (1 if args.quick else 3),
+                     "latency_harness": args.harness},
         "scenarios": {name: SCENARIOS[name].title for name in names},
         "baselines": baselines,
         "peers": {peer: peer_info(peer) for peer in peers},

@@ -4,6 +4,10 @@ A paced producer (idempotent, ``linger_ms=1``) stamps each record's send time (`
 into its 100-byte value; echo copies the value; a ``read_committed`` consumer (``fetch_max_wait_ms``
 10) computes receive time minus stamp. Producer and consumer share this process, on the same
 clock. Records sent in the first ``WARMUP_S`` seconds are not counted.
+
+Two harnesses (``--harness``): ``rdkafka`` (default; ``bench.load_rdkafka``, librdkafka in C
+threads, a small fraction of a core) and ``aiokafka`` (the first one, below: both clients in this
+process's event loop, over half a core at 50 % load), kept to compare old and new figures.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench import load_rdkafka
 from bench.kafka_io import create_topics, key_of, padded, unique
 from bench.procs import Proc, wait_ready
 from bench.scenarios import (
@@ -25,6 +30,7 @@ from bench.scenarios import (
     start_workers,
     stop_workers,
 )
+from bench.worker_metrics import commit_figures, commit_totals
 
 __all__ = ["percentiles", "produce_paced", "run_latency"]
 
@@ -109,6 +115,19 @@ async def _consume(
     return latencies
 
 
+async def _consume_rdkafka(
+    bootstrap: str, topic: str, expected: asyncio.Future[int], since_ns: int
+) -> list[float]:
+    """``load_rdkafka.consume_stamps`` in a thread, until it has seen what was sent."""
+
+    def done(seen: int) -> bool:  # read from the thread: a done future's result is fixed
+        return expected.done() and seen >= expected.result()
+
+    return await asyncio.to_thread(
+        load_rdkafka.consume_stamps, bootstrap, topic, PARTITIONS, since_ns, done
+    )
+
+
 async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[str, Any]:
     """Offer ``rate`` records/s for ``ctx.latency_seconds``; latency percentiles in ms."""
     app_id = unique(f"bench-{scenario.name}")
@@ -122,9 +141,21 @@ async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[
         # Where the machine's cores go while the load runs: the workers, the broker, and this
         # process (the paced producer and the timing consumer share its one event loop).
         marks = (cpu_mark(ctx, procs), time.process_time(), time.monotonic())
-        consumer = asyncio.create_task(_consume(ctx.bootstrap, out, sent, since_ns))
-        sent.set_result(await produce_paced(ctx.bootstrap, inp, rate, ctx.latency_seconds))
+        commits_before = await commit_totals(procs)
+        if ctx.harness == "rdkafka":
+            consumer = asyncio.create_task(_consume_rdkafka(ctx.bootstrap, out, sent, since_ns))
+            sent.set_result(
+                await asyncio.to_thread(
+                    load_rdkafka.produce_paced, ctx.bootstrap, inp, rate, ctx.latency_seconds
+                )
+            )
+        else:
+            consumer = asyncio.create_task(_consume(ctx.bootstrap, out, sent, since_ns))
+            sent.set_result(await produce_paced(ctx.bootstrap, inp, rate, ctx.latency_seconds))
         cpu = _cpu_shares(ctx, procs, marks)
+        commits = commit_figures(
+            commits_before, await commit_totals(procs), time.monotonic() - marks[2]
+        )
         async with asyncio.timeout(120):
             latencies = await consumer
         for proc in procs:
@@ -133,6 +164,7 @@ async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[
         stop_workers(ctx, procs, app_id)
     stats = percentiles(latencies)
     return {
+        "harness": ctx.harness,
         "offered_rate": rate,
         "records": sent.result(),
         "measured_records": len(latencies),
@@ -141,6 +173,7 @@ async def run_latency(ctx: RunContext, scenario: Scenario, rate: float) -> dict[
         "histogram_ms": percentiles(latencies, (*(float(q) for q in range(1, 100)), 99.9)),
         "peak_rss_mb": max(p.peak_rss for p in procs) / 2**20,
         "cpu_cores": cpu,
+        "worker_commits": commits,
     }
 
 

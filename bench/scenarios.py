@@ -219,6 +219,7 @@ class RunContext:
     broker_pid: int | None = None
     latency_rate: float | None = None
     latency_seconds: float = 30.0
+    harness: Literal["rdkafka", "aiokafka"] = "rdkafka"  # latency load generator (bench.latency)
     ha_rate: float = 2_000.0  # records/s offered in the HA scenarios
     on_release: Callable[[list[Proc]], Awaitable[Callable[[], Awaitable[None]]]] | None = None
 

@@ -8,6 +8,7 @@ resumes with the stream time its outputs were computed with.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -114,8 +115,10 @@ class Checkpoint:
            producer.
         2. Wait for the broker to acknowledge every send of the transaction (aiokafka would
            commit a transaction whose sends failed) and note the last changelog offset per store.
-        3. Send the consumed offsets, with the stream time and the table names as metadata, to
-           the transaction — once — and commit it.
+           Meanwhile, send the consumed offsets, with the stream time and the table names as
+           metadata, to the transaction — once (``Sink.stage_offsets``: they count only if
+           step 3 commits; a failed send aborts them with the rest).
+        3. Commit the transaction, once both parts of step 2 succeeded.
         4. Persist each store's buffer with its changelog checkpoint to SQLite (Invariant 1:
            only after the commit returned; Invariant 2: data and checkpoint in one SQLite
            transaction). The buffers are sealed on the loop and written in a worker thread while
@@ -130,16 +133,20 @@ class Checkpoint:
         partition = self._stores.partition
         for table, records in self._stores.changelog_records(stream_time):
             self._sink.send_pairs(table.changelog_topic, partition, records)
-        # Step 2
-        try:
-            delivered = await self._sink.delivered()
-        except (TaskFencedError, TaskCorruptedError):
-            self._metrics.producer_errors.inc()
-            raise
-        checkpoints = self._stores.checkpoints(delivered, self._positions)
-        # Step 3
+        # Step 2: the acknowledgements and the offsets' round trips at once
         meta = offset_metadata(stream_time, self._table_names)
         offsets = {tp: OffsetAndMetadata(pos, meta) for tp, pos in self._positions.items()}
+        delivered, staged = await asyncio.gather(
+            self._sink.delivered(), self._sink.stage_offsets(offsets), return_exceptions=True
+        )
+        if isinstance(delivered, BaseException):
+            if isinstance(delivered, TaskFencedError | TaskCorruptedError):
+                self._metrics.producer_errors.inc()
+            raise delivered
+        if isinstance(staged, BaseException):
+            raise staged
+        checkpoints = self._stores.checkpoints(delivered, self._positions)
+        # Step 3
         await self._sink.commit(offsets)
         self._committed.update(self._positions)
         self._metrics.committed.inc()

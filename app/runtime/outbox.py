@@ -75,6 +75,11 @@ class Outbox:
         yet, up to the request timeout)."""
         return len(await self._producer.partitions_for(topic))
 
+    @property
+    def pending(self) -> int:
+        """Records added and not yet handed to the producer (changelog pairs not counted)."""
+        return len(self._pending)
+
     def add(self, record: OutgoingRecord) -> None:
         self._pending.append(record)
 

@@ -9,6 +9,10 @@ success, ``TaskFencedError`` (a newer owner exists: close quietly) or ``TaskCorr
   trips an assertion instead of raising: check the state first and raise the recorded error.
 * ``commit_transaction`` waits without a timeout: bound it; a timeout is an ambiguous commit.
 * A commit does not fail because sends failed: the task awaits its send futures first.
+
+A transaction's outputs are invisible to ``read_committed`` readers until it commits, so the
+transactional sinks hand them to the producer in bulk (``FLUSH_RECORDS``, ``FLUSH_AGE_S``) and
+at the commit, not after every fetched batch (docs/architecture.md, *Commit scheduling*).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from time import monotonic
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -41,13 +46,22 @@ log = logging.getLogger("onceflow.producer")
 
 ProducerFactory = Callable[..., AIOKafkaProducer]
 
+FLUSH_RECORDS = 1_000
+FLUSH_AGE_S = 0.02
+"""A transactional sink's ``flush`` hands its outputs to the producer once ``FLUSH_RECORDS``
+wait, or once the first flush that found some is ``FLUSH_AGE_S`` old; the commit hands over the
+rest. Flushing after every fetched batch cost a produce request per task and batch (hundreds
+per second at any steady input) for records nobody can read before the commit anyway; holding
+them all until the commit put a produce round trip (and AddPartitionsToTxn) on its path."""
+
 
 class Sink(Protocol):
     """A task's output: sends joined to the task's commit unit.
 
     ``send`` only buffers; ``flush`` hands the buffer to the producer (the task flushes after
-    each fetched batch); ``delivered`` waits for every acknowledgement and is the only way to
-    learn that a send failed, so the task calls it before ``commit``.
+    each fetched batch; a transactional sink may hold it a little longer); ``delivered`` hands
+    over the rest, waits for every acknowledgement and is the only way to learn that a send
+    failed, so the task calls it before ``commit``.
     """
 
     async def start(self) -> None: ...
@@ -59,6 +73,13 @@ class Sink(Protocol):
     ) -> None: ...
     async def flush(self) -> None: ...
     async def delivered(self) -> dict[TopicPartition, int]: ...
+    async def stage_offsets(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        """Put ``offsets`` into the open transaction ahead of ``commit`` (which then does not
+        send them again), while its sends are still being acknowledged: nothing counts until
+        ``commit``, and a failed send aborts them with the rest. A no-op where offsets are
+        committed outside a transaction."""
+        ...
+
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None: ...
     async def abort(self) -> None: ...
     async def close(self) -> None: ...
@@ -102,6 +123,8 @@ class TransactionalSink(_Buffered):
         self._producer = factory(transactional_id=transactional_id)
         self._outbox = Outbox(self._producer)
         self._in_txn = False
+        self._staged = False  # the open transaction holds its offsets (``stage_offsets``)
+        self._holding_since: float | None = None  # the first flush that kept records back
         self._closed = False
 
     async def start(self) -> None:
@@ -121,31 +144,50 @@ class TransactionalSink(_Buffered):
             self._in_txn = True
 
     async def flush(self) -> None:
+        pending = self._outbox.pending
+        if not pending:
+            return
+        if pending < FLUSH_RECORDS:
+            now = monotonic()
+            if self._holding_since is None:
+                self._holding_since = now
+            if now - self._holding_since < FLUSH_AGE_S:
+                return  # a later flush, or ``delivered`` (the commit), hands them over
+        self._holding_since = None
         # No timeout of ours: aiokafka bounds a send itself (metadata wait and a full buffer
         # both time out after request_timeout_ms).
         await self._guard(self._outbox.flush(), "send", None)
 
     async def delivered(self) -> dict[TopicPartition, int]:
+        self._holding_since = None
         last: dict[TopicPartition, int] = await self._guard(self._outbox.delivered(), "send", None)
         return last
 
+    async def stage_offsets(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        """``send_offsets_to_transaction`` (AddOffsetsToTxn, TxnOffsetCommit), once per
+        transaction."""
+        if not self._in_txn or not offsets or self._staged:
+            return
+        await self._guard(
+            self._producer.send_offsets_to_transaction(dict(offsets), self._group_id),
+            "send_offsets_to_transaction",
+        )
+        self._staged = True
+
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
-        """Send the consumed offsets to the transaction (once) and commit it."""
+        """Send the consumed offsets to the transaction (once: not if ``stage_offsets`` did)
+        and commit it."""
         if not self._in_txn:
             return
-        if offsets:
-            await self._guard(
-                self._producer.send_offsets_to_transaction(dict(offsets), self._group_id),
-                "send_offsets_to_transaction",
-            )
+        await self.stage_offsets(offsets)
         await self._guard(self._producer.commit_transaction(), "commit_transaction")
-        self._in_txn = False
+        self._in_txn = self._staged = False
 
     async def abort(self) -> None:
         self._outbox.discard()
         if not self._in_txn:
             return
-        self._in_txn = False
+        self._in_txn = self._staged = False
         can_abort, state = abortable(self._producer)
         if not can_abort:
             # Fenced: a new producer's InitProducerId aborts it. Or a commit that timed out on
@@ -241,6 +283,9 @@ class AtLeastOnceSink(_Buffered):
         except KafkaError as exc:
             raise TaskCorruptedError(f"send failed: {exc!r}") from exc
 
+    async def stage_offsets(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        return None  # committed by the consumer, after the sends
+
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         await _commit_consumer_offsets(self._consumer, offsets)
 
@@ -279,6 +324,9 @@ class FencedAtLeastOnceSink(TransactionalSink):
             request_timeout_ms=request_timeout_ms,
         )
         self._consumer = consumer
+
+    async def stage_offsets(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        return None  # committed by the consumer, after the transaction
 
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         await super().commit({})  # the transaction, without the offsets

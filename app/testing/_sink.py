@@ -90,6 +90,9 @@ class InMemorySink:
             last[tp] = max(last.get(tp, -1), out.offset)
         return last
 
+    async def stage_offsets(self, offsets: Mapping[TopicPartition, Any]) -> None:
+        return None  # ``commit`` takes them
+
     async def commit(self, offsets: Mapping[TopicPartition, Any]) -> None:
         self.committed_offsets.update(offsets)
         for out in self._pending:

@@ -46,6 +46,7 @@ class RecordingSink:
         self.published: list[Output] = []
         self.delivered_error: BaseException | None = None
         self.commit_error: BaseException | None = None
+        self.stage_error: BaseException | None = None
         self.on_commit: Callable[[], None] | None = None
         self.last_delivered: dict[TopicPartition, int] | None = None
         self._offsets: dict[tuple[str, int], itertools.count[int]] = defaultdict(
@@ -91,6 +92,11 @@ class RecordingSink:
             raise self.delivered_error
         self.last_delivered = await self.inner.delivered()
         return self.last_delivered
+
+    async def stage_offsets(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+        self.events.append(("stage_offsets", dict(offsets)))
+        if self.stage_error is not None:
+            raise self.stage_error
 
     async def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         self.events.append(("commit", dict(offsets)))
@@ -194,13 +200,14 @@ async def test_commit_sends_changelog_then_waits_then_commits_then_persists() ->
     s.sink.on_commit = at_commit
     assert await s.checkpoint.commit(1_234) is True
 
-    # Step 1 -> 2 -> 3, in this order
-    assert s.sink.names == ["send_pairs", "delivered", "commit"]
+    # Step 1 -> 2 (acknowledgements and offsets at once) -> 3, in this order
+    assert s.sink.names == ["send_pairs", "delivered", "stage_offsets", "commit"]
     topic, partition, pairs = s.sink.events[0][1]
     assert (topic, partition) == (s.table.changelog_topic, PARTITION)
     assert topic == f"{APP_ID}-counts-changelog"
     assert sorted(pairs, key=lambda p: p[0]) == [(b"gone", None), (b"k", b"v2")]
-    offsets = s.sink.events[2][1]
+    offsets = s.sink.events[3][1]
+    assert s.sink.events[2][1] == offsets  # staged, then committed: the same offsets
     assert offsets == {SOURCE: OffsetAndMetadata(11, offset_metadata(1_234, ["counts"]))}
     assert stream_time_of(offsets[SOURCE].metadata) == 1_234
 
@@ -232,7 +239,7 @@ async def test_a_commit_without_table_writes_keeps_the_store_checkpoint() -> Non
     s.store.flush(checkpoint=40)
     s.checkpoint.processed(SOURCE, 3, 1)
     assert await s.checkpoint.commit(5) is True
-    assert s.sink.names == ["send_pairs", "delivered", "commit"]
+    assert s.sink.names == ["send_pairs", "delivered", "stage_offsets", "commit"]
     assert s.sink.events[0][1] == (s.table.changelog_topic, PARTITION, [])
     await s.stores.flushed()
     assert s.store.checkpoint == 40  # no changelog record written: the checkpoint stays
@@ -250,7 +257,8 @@ async def test_a_failed_delivery_commits_nothing(error: Exception) -> None:
     with pytest.raises(type(error)) as excinfo:
         await s.checkpoint.commit(1_234)
     assert excinfo.value is error
-    assert s.sink.names == ["send_pairs", "delivered"]  # the sink's commit was not called
+    # the sink's commit was not called
+    assert s.sink.names == ["send_pairs", "delivered", "stage_offsets"]
     assert s.sample("onceflow_producer_errors_total") == 1
     assert s.sample("onceflow_transactions_total", result="committed") == 0
     assert s.sample("onceflow_commit_latency_seconds_count") == 0
@@ -262,6 +270,22 @@ async def test_a_failed_delivery_commits_nothing(error: Exception) -> None:
     assert s.checkpoint.uncommitted == 3
 
 
+async def test_offsets_that_cannot_join_the_transaction_commit_nothing() -> None:
+    s = setup()
+    s.checkpoint.processed(SOURCE, 11, 3)
+    s.stores.apply("counts", b"k", b"v")
+    s.sink.stage_error = TaskFencedError("fenced at AddOffsetsToTxn")
+    with pytest.raises(TaskFencedError, match="AddOffsetsToTxn"):
+        await s.checkpoint.commit(1_234)
+    # the acknowledgements were awaited beside it; the sink's commit was not called
+    assert s.sink.names == ["send_pairs", "delivered", "stage_offsets"]
+    assert s.sample("onceflow_transactions_total", result="committed") == 0
+    await s.stores.flushed()
+    assert s.store.committed_get(b"k") is None
+    assert s.store.checkpoint is None
+    assert s.checkpoint.uncommitted == 3
+
+
 async def test_a_failed_kafka_commit_persists_nothing() -> None:
     s = setup()
     s.checkpoint.processed(SOURCE, 11, 3)
@@ -269,7 +293,7 @@ async def test_a_failed_kafka_commit_persists_nothing() -> None:
     s.sink.commit_error = TaskCorruptedError("commit_transaction timed out")
     with pytest.raises(TaskCorruptedError):
         await s.checkpoint.commit(1_234)
-    assert s.sink.names == ["send_pairs", "delivered", "commit"]
+    assert s.sink.names == ["send_pairs", "delivered", "stage_offsets", "commit"]
     await s.stores.flushed()
     assert s.store.has_pending
     assert s.store.committed_get(b"k") is None

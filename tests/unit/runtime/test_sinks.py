@@ -37,8 +37,9 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from onceflow.errors import AuthorizationError, TaskCorruptedError, TaskFencedError
 from onceflow.records import OutgoingRecord
+from onceflow.runtime import sinks
 from onceflow.runtime.failures import judge
-from onceflow.runtime.sinks import AtLeastOnceSink, TransactionalSink
+from onceflow.runtime.sinks import FLUSH_AGE_S, FLUSH_RECORDS, AtLeastOnceSink, TransactionalSink
 
 TXN_ID = "app-0_3"
 GROUP = "app"
@@ -279,6 +280,74 @@ async def test_commit_sends_offsets_once_then_commits() -> None:
     assert producer.txn.state is TransactionState.READY
     await sink.commit(OFFSETS)  # the transaction ended: nothing to commit until begin()
     assert producer.calls == ["send_offsets_to_transaction", "commit_transaction"]
+
+
+async def test_staged_offsets_are_sent_once_and_commit_then_only_commits() -> None:
+    sink, producer = await in_transaction()
+    await sink.stage_offsets(OFFSETS)
+    await sink.stage_offsets(OFFSETS)  # once per transaction
+    assert producer.calls == ["send_offsets_to_transaction"]
+    await sink.commit(OFFSETS)
+    assert producer.calls == ["send_offsets_to_transaction", "commit_transaction"]
+    assert producer.sent_offsets == [(OFFSETS, GROUP)]
+    await sink.begin()  # the next transaction stages its own
+    await sink.commit(OFFSETS)
+    assert producer.calls[-2:] == ["send_offsets_to_transaction", "commit_transaction"]
+
+
+async def test_an_abort_forgets_the_staged_offsets() -> None:
+    sink, producer = await in_transaction()
+    await sink.stage_offsets(OFFSETS)
+    await sink.abort()
+    await sink.begin()
+    await sink.commit(OFFSETS)
+    assert producer.calls[-2:] == ["send_offsets_to_transaction", "commit_transaction"]
+    assert len(producer.sent_offsets) == 2
+
+
+async def test_outputs_wait_in_the_outbox_until_the_commit_or_flush_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sinks, "FLUSH_AGE_S", 3600.0)  # only the count hands them over here
+    sink, producer = await in_transaction(batch_capacity=FLUSH_RECORDS)
+    for i in range(FLUSH_RECORDS - 1):
+        sink.send(OutgoingRecord("out", b"k%d" % i, b"v", [], 1, None))
+        await sink.flush()
+    assert producer.calls == []  # invisible before the commit anyway: no produce request yet
+    sink.send(OutgoingRecord("out", b"last", b"v", [], 1, None))
+    await sink.flush()
+    assert producer.calls == ["send_batch"]
+    assert len(producer.batches[0][0].records) == FLUSH_RECORDS
+    sink.send(OutgoingRecord("out", b"after", b"v", [], 1, None))
+    assert await sink.delivered() == {TopicPartition("out", 1): 100 + FLUSH_RECORDS}
+    assert producer.calls == ["send_batch", "send_batch"]
+
+
+async def test_outputs_held_for_flush_age_go_at_the_next_flush(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(sinks, "monotonic", lambda: now[0])
+    sink, producer = await in_transaction()
+    await sink.flush()  # nothing waits: nothing to hold
+    sink.send(OutgoingRecord("out", b"a", b"v", [], 1, None))
+    await sink.flush()  # the first flush that holds records: the age counts from here
+    now[0] += FLUSH_AGE_S / 2
+    sink.send(OutgoingRecord("out", b"b", b"v", [], 1, None))
+    await sink.flush()
+    assert producer.calls == []
+    now[0] += FLUSH_AGE_S / 2
+    await sink.flush()
+    assert producer.calls == ["send_batch"]
+    assert producer.batches[0][0].records == [(b"a", b"v"), (b"b", b"v")]
+    sink.send(OutgoingRecord("out", b"c", b"v", [], 1, None))
+    await sink.flush()  # a new hold begins
+    assert producer.calls == ["send_batch"]
+    await sink.delivered()  # the commit takes the rest, and the next hold starts afresh
+    assert producer.calls == ["send_batch", "send_batch"]
+    sink.send(OutgoingRecord("out", b"d", b"v", [], 1, None))
+    await sink.flush()
+    assert producer.calls == ["send_batch", "send_batch"]
 
 
 async def test_commit_outside_a_transaction_does_nothing() -> None:
@@ -671,4 +740,11 @@ async def test_at_least_once_delivered_reports_offsets_and_abort_discards() -> N
     sink.send(OutgoingRecord("out", b"k", b"v", [], 0, None))
     await sink.abort()
     assert await sink.delivered() == {}
+    assert producer.calls == ["send_batch"]
+
+
+async def test_at_least_once_flushes_every_batch() -> None:
+    sink, producer, _ = at_least_once()
+    sink.send(OutgoingRecord("out", b"k", b"v", [], 1, None))
+    await sink.flush()  # visible at once: nothing waits for a commit
     assert producer.calls == ["send_batch"]

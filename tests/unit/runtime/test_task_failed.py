@@ -56,6 +56,8 @@ class FailingSink:
     async def delivered(self) -> dict[TopicPartition, int]:
         return {}
 
+    async def stage_offsets(self, offsets: Mapping[TopicPartition, Any]) -> None: ...
+
     async def commit(self, offsets: Mapping[TopicPartition, Any]) -> None:
         if self.fail_commit:
             raise FENCED
