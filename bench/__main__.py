@@ -47,7 +47,7 @@ from bench.peers import PINS, ensure, peer_info
 from bench.report import format_table, summarize, targets
 from bench.restore import Changelog, restore_once
 from bench.scale_out import run_scale_out
-from bench.scenarios import SCENARIOS, RunContext, Scenario, run_throughput
+from bench.scenarios import SCENARIOS, RunContext, Scenario, checkout_pythonpath, run_throughput
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ONCE = {"sum-1m"}
@@ -129,10 +129,7 @@ def _selection(
 def _with_base(names: list[str], base: Path) -> list[str]:
     """``names`` with ``<name>.base`` after each onceflow throughput and restore scenario,
     registered in ``SCENARIOS``: the same scenario on the code of the checkout ``base``."""
-    view = base.resolve() / "build" / "typecheck"
-    if not (view / "onceflow").is_dir():
-        raise SystemExit(f"--base {base}: no {view}/onceflow; run scripts/typecheck_view.py there")
-    path = os.pathsep.join([str(view), str(base.resolve())])
+    path = checkout_pythonpath(base)
     out = []
     for name in names:
         out.append(name)

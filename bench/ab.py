@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.env import broker
 from bench.latency import run_latency
-from bench.scenarios import SCENARIOS, RunContext, run_throughput
+from bench.scenarios import SCENARIOS, RunContext, checkout_pythonpath, run_throughput
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,17 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _trees(specs: list[str]) -> dict[str, Path]:
+def _trees(specs: list[str]) -> dict[str, str]:
+    """NAME -> the workers' PYTHONPATH for each ``--tree NAME=PATH``."""
     trees = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
-        if not sep or not (Path(path) / "app" / "runtime").is_dir():
+        if not sep:
             raise SystemExit(f"--tree {spec!r}: expected NAME=PATH of a onceflow checkout")
-        trees[name] = Path(path).resolve()
+        trees[name] = checkout_pythonpath(Path(path))
     return trees
 
 
-async def _run(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict[str, Any]]:
+async def _run(args: argparse.Namespace, trees: dict[str, str]) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     async with broker(args.bootstrap, args.workdir) as kafka:
         ctx = RunContext(
@@ -61,7 +62,7 @@ async def _run(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict[st
         )  # fmt: skip
         for i in range(args.repeat):
             for name, path in trees.items():
-                os.environ["PYTHONPATH"] = f"{path}/build/typecheck:{path}"  # the workers'
+                os.environ["PYTHONPATH"] = path  # the workers'
                 for scenario in args.tput:
                     result = await run_throughput(ctx, SCENARIOS[scenario])
                     runs.append({"tree": name, "scenario": scenario, "repeat": i, **result,
@@ -75,9 +76,7 @@ async def _run(args: argparse.Namespace, trees: dict[str, Path]) -> list[dict[st
                     ms = result["latency_ms"]
                     print(f"[{i + 1}] {name} {rate:,.0f}/s: p50 {ms['p50']:.0f} ms, "
                           f"p99 {ms['p99']:.0f} ms", flush=True)  # fmt: skip
-                args.output.write_text(
-                    json.dumps({"trees": {k: str(v) for k, v in trees.items()}, "runs": runs})
-                )
+                args.output.write_text(json.dumps({"trees": trees, "runs": runs}))
     return runs
 
 

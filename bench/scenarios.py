@@ -11,6 +11,7 @@ rebalances are outside the window, and nothing else of the benchmark competes fo
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 import time
@@ -259,6 +260,20 @@ def cpu_figures(
 
 def cpu_mark(ctx: RunContext, procs: list[Proc]) -> tuple[float, float]:
     return sum(p.cpu_seconds() for p in procs), broker_cpu_seconds(ctx)
+
+
+def checkout_pythonpath(path: Path) -> str:
+    """The workers' PYTHONPATH to run the onceflow of the checkout at ``path`` (its
+    ``build/typecheck`` view, then the checkout: ``python3 scripts/typecheck_view.py`` there
+    first), for comparing code versions in one run (``--base``, ``bench.ab``)."""
+    root = path.resolve()
+    view = root / "build" / "typecheck"
+    if not (view / "onceflow").is_dir() or not (root / "app" / "runtime").is_dir():
+        raise SystemExit(
+            f"{path}: not a onceflow checkout with {view}/onceflow; run scripts/typecheck_view.py "
+            "there"
+        )
+    return os.pathsep.join([str(view), str(root)])
 
 
 def worker_env(
