@@ -28,6 +28,7 @@ from aiokafka.structs import TopicPartition
 from onceflow import naming
 from onceflow.errors import OnceflowError
 from onceflow.runtime.admin import TopicAdmin, internal_topics
+from onceflow.runtime.alos_sinks import AtLeastOnceSink, FencedAtLeastOnceSink
 from onceflow.runtime.assignor import HaConfig, TaskAssignor, TaskKey
 from onceflow.runtime.cleanup import StateCleaner
 from onceflow.runtime.clients import Clients
@@ -43,12 +44,7 @@ from onceflow.runtime.global_tables import GlobalTables
 from onceflow.runtime.ha import HighAvailability
 from onceflow.runtime.metrics import Metrics
 from onceflow.runtime.ordering import HeldInputs, by_timestamp
-from onceflow.runtime.sinks import (
-    AtLeastOnceSink,
-    FencedAtLeastOnceSink,
-    Sink,
-    TransactionalSink,
-)
+from onceflow.runtime.sinks import Sink, TransactionalSink
 from onceflow.runtime.sql_sinks import SqlSinks
 from onceflow.runtime.standby import StandbyTask
 from onceflow.runtime.task import Task, TaskState

@@ -38,8 +38,9 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from onceflow.errors import AuthorizationError, TaskCorruptedError, TaskFencedError
 from onceflow.records import OutgoingRecord
 from onceflow.runtime import sinks
+from onceflow.runtime.alos_sinks import AtLeastOnceSink
 from onceflow.runtime.failures import judge
-from onceflow.runtime.sinks import FLUSH_AGE_S, FLUSH_RECORDS, AtLeastOnceSink, TransactionalSink
+from onceflow.runtime.sinks import FLUSH_AGE_S, FLUSH_RECORDS, TransactionalSink
 
 TXN_ID = "app-0_3"
 GROUP = "app"
