@@ -1,16 +1,23 @@
 """Transaction buffering shared by the SQLite and in-memory store partitions.
 
-A store's writes pass through three stages, each a ``WriteBatch``::
+A store's writes pass through four stages, each a ``WriteBatch``::
 
-    buffer   --seal()-->   sealed   --flush()-->   flushing   --commit-->   durable state
-    (open transaction)     (committed in Kafka,    (being written by a
-                            waiting for a flush)    worker thread)
+    buffer  --cut()-->  cut  --seal()-->  sealed  --flush()-->  flushing  --commit-->  durable
+    (open               (its Kafka        (committed in Kafka,  (being written by a
+     transaction)        transaction is    waiting for a flush)  worker thread)
+                         committing)
+
+``cut`` is optional: a task cuts its buffers when its commit begins and goes on writing into a
+fresh buffer while the Kafka transaction commits (docs/architecture.md, *The commit*); ``seal``
+then seals the cut batch only. Without a cut, ``seal`` seals the buffer.
 
 Reads of committed state (``committed_get``, ``range_items(include_pending=False)``) see
 ``flushing`` and ``sealed`` overlaid on durable state: both hold writes whose Kafka transaction
-already committed, so a query never sees an aborted update, nor a flush half-applied.
+already committed, so a query never sees an aborted update, nor a flush half-applied. Reads
+through the open transaction (``get``, ``range_items``) see the cut batch and the buffer too.
 
-Threads: the buffer belongs to the event-loop thread (put/delete/discard/seal run there).
+Threads: the buffer and the cut batch belong to the event-loop thread (put/delete/discard/cut/seal
+run there).
 ``flush``, ``restore_batch`` and ``wipe`` may run in one worker thread at a time (``_write_lock``);
 ``_state_lock`` guards the hand-over of batches and the subclasses' read caches, and
 ``_generation`` changes whenever durable state does, so a reader can tell that a value it read
@@ -40,6 +47,7 @@ class BufferedStorePartition(ABC):
     def __init__(self, name: str) -> None:
         self._name = name
         self._buffer = WriteBatch()
+        self._cut: WriteBatch | None = None  # the writes of the transaction being committed
         self._sealed: WriteBatch | None = None
         self._flushing: WriteBatch | None = None
         self._checkpoint: int | None = None
@@ -81,11 +89,16 @@ class BufferedStorePartition(ABC):
         return self._closed
 
     def get(self, key: bytes) -> bytes | None:
-        """Read through the open transaction: buffer, then committed state."""
+        """Read through the open transaction: buffer, the cut batch, then committed state."""
         self._check_open()
         found, value = self._buffer.lookup(key)
         if found:
             return value
+        cut = self._cut
+        if cut is not None:
+            found, value = cut.lookup(key)
+            if found:
+                return value
         return self.committed_get(key)
 
     def committed_get(self, key: bytes) -> bytes | None:
@@ -116,7 +129,10 @@ class BufferedStorePartition(ABC):
         self._check_open()
         with self._state_lock:
             overlays = [b for b in (self._flushing, self._sealed) if b is not None]
+            cut = self._cut
         if include_pending:
+            if cut is not None:
+                overlays.append(cut)
             overlays.append(self._buffer)
         if limit is None:
             return merge_range(self._committed_range(lo, hi, None), overlays, lo, hi)
@@ -152,24 +168,43 @@ class BufferedStorePartition(ABC):
         return MappingProxyType(self._buffer.writes)
 
     def discard(self) -> None:
-        """Drop the open transaction (its Kafka transaction aborted). Sealed writes stay."""
+        """Drop the open transaction and the cut one (their Kafka transactions aborted). Sealed
+        writes stay."""
         self._buffer = WriteBatch()
+        self._cut = None
+
+    def cut(self) -> None:
+        """The open transaction's Kafka commit begins: its writes become the cut batch and later
+        writes go to a fresh buffer (the next transaction's). Reads through the open
+        transaction still see the cut batch; ``seal`` hands it to the next flush once the Kafka
+        commit returned, ``discard`` drops it if it failed. One cut at a time."""
+        self._check_open()
+        if self._cut is not None:
+            raise StateError(f"store {self._name!r} is committing a cut batch already")
+        with self._state_lock:
+            self._cut, self._buffer = self._buffer, WriteBatch()
 
     def seal(self) -> None:
-        """Hand the open buffer to the next ``flush`` and start an empty one.
+        """Hand the cut batch (after ``cut``), or else the open buffer, to the next ``flush``
+        (a fresh buffer takes the open one's place).
 
         Call this on the event loop right after the Kafka transaction committed, then run
         ``flush(checkpoint, seal=False)`` in a worker thread while the loop goes on writing.
         """
         self._check_open()
-        buffer, self._buffer = self._buffer, WriteBatch()
-        if not buffer:
-            return
+        # Under the lock: a range read in a worker thread sees the batch in one place or the
+        # other (``range_items``).
         with self._state_lock:
-            if self._sealed is None:
-                self._sealed = buffer
+            batch = self._cut if self._cut is not None else self._buffer
+            if batch:
+                if self._sealed is None:
+                    self._sealed = batch
+                else:
+                    self._sealed.absorb(batch)
+            if self._cut is not None:
+                self._cut = None
             else:
-                self._sealed.absorb(buffer)
+                self._buffer = WriteBatch()
 
     def flush(self, checkpoint: int | None, *, seal: bool = True) -> None:
         """Make the sealed writes and ``checkpoint`` durable, atomically.
@@ -226,7 +261,8 @@ class BufferedStorePartition(ABC):
             self._check_open()
             if last_offset < 0:
                 raise ValueError(f"last_offset must be >= 0, got {last_offset}")
-            if self._buffer or self._sealed is not None or self._flushing is not None:
+            batches = (self._cut, self._sealed, self._flushing)
+            if self._buffer or any(b is not None for b in batches):
                 raise StateError(
                     f"cannot restore store {self._name!r} while it has unflushed writes: "
                     "restore runs before processing starts (flush or discard them first)"
@@ -245,7 +281,7 @@ class BufferedStorePartition(ABC):
             self._check_open()
             with self._state_lock:
                 self._buffer = WriteBatch()
-                self._sealed = self._flushing = None
+                self._cut = self._sealed = self._flushing = None
                 self._generation += 1
                 self._wipe_storage()
                 self._checkpoint = None
@@ -261,7 +297,7 @@ class BufferedStorePartition(ABC):
                 return
             self._closed = True
             self._buffer = WriteBatch()
-            self._sealed = self._flushing = None
+            self._cut = self._sealed = self._flushing = None
             self._close_storage()
 
     def __enter__(self) -> Self:

@@ -57,11 +57,14 @@ class StorePartition(Restorable, Protocol):
 
         store.put(k, v)                 # event loop: buffered, visible to get()
         store.pending()                 # event loop: what to produce to the changelog
+        store.cut()                     # event loop: the buffer becomes the cut batch; later
+                                        # writes (the next transaction's) go to a fresh buffer
         ...                             # Kafka transaction commits
-        store.seal()                    # event loop: the buffer becomes the sealed batch
+        store.seal()                    # event loop: the cut batch becomes the sealed batch
         await asyncio.to_thread(store.flush, last_changelog_offset)
 
-    or ``store.discard()`` when the Kafka transaction aborts. The buffer belongs to the event
+    (``cut`` is optional: without it ``seal`` seals the buffer), or ``store.discard()`` when the
+    Kafka transaction aborts. The buffer belongs to the event
     loop thread: only ``flush``, ``restore_batch`` and ``wipe`` may run in a worker thread, one at
     a time, while the loop keeps reading.
     """
@@ -77,7 +80,7 @@ class StorePartition(Restorable, Protocol):
         ...
 
     def get(self, key: bytes) -> bytes | None:
-        """Read through the open transaction: buffer, then committed state."""
+        """Read through the open transaction: buffer, the cut batch, then committed state."""
         ...
 
     def committed_get(self, key: bytes) -> bytes | None:
@@ -116,11 +119,17 @@ class StorePartition(Restorable, Protocol):
         ...
 
     def discard(self) -> None:
-        """Drop the open transaction's writes (the Kafka transaction aborted)."""
+        """Drop the open transaction's writes and the cut ones (the Kafka transaction
+        aborted)."""
+        ...
+
+    def cut(self) -> None:
+        """The open transaction starts committing: its writes become the cut batch (still read
+        by ``get``), later writes go to a fresh buffer."""
         ...
 
     def seal(self) -> None:
-        """Hand the open buffer to the next ``flush`` and start an empty buffer."""
+        """Hand the cut batch (or, without a cut, the open buffer) to the next ``flush``."""
         ...
 
     def flush(self, checkpoint: int | None, *, seal: bool = True) -> None:

@@ -218,6 +218,10 @@ class WindowedStorePartition(Wrapped):
                 out.append((self.store_key(key, start), value))
         self.inner.restore_batch(out, last_offset)
 
+    def cut(self) -> None:
+        """See ``StorePartition.cut``."""
+        self.inner.cut()
+
     def seal(self) -> None:
         """See ``StorePartition.seal``."""
         self.inner.seal()

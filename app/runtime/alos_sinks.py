@@ -33,6 +33,9 @@ class AtLeastOnceSink(_Buffered):
     async def begin(self) -> None:
         return None
 
+    def cut(self) -> None:
+        return None  # no transaction to hold sends for: ``delivered`` waits for all of them
+
     async def flush(self) -> None:
         try:
             await self._outbox.flush()

@@ -1,9 +1,10 @@
 """The commit protocol of one task: what it consumed since its last commit, and how that becomes
 one Kafka transaction and then one SQLite write (docs/architecture.md, *The commit*).
 
-A task processes into its ``Checkpoint`` (``processed``) and the worker calls ``commit`` on
-schedule. Stream time travels in the metadata of the committed offsets, so a task that moves
-resumes with the stream time its outputs were computed with.
+A task processes into its ``Checkpoint`` (``processed``) and the worker begins a commit on
+schedule (``begin``: the cut) and lets it finish in the background (``finish``) while the task
+processes into the next transaction. Stream time travels in the metadata of the committed
+offsets, so a task that moves resumes with the stream time its outputs were computed with.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from onceflow.runtime.sinks import Sink
     from onceflow.runtime.stores import TaskStores
 
-__all__ = ["Checkpoint", "CommitMetrics", "offset_metadata", "stream_time_of", "tables_of"]
+__all__ = ["Checkpoint", "CommitMetrics", "Cut", "offset_metadata", "stream_time_of", "tables_of"]
 
 
 def offset_metadata(stream_time: int, tables: Sequence[str] = ()) -> str:
@@ -107,37 +108,69 @@ class Checkpoint:
         self._uncommitted += count
 
     async def commit(self, stream_time: int) -> bool:
-        """Commit what the task processed since its last commit; False when there was nothing.
+        """Commit what the task processed since its last commit, start to end (``begin`` then
+        ``finish``, after the previous commit's SQLite write); False when there was nothing."""
+        await self._stores.flushed()
+        cut = self.begin(stream_time)
+        if cut is None:
+            return False
+        await self.finish(cut)
+        return True
 
-        0. Wait for the previous commit's SQLite write (writes land in commit order; a failed
-           one fails the task here).
+    def begin(self, stream_time: int) -> Cut | None:
+        """Begin a commit of what the task processed since its last one (None: nothing to
+        commit), on the event loop and between two batches of the task: the steps below up to
+        the cut run at once, so that what is committed is exactly what those records did.
+        ``finish`` does the rest, while the task goes on processing into the next transaction
+        (docs/architecture.md, *The commit*).
+
+        0. The previous commit's SQLite write is over (the caller waited for it: writes land in
+           commit order); a failed one fails the task here.
         1. Expire old windows; hand each store's changelog records (last value per key) to the
            producer.
-        2. Wait for the broker to acknowledge every send of the transaction (aiokafka would
-           commit a transaction whose sends failed) and note the last changelog offset per store.
-           Meanwhile, send the consumed offsets, with the stream time and the table names as
-           metadata, to the transaction — once (``Sink.stage_offsets``: they count only if
-           step 3 commits; a failed send aborts them with the rest).
-        3. Commit the transaction, once both parts of step 2 succeeded.
-        4. Persist each store's buffer with its changelog checkpoint to SQLite (Invariant 1:
-           only after the commit returned; Invariant 2: data and checkpoint in one SQLite
-           transaction). The buffers are sealed on the loop and written in a worker thread while
-           the task goes on processing.
+        2. Cut: the offsets, the stream time, every store's buffer (``TaskStores.cut``) and the
+           sink's sends (``Sink.cut``) so far are this commit's; what the task processes from
+           now on is the next transaction's.
         """
         if self.empty():
-            return False
+            return None
         started = time.perf_counter()
         # Step 0
-        await self._stores.flushed()
+        self._stores.check_flushed()
         # Step 1
         partition = self._stores.partition
         for table, records in self._stores.changelog_records(stream_time):
             self._sink.send_pairs(table.changelog_topic, partition, records)
-        # Step 2: the acknowledgements and the offsets' round trips at once
+        # Step 2
         meta = offset_metadata(stream_time, self._table_names)
-        offsets = {tp: OffsetAndMetadata(pos, meta) for tp, pos in self._positions.items()}
+        positions = dict(self._positions)
+        offsets = {tp: OffsetAndMetadata(pos, meta) for tp, pos in positions.items()}
+        self._stores.cut()
+        self._sink.cut()
+        self._uncommitted = 0
+        self._touched = False
+        return Cut(positions, offsets, started)
+
+    async def finish(self, cut: Cut) -> None:
+        """Finish the commit ``begin`` cut.
+
+        3. Wait for the broker to acknowledge every send of the transaction (aiokafka would
+           commit a transaction whose sends failed) and note the last changelog offset per store.
+           Meanwhile, send the cut offsets, with the stream time and the table names as metadata,
+           to the transaction — once (``Sink.stage_offsets``: they count only if step 4 commits;
+           a failed send aborts them with the rest).
+        4. Commit the transaction, once both parts of step 3 succeeded. The sends the task made
+           since the cut go to the next transaction.
+        5. Persist each store's cut batch with its changelog checkpoint to SQLite (Invariant 1:
+           only after the commit returned; Invariant 2: data and checkpoint in one SQLite
+           transaction). The batches are sealed on the loop and written in a worker thread while
+           the task goes on processing.
+
+        If it raises, the task has failed: what it processed since the cut is dropped with it.
+        """
+        # Step 3: the acknowledgements and the offsets' round trips at once
         delivered, staged = await asyncio.gather(
-            self._sink.delivered(), self._sink.stage_offsets(offsets), return_exceptions=True
+            self._sink.delivered(), self._sink.stage_offsets(cut.offsets), return_exceptions=True
         )
         if isinstance(delivered, BaseException):
             if isinstance(delivered, TaskFencedError | TaskCorruptedError):
@@ -145,14 +178,19 @@ class Checkpoint:
             raise delivered
         if isinstance(staged, BaseException):
             raise staged
-        checkpoints = self._stores.checkpoints(delivered, self._positions)
-        # Step 3
-        await self._sink.commit(offsets)
-        self._committed.update(self._positions)
-        self._metrics.committed.inc()
+        checkpoints = self._stores.checkpoints(delivered, cut.positions)
         # Step 4
+        await self._sink.commit(cut.offsets)
+        self._committed.update(cut.positions)
+        self._metrics.committed.inc()
+        # Step 5
         self._stores.persist(checkpoints)
-        self._uncommitted = 0
-        self._touched = False
-        self._metrics.latency.observe(time.perf_counter() - started)
-        return True
+        self._metrics.latency.observe(time.perf_counter() - cut.started)
+
+
+class Cut(NamedTuple):
+    """What a commit commits, fixed when it begins (``Checkpoint.begin``)."""
+
+    positions: dict[TopicPartition, int]
+    offsets: dict[TopicPartition, OffsetAndMetadata]
+    started: float  # ``time.perf_counter()``

@@ -3,10 +3,10 @@
 Every task commits at most once per ``ONCEFLOW_COMMIT_INTERVAL_MS`` (sooner when it holds
 ``ONCEFLOW_COMMIT_EVERY`` uncommitted records), but not all at the same moment: task ``g_p``'s
 commits fall at ``(p + crc32(g)) mod P / P`` of the interval (``P``: the group's partitions), so
-the tasks of one worker spread their commits evenly over it whichever partitions it owns. A task
-commits in the background (``Task.commit_in_background``): the worker goes on fetching and
-processing its other tasks, and the committing task's records wait for the commit in the task,
-in order (docs/architecture.md, *Commit scheduling*).
+the tasks of one worker spread their commits evenly over it whichever partitions it owns. A
+task commits in the background (``Task.commit_in_background``): the worker goes on fetching and
+processing every task, the committing one's records into its next transaction
+(docs/architecture.md, *Commit scheduling*).
 
 A commit that comes late (the loop was busy) keeps the task's place in the grid: the next one is
 due at the next grid point, not a whole interval after the late one.
@@ -28,8 +28,8 @@ class Committable(Protocol):
     """What the schedule reads of a task."""
 
     @property
-    def schedulable(self) -> bool:
-        """Running and not committing: a commit may begin."""
+    def can_commit(self) -> bool:
+        """Running, not committing, the last commit's SQLite write over: a commit may begin."""
         ...
 
     @property
@@ -61,8 +61,8 @@ class CommitSchedule(Generic[K]):
         self._due: dict[K, float] = {}
 
     def due(self, tasks: Mapping[K, Committable], now: float) -> list[K]:
-        """The tasks whose commit should begin now: schedulable, with work, and at or past their
-        time or holding ``commit_every`` records. A task seen schedulable for the first time is
+        """The tasks whose commit should begin now: able to, with work, and at or past their
+        time or holding ``commit_every`` records. A task seen able to for the first time is
         placed (its first commit at its phase of the next interval), not due; a key no longer in
         ``tasks`` is forgotten."""
         for gone in self._due.keys() - tasks.keys():
@@ -71,12 +71,12 @@ class CommitSchedule(Generic[K]):
         for key, task in tasks.items():
             at = self._due.get(key)
             if at is None:
-                if task.schedulable:
+                if task.can_commit:
                     phase = self._phase(key)
                     self._due[key] = now + self._interval * (phase if phase > 0 else 1.0)
                 continue
             if (
-                task.schedulable
+                task.can_commit
                 and task.has_work
                 and (now >= at or task.uncommitted >= self._commit_every)
             ):

@@ -67,8 +67,11 @@ class Outbox:
         self._producer = producer
         self._pending: list[OutgoingRecord] = []
         # Records whose partition is known and that carry no headers or timestamp (changelogs)
-        self._direct: list[tuple[TopicPartition, Iterable[tuple[bytes, bytes | None]]]] = []
+        self._direct: list[_Pairs] = []
         self._shipped: list[tuple[TopicPartition, int, asyncio.Future[Any]]] = []
+        # From ``cut`` to ``release``: the committing transaction's records not handed over yet
+        # (``_pending`` and ``_direct`` then hold the next transaction's).
+        self._cut: tuple[list[OutgoingRecord], list[_Pairs]] | None = None
 
     async def partition_count(self, topic: str) -> int:
         """Partitions of ``topic`` (the producer's metadata; it waits for a topic it does not know
@@ -90,16 +93,42 @@ class Outbox:
         at the next flush."""
         self._direct.append((TopicPartition(topic, partition), pairs))
 
+    @property
+    def holding(self) -> bool:
+        """Between ``cut`` and ``release``: records added meanwhile wait for the next
+        transaction."""
+        return self._cut is not None
+
+    def cut(self) -> None:
+        """The records added so far belong to the transaction that starts committing: until
+        ``release``, ``flush`` and ``delivered`` hand over only those, and later records wait
+        (docs/architecture.md, *The commit*)."""
+        if self._cut is not None:
+            raise RuntimeError("the outbox is cut already")
+        self._cut = (self._pending, self._direct)
+        self._pending, self._direct = [], []
+
+    def release(self) -> None:
+        """The committing transaction is over: the records that waited are the next one's."""
+        cut, self._cut = self._cut, None
+        if cut is not None and (cut[0] or cut[1]):  # never handed over: keep them first
+            self._pending = cut[0] + self._pending
+            self._direct = cut[1] + self._direct
+
     async def flush(self) -> None:
-        """Hand every pending record to the producer, one batch per partition."""
-        if self._pending:
-            pending, self._pending = self._pending, []
+        """Hand every pending record to the producer, one batch per partition (after ``cut``:
+        the committing transaction's only)."""
+        if self._cut is not None:
+            pending, direct = self._cut
+            self._cut = ([], [])
+        else:
+            pending, direct = self._pending, self._direct
+            self._pending, self._direct = [], []
+        if pending:
             for tp, records in (await self._group(pending)).items():
                 await self._ship(tp, ((r.key, r.value, r.timestamp_ms, r.headers) for r in records))
-        if self._direct:
-            direct, self._direct = self._direct, []
-            for tp, pairs in direct:
-                await self._ship(tp, ((key, value, None, _NO_HEADERS) for key, value in pairs))
+        for tp, pairs in direct:
+            await self._ship(tp, ((key, value, None, _NO_HEADERS) for key, value in pairs))
 
     async def _group(
         self, records: list[OutgoingRecord]
@@ -193,6 +222,7 @@ class Outbox:
         """Drop pending records and stop caring about shipped ones (the transaction aborts)."""
         self._pending = []
         self._direct = []
+        self._cut = None
         _forget([f for _, _, f in self._shipped])
         self._shipped = []
 
@@ -200,6 +230,8 @@ class Outbox:
 # key, value, timestamp (ms; None: when sent), headers
 _Record = tuple[bytes | None, bytes | None, int | None, list[Header]]
 _NO_HEADERS: list[Header] = []  # shared: the batch builder only reads it
+# Changelog records of one partition (``add_pairs``)
+_Pairs = tuple[TopicPartition, Iterable[tuple[bytes, bytes | None]]]
 
 
 def _forget(futures: list[asyncio.Future[Any]]) -> None:

@@ -70,6 +70,12 @@ class Sink(Protocol):
         self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
     ) -> None: ...
     async def flush(self) -> None: ...
+    def cut(self) -> None:
+        """The task's commit begins: the sends so far are the committing transaction's; later
+        sends belong to the next one, and a transactional sink holds them until ``commit``
+        returns (``delivered`` and ``commit`` then concern the cut sends only)."""
+        ...
+
     async def delivered(self) -> dict[TopicPartition, int]: ...
     async def stage_offsets(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         """Put ``offsets`` into the open transaction ahead of ``commit`` (which then does not
@@ -138,10 +144,19 @@ class TransactionalSink(_Buffered):
     async def begin(self) -> None:
         if not self._in_txn:
             self._check_fatal()
-            await self._producer.begin_transaction()
-            self._in_txn = True
+            self._in_txn = True  # first: a concurrent begin() must not begin a second one
+            try:
+                await self._producer.begin_transaction()
+            except BaseException:
+                self._in_txn = False
+                raise
+
+    def cut(self) -> None:
+        self._outbox.cut()
 
     async def flush(self) -> None:
+        if self._outbox.holding:
+            return  # the next transaction's: it begins when the committing one returns
         pending = self._outbox.pending
         if not pending:
             return
@@ -152,12 +167,14 @@ class TransactionalSink(_Buffered):
             if now - self._holding_since < FLUSH_AGE_S:
                 return  # a later flush, or ``delivered`` (the commit), hands them over
         self._holding_since = None
+        await self.begin()  # records processed while the last transaction committed
         # No timeout of ours: aiokafka bounds a send itself (metadata wait and a full buffer
         # both time out after request_timeout_ms).
         await self._guard(self._outbox.flush(), "send", None)
 
     async def delivered(self) -> dict[TopicPartition, int]:
         self._holding_since = None
+        await self.begin()  # the offsets need a transaction even if nothing was sent
         last: dict[TopicPartition, int] = await self._guard(self._outbox.delivered(), "send", None)
         return last
 
@@ -180,6 +197,7 @@ class TransactionalSink(_Buffered):
         await self.stage_offsets(offsets)
         await self._guard(self._producer.commit_transaction(), "commit_transaction")
         self._in_txn = self._staged = False
+        self._outbox.release()  # what was sent meanwhile: the next transaction begins with it
 
     async def abort(self) -> None:
         self._outbox.discard()

@@ -316,10 +316,17 @@ class TaskStores:
             **source_checkpoints(self.tables, self.partition, positions or {}),
         }
 
+    def cut(self) -> None:
+        """The Kafka commit of the open transaction begins: every store's buffer becomes its cut
+        batch, and the writes of records processed meanwhile go to fresh buffers
+        (``StorePartition.cut``)."""
+        for store in self._stores.values():
+            store.cut()
+
     def persist(self, checkpoints: dict[str, int]) -> None:
-        """After the Kafka commit: seal every buffer (on the loop, so later writes go to a fresh
-        one) and write the sealed buffers with their checkpoints to SQLite in a worker thread.
-        ``flushed()`` waits for that write."""
+        """After the Kafka commit: seal every cut batch (on the loop) and write the sealed batches
+        with their checkpoints to SQLite in a worker thread. ``flushed()`` waits for that
+        write."""
         if not self._stores:
             return
         for store in self._stores.values():
@@ -348,6 +355,18 @@ class TaskStores:
         flushing, self._flushing = self._flushing, None
         if flushing is not None:
             await flushing
+
+    @property
+    def flushing(self) -> bool:
+        """The last commit's SQLite writes are still running."""
+        return self._flushing is not None and not self._flushing.done()
+
+    def check_flushed(self) -> None:
+        """``flushed()`` when the writes are over: raises what they raised."""
+        flushing, self._flushing = self._flushing, None
+        if flushing is not None:
+            assert flushing.done(), "check_flushed() while the SQLite writes run"
+            flushing.result()
 
     # -- close -------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from onceflow.errors import (
     TaskCorruptedError,
     TaskFencedError,
 )
-from onceflow.runtime.checkpoint import Checkpoint, CommitMetrics, stream_time_of
+from onceflow.runtime.checkpoint import Checkpoint, CommitMetrics, Cut, stream_time_of
 from onceflow.runtime.compat import committed_offsets
 from onceflow.runtime.effects import Effects
 from onceflow.runtime.metrics import BatchedHistogram
@@ -137,10 +137,8 @@ class Task:
             ),
         )
         self._held: Held | None = None  # a record waiting for its retry, and those behind it
-        # The commit running in the background, and the records handed over meanwhile, in order
+        # The commit running in the background (``commit_in_background``)
         self._committing: asyncio.Future[bool] | None = None
-        self._parked: list[tuple[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]] = []
-        self._parked_records = 0
         # Per source topic: the tables keyed like it, whose keys a fetched batch names.
         self._prefetch: dict[str, list[AnyTable]] = {}
         # Per partition, the loads begun ahead of processing (``preload``; docs/architecture.md,
@@ -205,8 +203,14 @@ class Task:
 
     @property
     def schedulable(self) -> bool:
-        """Running and not committing: a commit may begin, timers may run."""
+        """Running and not committing: timers may run, retries be tried."""
         return self.state is TaskState.RUNNING and self._committing is None
+
+    @property
+    def can_commit(self) -> bool:
+        """Running, not committing, and the last commit's SQLite write is over: a commit may
+        begin (its cut must not overtake that write: ``Checkpoint.begin``)."""
+        return self.schedulable and not self._stores.flushing
 
     @property
     def committing(self) -> bool:
@@ -217,11 +221,6 @@ class Task:
     def commit_finished(self) -> bool:
         """A background commit is over (``finish_commit`` collects it)."""
         return self._committing is not None and self._committing.done()
-
-    @property
-    def parked_records(self) -> int:
-        """Records handed to ``process`` during the background commit, waiting for it."""
-        return self._parked_records
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -325,11 +324,8 @@ class Task:
         their outputs to the producer, one batch per partition. A record whose handler fails
         is not retried here: it and the records after it wait (``retry_due``) while the worker
         goes on with its other tasks and its poll loop. During a background commit the records
-        wait in the task (``finish_commit`` runs them). If it raises, the task has failed."""
-        if self._committing is not None:
-            self._parked.append((tp, records))
-            self._parked_records += len(records)
-            return
+        are processed into the next transaction (``commit_in_background``). If it raises, the
+        task has failed."""
         try:
             await self._process(tp, records)
         except BaseException:
@@ -623,32 +619,51 @@ class Task:
         return committed
 
     def commit_in_background(self) -> None:
-        """Begin ``commit()`` and return: the worker processes its other tasks meanwhile, and
-        this task's records wait (``process``) until ``finish_commit`` collects the commit
-        (docs/architecture.md, *Commit scheduling*)."""
+        """Begin a commit and return: the cut (``Checkpoint.begin``) happens now, between two
+        batches of the task; the rest runs in the background while the worker goes on with
+        every task, this one included, whose records go to the next transaction, until
+        ``finish_commit`` collects the commit (docs/architecture.md, *Commit scheduling*).
+        Call it only while ``can_commit``."""
         if self._committing is not None:
             raise RuntimeError(f"task {self.task_id} is committing already")
-        self._committing = asyncio.ensure_future(self.commit())
+        if self._stores.flushing:
+            raise RuntimeError(f"task {self.task_id} is writing its last commit to SQLite")
+        stream_time = self.stream_time
+        try:
+            cut = self._checkpoint.begin(stream_time)
+        except Exception as exc:
+            self._fail()
+            self._committing = asyncio.get_running_loop().create_future()
+            self._committing.set_exception(exc)
+            return
+        if cut is None:
+            self._committing = asyncio.get_running_loop().create_future()
+            self._committing.set_result(False)
+            return
+        self._committing = asyncio.ensure_future(self._commit_cut(cut, stream_time))
+
+    async def _commit_cut(self, cut: Cut, stream_time: int) -> bool:
+        try:
+            await self._checkpoint.finish(cut)
+        except BaseException:
+            self._fail()
+            raise
+        self.committed_stream_time = stream_time
+        return True
 
     async def finish_commit(self) -> bool:
-        """Collect the background commit (re-raising its failure: the task has failed), then
-        process the records that waited for it, in order. Returns what ``commit()`` did."""
+        """Collect the background commit, re-raising its failure (the task has failed: what it
+        processed since the cut is dropped with it). Returns whether it committed anything."""
         commit = self._committing
         if commit is None or not commit.done():
             raise RuntimeError(f"task {self.task_id} has no finished commit to collect")
         self._committing = None
-        parked, self._parked, self._parked_records = self._parked, [], 0
-        committed = commit.result()
-        for tp, records in parked:
-            await self.process(tp, records)
-        return committed
+        return commit.result()
 
     async def _end_background_commit(self, *, wait: bool) -> None:
         """At close: wait for the background commit (``wait``) or cancel it; its failure has
-        failed the task already. The parked records are dropped: the next owner reads them
-        again from the committed offsets."""
+        failed the task already."""
         commit, self._committing = self._committing, None
-        self._parked, self._parked_records = [], 0
         if commit is None:
             return
         if not wait:

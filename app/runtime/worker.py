@@ -4,9 +4,9 @@
 the background (fence, seek, restore) with their partitions paused, so a long restore never
 stalls heartbeats. The loop fetches and hands each task its records; each task commits every
 ``commit_interval_ms`` (or ``commit_every`` records) on its own staggered schedule, in the
-background, while the others go on processing (``commits.py``). A task that fails is closed without
-committing and rebuilt from the committed state; a fenced task waits for the rebalance that
-follows.
+background, while every task goes on processing, the committing one into its next transaction
+(``commits.py``). A task that fails is closed without committing and rebuilt from the committed
+state; a fenced task waits for the rebalance that follows.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ __all__ = ["Worker"]
 log = logging.getLogger("onceflow.worker")
 
 COMMIT_POLL_MS = 5
-"""How long the loop waits for input at most while a commit runs: its task's records and next
-commit wait until the loop collects it."""
+"""How long the loop waits for input at most while a commit runs: its task's next commit waits
+until the loop collects it."""
 
 
 @dataclass(frozen=True)
@@ -366,13 +366,14 @@ class Worker:
 
     def _pause_waiting(self) -> None:
         """Pause the partitions of a task while a record of it waits for its retry (what was
-        fetched behind it waits in the task) or while many records wait for its commit; resume
-        them after."""
-        limit = self.settings.max_poll_records
+        fetched behind it waits in the task) or while it holds ``commit_every`` records
+        processed since a commit that has not returned yet (their outputs wait in memory for
+        the next transaction); resume them after."""
+        limit = self.settings.commit_every
         for key, task in self.tasks.items():
             if task.state is not TaskState.RUNNING:
                 continue
-            waiting = task.retry_due is not None or task.parked_records >= limit
+            waiting = task.retry_due is not None or (task.committing and task.uncommitted >= limit)
             if waiting and key not in self._waiting:
                 self.consumer.pause(*task.tps)
                 self._waiting.add(key)
@@ -450,8 +451,7 @@ class Worker:
             self._commits.begun(key, now)
 
     async def _finish_commits(self) -> None:
-        """Collect the commits that finished: fail the tasks whose commit failed, run the
-        records that waited for the others."""
+        """Collect the commits that finished: fail the tasks whose commit failed."""
         done = {k: None for k, t in self.tasks.items() if t.commit_finished}
         if not done:
             return

@@ -63,6 +63,7 @@ class InMemorySink:
         self._publish = publish
         self._count = count
         self._pending: list[Output] = []
+        self._cut: list[Output] | None = None  # the committing transaction's (``cut``)
         self.committed_offsets: dict[TopicPartition, Any] = {}
 
     async def start(self) -> None: ...  # nothing to fence: the driver owns every task
@@ -83,9 +84,15 @@ class InMemorySink:
 
     async def flush(self) -> None: ...
 
+    def cut(self) -> None:
+        self._cut, self._pending = self._pending, []
+
+    def _committing(self) -> list[Output]:
+        return self._pending if self._cut is None else self._cut
+
     async def delivered(self) -> dict[TopicPartition, int]:
         last: dict[TopicPartition, int] = {}
-        for out in self._pending:
+        for out in self._committing():
             tp = TopicPartition(out.topic, out.partition)
             last[tp] = max(last.get(tp, -1), out.offset)
         return last
@@ -95,11 +102,14 @@ class InMemorySink:
 
     async def commit(self, offsets: Mapping[TopicPartition, Any]) -> None:
         self.committed_offsets.update(offsets)
-        for out in self._pending:
+        for out in self._committing():
             self._publish(out)
-        self._pending = []
+        if self._cut is None:
+            self._pending = []
+        self._cut = None
 
     async def abort(self) -> None:
         self._pending = []
+        self._cut = None
 
     close = abort

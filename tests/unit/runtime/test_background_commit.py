@@ -1,23 +1,28 @@
 """A task commits in the background (``Task.commit_in_background``) on a staggered schedule
-(``CommitSchedule``) while the worker processes its other tasks: the records handed to the
-committing task wait in it, in order, and run after the commit; nothing they do can slip into the
-transaction being committed.
+(``CommitSchedule``) while the worker processes every task: the records handed to the committing
+task are processed at once into its next transaction; nothing they do can slip into the
+transaction being committed (its offsets, state and sends were cut when it began).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiokafka.structs import TopicPartition
 from test_task_failed import TP, FailingSink, make_task, record
 
 from onceflow.errors import TaskFencedError
 from onceflow.runtime import TaskState
 from onceflow.runtime.commits import CommitSchedule, phase_of
+from onceflow.runtime.worker import Worker
+from onceflow.settings import Settings
+from onceflow.state.memory import InMemoryStorePartition
 
 
 class GatedSink(FailingSink):
@@ -39,49 +44,93 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_records_wait_for_the_commit_and_run_after_it_in_order() -> None:
+async def can_commit(task: Any) -> None:
+    """Wait for the last commit's SQLite write (a worker thread)."""
+    for _ in range(500):
+        if task.can_commit:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the SQLite write did not end")
+
+
+def value_of(task: Any, key: bytes, *, committed: bool = False) -> int | None:
+    store = task.store("last")
+    raw = store.committed_get(key) if committed else store.get(key)
+    return None if raw is None else int.from_bytes(raw, "big", signed=True)
+
+
+async def test_records_handed_over_during_the_commit_go_to_the_next_transaction() -> None:
     sink = GatedSink()
     task = make_task(sink)
     await task.process(TP, [record(0, 1), record(1, 2)])
-    task.commit_in_background()
+    task.commit_in_background()  # the cut: offsets 0-1, the value 2, the sends so far
     await settle()
-    assert not task.schedulable and not task.commit_finished
+    assert not task.schedulable and not task.can_commit and not task.commit_finished
     await task.process(TP, [record(2, 3)])
     await task.process(TP, [record(3, 4)])
-    assert task.parked_records == 2
-    assert task.positions[TP] == 2  # parked records are not processed: the commit is fixed
+    # Processed at once, into the next transaction: seen through it, not committed
+    assert (task.positions[TP], task.uncommitted, sink.pending) == (4, 2, 0)
+    assert (value_of(task, b"k"), value_of(task, b"k", committed=True)) == (4, None)
     sink.gate.set()
     await settle()
     assert task.commit_finished
     assert await task.finish_commit()
-    assert sink.offsets == [{TP: 2}]
-    assert (task.positions[TP], task.parked_records, task.schedulable) == (4, 0, True)
-    assert task.store("last").get(b"k") is not None
-    assert task.uncommitted == 2
+    assert sink.offsets == [{TP: 2}]  # the cut's offsets, not those processed since
+    assert (value_of(task, b"k"), value_of(task, b"k", committed=True)) == (4, 2)
+    assert (task.uncommitted, task.schedulable) == (2, True)
+    await can_commit(task)
     task.commit_in_background()
     await settle()
     assert await task.finish_commit()
     assert sink.offsets == [{TP: 2}, {TP: 4}]
+    assert value_of(task, b"k", committed=True) == 4
 
 
-async def test_a_failed_background_commit_fails_the_task_and_drops_what_waited() -> None:
+async def test_no_commit_begins_before_the_last_sqlite_write_is_over() -> None:
+    sink = GatedSink()
+    sink.gate.set()
+    task = make_task(sink)
+    store = task.store("last")
+    assert isinstance(store, InMemoryStorePartition)
+    writing = threading.Event()
+    flush = store.flush
+
+    def slow_flush(checkpoint: int | None, *, seal: bool = True) -> None:
+        writing.wait(5)
+        flush(checkpoint, seal=seal)
+
+    store.flush = slow_flush  # type: ignore[method-assign]
+    await task.process(TP, [record(0, 1)])
+    task.commit_in_background()
+    await settle()
+    assert await task.finish_commit()
+    await task.process(TP, [record(1, 2)])
+    assert task.schedulable and task.has_work and not task.can_commit  # the write runs
+    with pytest.raises(RuntimeError, match="writing its last commit"):
+        task.commit_in_background()
+    writing.set()
+    await can_commit(task)
+    await task.close(commit=True)
+    assert sink.offsets == [{TP: 1}, {TP: 2}]
+
+
+async def test_a_failed_background_commit_fails_the_task_and_drops_what_followed() -> None:
     sink = GatedSink()
     task = make_task(sink)
     await task.process(TP, [record(0, 1)])
     sink.fail_commit = True
     task.commit_in_background()
-    await task.process(TP, [record(1, 2)])
+    await task.process(TP, [record(1, 2)])  # into the next transaction
     sink.gate.set()
     await settle()
     with pytest.raises(TaskFencedError):
         await task.finish_commit()
     assert task.state is TaskState.FAILED
-    assert (task.positions[TP], task.parked_records) == (1, 0)
     await task.close(commit=True)
     assert (str(task.state), sink.commits, sink.aborts) == ("closed", 0, 1)
 
 
-async def test_close_waits_for_the_background_commit_and_leaves_what_waited() -> None:
+async def test_close_waits_for_the_background_commit_then_commits_what_followed() -> None:
     sink = GatedSink()
     task = make_task(sink)
     await task.process(TP, [record(0, 1)])
@@ -92,8 +141,7 @@ async def test_close_waits_for_the_background_commit_and_leaves_what_waited() ->
     assert not closing.done()  # the commit in flight finishes first
     sink.gate.set()
     await closing
-    # One commit, of what was processed; the parked record is the next owner's to read again.
-    assert (sink.offsets, sink.aborts, str(task.state)) == ([{TP: 1}], 0, "closed")
+    assert (sink.offsets, sink.aborts, str(task.state)) == ([{TP: 1}, {TP: 2}], 0, "closed")
 
 
 async def test_close_without_commit_cancels_the_background_commit() -> None:
@@ -117,7 +165,7 @@ async def test_a_second_background_commit_is_refused() -> None:
 
 @dataclass
 class FakeTask:
-    schedulable: bool = True
+    can_commit: bool = True
     has_work: bool = True
     uncommitted: int = 1
 
@@ -165,9 +213,9 @@ def test_not_due_while_committing_or_without_work_and_due_at_once_on_commit_ever
     s = schedule(commit_every=10)
     task = FakeTask()
     s.due({1: task}, 0.0)
-    task.schedulable = False
+    task.can_commit = False
     assert s.due({1: task}, 1.0) == []
-    task.schedulable, task.has_work = True, False
+    task.can_commit, task.has_work = True, False
     assert s.due({1: task}, 1.0) == []
     task.has_work, task.uncommitted = True, 10
     assert s.due({1: task}, 0.001) == [1]  # before its time: commit_every reached
@@ -181,3 +229,39 @@ def test_a_key_no_longer_assigned_is_forgotten() -> None:
     s.due({2: FakeTask()}, 0.0)
     assert s.next_due([1]) is None
     assert s.next_due([1, 2]) == pytest.approx(0.05)
+
+
+class PausingConsumer:
+    """What ``Worker._pause_waiting`` calls of the group consumer."""
+
+    def __init__(self) -> None:
+        self.paused: set[TopicPartition] = set()
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+
+async def test_a_task_holding_commit_every_records_past_its_cut_pauses_until_it_returns() -> None:
+    sink = GatedSink()
+    task = make_task(sink)
+    worker = Worker(task.app, Settings(commit_every=2))
+    consumer = PausingConsumer()
+    worker._consumer = consumer  # type: ignore[assignment]
+    worker.tasks[("0", 0)] = task
+    await task.process(TP, [record(0, 1)])
+    task.commit_in_background()
+    await task.process(TP, [record(1, 2)])
+    worker._pause_waiting()
+    assert consumer.paused == set()  # one record held: below commit_every
+    await task.process(TP, [record(2, 3)])
+    worker._pause_waiting()
+    assert consumer.paused == {TP}  # its sends wait in memory for the commit: no more input
+    sink.gate.set()
+    await settle()
+    assert await task.finish_commit()
+    worker._pause_waiting()
+    assert consumer.paused == set()
+    await task.close(commit=False)

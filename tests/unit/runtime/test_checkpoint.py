@@ -76,6 +76,10 @@ class RecordingSink:
         self.events.append(("send", record))
         self.inner.send(record)
 
+    def cut(self) -> None:
+        self.events.append(("cut", None))
+        self.inner.cut()
+
     def send_pairs(
         self, topic: str, partition: int, pairs: Iterable[tuple[bytes, bytes | None]]
     ) -> None:
@@ -195,24 +199,31 @@ async def test_commit_sends_changelog_then_waits_then_commits_then_persists() ->
         seen_at_commit["k"] = s.store.committed_get(b"k")
         seen_at_commit["gone"] = s.store.committed_get(b"gone")
         seen_at_commit["checkpoint"] = s.store.checkpoint
-        seen_at_commit["pending"] = s.store.has_pending
+        seen_at_commit["pending"] = s.store.has_pending  # cut: later writes are the next's
+        seen_at_commit["read"] = s.store.get(b"k")  # the cut batch, read through the open txn
 
     s.sink.on_commit = at_commit
     assert await s.checkpoint.commit(1_234) is True
 
     # Step 1 -> 2 (acknowledgements and offsets at once) -> 3, in this order
-    assert s.sink.names == ["send_pairs", "delivered", "stage_offsets", "commit"]
+    assert s.sink.names == ["send_pairs", "cut", "delivered", "stage_offsets", "commit"]
     topic, partition, pairs = s.sink.events[0][1]
     assert (topic, partition) == (s.table.changelog_topic, PARTITION)
     assert topic == f"{APP_ID}-counts-changelog"
     assert sorted(pairs, key=lambda p: p[0]) == [(b"gone", None), (b"k", b"v2")]
-    offsets = s.sink.events[3][1]
-    assert s.sink.events[2][1] == offsets  # staged, then committed: the same offsets
+    offsets = s.sink.events[4][1]
+    assert s.sink.events[3][1] == offsets  # staged, then committed: the same offsets
     assert offsets == {SOURCE: OffsetAndMetadata(11, offset_metadata(1_234, ["counts"]))}
     assert stream_time_of(offsets[SOURCE].metadata) == 1_234
 
     # Invariant 1: while the sink committed, the store still had only the old committed state
-    assert seen_at_commit == {"k": None, "gone": b"old", "checkpoint": 7, "pending": True}
+    assert seen_at_commit == {
+        "k": None,
+        "gone": b"old",
+        "checkpoint": 7,
+        "pending": False,
+        "read": b"v2",
+    }
 
     # Step 4: sealed on the loop at once (committed reads see it), flushed in a thread
     assert not s.store.has_pending
@@ -239,7 +250,7 @@ async def test_a_commit_without_table_writes_keeps_the_store_checkpoint() -> Non
     s.store.flush(checkpoint=40)
     s.checkpoint.processed(SOURCE, 3, 1)
     assert await s.checkpoint.commit(5) is True
-    assert s.sink.names == ["send_pairs", "delivered", "stage_offsets", "commit"]
+    assert s.sink.names == ["send_pairs", "cut", "delivered", "stage_offsets", "commit"]
     assert s.sink.events[0][1] == (s.table.changelog_topic, PARTITION, [])
     await s.stores.flushed()
     assert s.store.checkpoint == 40  # no changelog record written: the checkpoint stays
@@ -258,16 +269,15 @@ async def test_a_failed_delivery_commits_nothing(error: Exception) -> None:
         await s.checkpoint.commit(1_234)
     assert excinfo.value is error
     # the sink's commit was not called
-    assert s.sink.names == ["send_pairs", "delivered", "stage_offsets"]
+    assert s.sink.names == ["send_pairs", "cut", "delivered", "stage_offsets"]
     assert s.sample("onceflow_producer_errors_total") == 1
     assert s.sample("onceflow_transactions_total", result="committed") == 0
     assert s.sample("onceflow_commit_latency_seconds_count") == 0
     await s.stores.flushed()
-    assert s.store.has_pending  # not sealed: the task will discard it
+    assert s.store.get(b"k") == b"v"  # cut, not sealed: the task will discard it
     assert s.store.committed_get(b"k") is None
     assert s.store.checkpoint is None
     assert s.sink.published == []
-    assert s.checkpoint.uncommitted == 3
 
 
 async def test_offsets_that_cannot_join_the_transaction_commit_nothing() -> None:
@@ -278,12 +288,11 @@ async def test_offsets_that_cannot_join_the_transaction_commit_nothing() -> None
     with pytest.raises(TaskFencedError, match="AddOffsetsToTxn"):
         await s.checkpoint.commit(1_234)
     # the acknowledgements were awaited beside it; the sink's commit was not called
-    assert s.sink.names == ["send_pairs", "delivered", "stage_offsets"]
+    assert s.sink.names == ["send_pairs", "cut", "delivered", "stage_offsets"]
     assert s.sample("onceflow_transactions_total", result="committed") == 0
     await s.stores.flushed()
     assert s.store.committed_get(b"k") is None
     assert s.store.checkpoint is None
-    assert s.checkpoint.uncommitted == 3
 
 
 async def test_a_failed_kafka_commit_persists_nothing() -> None:
@@ -293,13 +302,13 @@ async def test_a_failed_kafka_commit_persists_nothing() -> None:
     s.sink.commit_error = TaskCorruptedError("commit_transaction timed out")
     with pytest.raises(TaskCorruptedError):
         await s.checkpoint.commit(1_234)
-    assert s.sink.names == ["send_pairs", "delivered", "stage_offsets", "commit"]
+    assert s.sink.names == ["send_pairs", "cut", "delivered", "stage_offsets", "commit"]
     await s.stores.flushed()
-    assert s.store.has_pending
+    assert s.store.get(b"k") == b"v"  # cut, not sealed
     assert s.store.committed_get(b"k") is None
     assert s.store.checkpoint is None
     assert s.sample("onceflow_transactions_total", result="committed") == 0
-    assert s.checkpoint.uncommitted == 3
+    assert s.checkpoint.committed == {}
 
 
 async def test_a_failed_store_write_fails_the_next_commit_before_it_sends() -> None:

@@ -324,6 +324,56 @@ async def test_outputs_wait_in_the_outbox_until_the_commit_or_flush_records(
     assert producer.calls == ["send_batch", "send_batch"]
 
 
+async def test_sends_after_the_cut_wait_for_the_next_transaction() -> None:
+    sink, producer = await in_transaction(batch_capacity=FLUSH_RECORDS * 2)
+    out = TopicPartition("out", 1)
+    sink.send(OutgoingRecord("out", b"a", b"v", [], 1, None))
+    sink.cut()  # the commit begins: "a" is its transaction's
+    for i in range(FLUSH_RECORDS):
+        sink.send(OutgoingRecord("out", b"b%d" % i, b"v", [], 1, None))
+        await sink.flush()  # held, however many wait: their transaction has not begun
+    assert producer.calls == []
+    assert await sink.delivered() == {out: 100}  # "a" only
+    await sink.commit(OFFSETS)
+    assert producer.calls == ["send_batch", "send_offsets_to_transaction", "commit_transaction"]
+    assert [r[0] for r in producer.batches[0][0].records] == [b"a"]
+    await sink.flush()  # the held sends go, in a transaction begun for them
+    assert producer.calls[3:] == ["begin_transaction", "send_batch"]
+    assert producer.batches[1][0].records[0][0] == b"b0"
+    assert await sink.delivered() == {out: 100 + FLUSH_RECORDS}
+    await sink.commit(OFFSETS)
+    assert producer.calls[-2:] == ["send_offsets_to_transaction", "commit_transaction"]
+
+
+async def test_offsets_alone_get_a_transaction_after_the_cut() -> None:
+    sink, producer = await in_transaction()
+    sink.cut()
+    await sink.delivered()
+    await sink.commit(OFFSETS)
+    # Records processed meanwhile sent nothing; their offsets still need a transaction.
+    sink.cut()
+    assert await sink.delivered() == {}
+    await sink.commit(OFFSETS)
+    assert producer.calls == [
+        "send_offsets_to_transaction",
+        "commit_transaction",
+        "begin_transaction",
+        "send_offsets_to_transaction",
+        "commit_transaction",
+    ]
+
+
+async def test_an_abort_after_the_cut_drops_the_held_sends_too() -> None:
+    sink, producer = await in_transaction()
+    sink.send(OutgoingRecord("out", b"a", b"v", [], 1, None))
+    sink.cut()
+    sink.send(OutgoingRecord("out", b"b", b"v", [], 1, None))
+    await sink.abort()
+    await sink.begin()
+    assert await sink.delivered() == {}
+    assert producer.batches == []
+
+
 async def test_outputs_held_for_flush_age_go_at_the_next_flush(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

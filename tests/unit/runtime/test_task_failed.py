@@ -30,7 +30,8 @@ class FailingSink:
     def __init__(self) -> None:
         self.fail_begin = False
         self.fail_commit = False
-        self.pending = 0
+        self.pending = 0  # sends of the open transaction
+        self.committing = 0  # sends of the transaction being committed (after ``cut``)
         self.commits = 0
         self.aborts = 0
 
@@ -53,6 +54,9 @@ class FailingSink:
 
     async def flush(self) -> None: ...
 
+    def cut(self) -> None:
+        self.committing, self.pending = self.pending, 0
+
     async def delivered(self) -> dict[TopicPartition, int]:
         return {}
 
@@ -62,11 +66,11 @@ class FailingSink:
         if self.fail_commit:
             raise FENCED
         self.commits += 1
-        self.pending = 0
+        self.committing = 0
 
     async def abort(self) -> None:
         self.aborts += 1
-        self.pending = 0
+        self.pending = self.committing = 0
 
     async def close(self) -> None: ...
 

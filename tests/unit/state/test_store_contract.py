@@ -291,6 +291,45 @@ def test_sealed_writes_are_committed_state(store: StorePartition) -> None:
     assert committed(store) == [(b"a", b"1"), (b"c", b"1"), (b"d", b"1")]
 
 
+def test_a_cut_batch_is_read_through_the_open_transaction_and_sealed_alone(
+    store: StorePartition,
+) -> None:
+    store.put(b"a", b"1")
+    store.put(b"b", b"1")
+    store.cut()  # its Kafka commit begins; later writes are the next transaction's
+    store.put(b"a", b"2")
+    store.delete_range(b"b", b"c")
+    assert (store.get(b"a"), store.get(b"b")) == (b"2", None)
+    assert store.committed_get(b"a") is None and committed(store) == []
+    assert dict(store.pending()) == {b"a": b"2"}
+    with pytest.raises(StateError, match="cut batch already"):
+        store.cut()
+    with pytest.raises(StateError, match="unflushed"):
+        store.restore_batch([(b"x", b"1")], 1)
+    store.seal()  # the commit returned: the cut batch is committed state, nothing more
+    assert committed(store) == [(b"a", b"1"), (b"b", b"1")]
+    assert visible(store) == [(b"a", b"2")]
+    store.flush(5, seal=False)
+    assert store.checkpoint == 5 and committed(store) == [(b"a", b"1"), (b"b", b"1")]
+    store.cut()  # the next commit
+    store.seal()
+    store.flush(6, seal=False)
+    assert committed(store) == [(b"a", b"2")]
+
+
+def test_discard_drops_the_cut_batch_too(store: StorePartition) -> None:
+    store.put(b"a", b"1")
+    store.flush(1)
+    store.put(b"a", b"2")
+    store.cut()
+    store.put(b"b", b"1")
+    store.discard()  # the commit failed: the task starts again from committed state
+    assert visible(store) == [(b"a", b"1")]
+    store.seal()
+    store.flush(2, seal=False)
+    assert committed(store) == [(b"a", b"1")]
+
+
 def test_close_is_idempotent_and_final(store: StorePartition) -> None:
     store.put(b"a", b"1")
     store.close()
@@ -344,10 +383,11 @@ values = st.binary(max_size=3)
 
 
 class StoreMachine(RuleBasedStateMachine):
-    """Random writes, seals, flushes, discards and restores against a model made of dicts.
+    """Random writes, cuts, seals, flushes, discards and restores against a model made of dicts.
 
     ``durable``: flushed state; ``committed``: durable + sealed (what queries see);
-    ``view``: committed + the open transaction (what ``get`` sees).
+    ``view``: committed + the cut batch + the open transaction (what ``get`` sees); ``cut``:
+    what ``committed`` becomes when the cut batch is sealed (None: no cut).
     """
 
     backend = "memory"
@@ -362,6 +402,8 @@ class StoreMachine(RuleBasedStateMachine):
         self.view: dict[bytes, bytes] = {}
         self.pending: dict[bytes, bytes | None] = {}
         self.buffered = self.sealed = False
+        self.cut: dict[bytes, bytes] | None = None
+        self.cut_buffered = False
         self.checkpoint: int | None = None
         self.current_topic_id: str | None = None  # set by the task at start
         self.topic_id: str | None = None  # recorded with the checkpoint
@@ -392,9 +434,24 @@ class StoreMachine(RuleBasedStateMachine):
                 del model[key]
         self.buffered = self.buffered or lo < hi
 
+    @precondition(lambda self: self.cut is None)
+    @rule()
+    def cut_batch(self) -> None:
+        self.store.cut()
+        self.cut = dict(self.view)
+        self.cut_buffered, self.buffered = self.buffered, False
+        self.pending = {}
+
     @rule()
     def seal(self) -> None:
         self.store.seal()
+        self._sealed()
+
+    def _sealed(self) -> None:
+        if self.cut is not None:  # the cut batch only: the open transaction stays open
+            self.committed, self.cut = self.cut, None
+            self.sealed = self.sealed or self.cut_buffered
+            return
         self.committed = dict(self.view)
         self.pending = {}
         self.sealed = self.sealed or self.buffered
@@ -405,7 +462,7 @@ class StoreMachine(RuleBasedStateMachine):
         checkpoint = self._offset() if with_checkpoint else None
         self.store.flush(checkpoint, seal=seal)
         if seal:
-            self.seal()
+            self._sealed()
         self.durable = dict(self.committed)
         self.sealed = False
         if checkpoint is not None:
@@ -423,8 +480,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.view = dict(self.committed)
         self.pending = {}
         self.buffered = False
+        self.cut = None
 
-    @precondition(lambda self: not self.buffered and not self.sealed)
+    @precondition(lambda self: not self.buffered and not self.sealed and self.cut is None)
     @rule(records=st.lists(st.tuples(keys, st.none() | values), max_size=6))
     def restore(self, records: list[tuple[bytes, bytes | None]]) -> None:
         offset = self._offset()
@@ -468,6 +526,7 @@ class SqliteStoreMachine(StoreMachine):
         self.committed = dict(self.durable)
         self.view = dict(self.durable)
         self.pending = {}
+        self.cut = None
         self.buffered = self.sealed = False
         self.current_topic_id = None  # a new task sets it again
 
