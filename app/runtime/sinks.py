@@ -127,6 +127,7 @@ class TransactionalSink(_Buffered):
         self._producer = factory(transactional_id=transactional_id)
         self._outbox = Outbox(self._producer)
         self._in_txn = False
+        self._beginning = asyncio.Lock()
         self._staged = False  # the open transaction holds its offsets (``stage_offsets``)
         self._holding_since: float | None = None  # the first flush that kept records back
         self._closed = False
@@ -142,14 +143,15 @@ class TransactionalSink(_Buffered):
             ) from exc
 
     async def begin(self) -> None:
-        if not self._in_txn:
-            self._check_fatal()
-            self._in_txn = True  # first: a concurrent begin() must not begin a second one
-            try:
+        if self._in_txn:
+            return
+        # aiokafka's begin_transaction may suspend (it waits for the producer id): a concurrent
+        # begin() — the commit's acknowledgements and offsets begin at once — waits for it.
+        async with self._beginning:
+            if not self._in_txn:
+                self._check_fatal()
                 await self._producer.begin_transaction()
-            except BaseException:
-                self._in_txn = False
-                raise
+                self._in_txn = True
 
     def cut(self) -> None:
         self._outbox.cut()
@@ -181,8 +183,9 @@ class TransactionalSink(_Buffered):
     async def stage_offsets(self, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
         """``send_offsets_to_transaction`` (AddOffsetsToTxn, TxnOffsetCommit), once per
         transaction."""
-        if not self._in_txn or not offsets or self._staged:
+        if not offsets or self._staged:
             return
+        await self.begin()  # beside ``delivered``, which may be beginning it
         await self._guard(
             self._producer.send_offsets_to_transaction(dict(offsets), self._group_id),
             "send_offsets_to_transaction",

@@ -137,6 +137,7 @@ class FakeProducer:
 
     async def begin_transaction(self) -> None:
         self.calls.append("begin_transaction")
+        await asyncio.sleep(0.001)  # aiokafka's waits for the producer id (a task) first
         self.txn.state = TransactionState.IN_TRANSACTION
 
     def send_offsets_to_transaction(
@@ -150,6 +151,8 @@ class FakeProducer:
         self, offsets: dict[TopicPartition, OffsetAndMetadata], group_id: str
     ) -> None:
         self.calls.append("send_offsets_to_transaction")
+        if self.txn.state is not TransactionState.IN_TRANSACTION:
+            raise IllegalOperation("Not in the middle of a transaction")  # as aiokafka does
         self.sent_offsets.append((offsets, group_id))
         if self.send_offsets_error is not None:
             raise self.send_offsets_error
@@ -361,6 +364,19 @@ async def test_offsets_alone_get_a_transaction_after_the_cut() -> None:
         "send_offsets_to_transaction",
         "commit_transaction",
     ]
+
+
+async def test_the_commits_acknowledgements_and_offsets_begin_one_transaction_at_once() -> None:
+    sink, producer = await in_transaction()
+    sink.cut()
+    await sink.delivered()
+    await sink.commit(OFFSETS)
+    producer.calls.clear()
+    sink.cut()  # nothing was processed since the last commit began: no transaction is open
+    await asyncio.gather(sink.delivered(), sink.stage_offsets(OFFSETS))
+    assert producer.calls == ["begin_transaction", "send_offsets_to_transaction"]
+    await sink.commit(OFFSETS)
+    assert producer.calls[-1] == "commit_transaction"
 
 
 async def test_an_abort_after_the_cut_drops_the_held_sends_too() -> None:
