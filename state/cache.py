@@ -264,43 +264,60 @@ class SharedCache:
         return value
 
     def _store(self, prefix: bytes, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        # The hot loop of a flush and a load (every written or loaded key, in a worker thread
+        # holding the GIL): accounting in locals, an entry replaced in place where it is.
         shards, sizes, limit = self._shards, self._shard_bytes, self._shard_limit
         count = len(shards)
+        overhead = ENTRY_OVERHEAD + _PREFIX_LEN
         with self._lock:
             owners = self._owners
             owner = owners.get(prefix)
             if owner is None or owner.retired:  # stored under a prefix cleared meanwhile
                 return
+            added_bytes = added_entries = 0
             for key, value in items:
                 full = prefix + key
                 index = hash(full) % count
                 entries = shards[index]
-                old = entries.pop(full, MISS)
+                cost = len(key) + overhead + (0 if value is None else len(value))
+                old = entries.get(full, MISS)
                 if old is not MISS:
-                    old_cost = _cost(full, old)
-                    sizes[index] -= old_cost
-                    self._bytes -= old_cost
-                    owner.bytes -= old_cost
-                    owner.entries -= 1
-                cost = _cost(full, value)
-                if cost > limit:
+                    delta = cost - (len(key) + overhead + (0 if old is None else len(old)))
+                    if cost > limit:
+                        del entries[full]
+                        delta, added_entries = -(cost - delta), added_entries - 1
+                    else:
+                        entries[full] = value
+                        entries.move_to_end(full)
+                    sizes[index] += delta
+                    added_bytes += delta
+                    if delta <= 0:
+                        continue
+                elif cost > limit:
                     continue
-                entries[full] = value
-                sizes[index] += cost
-                self._bytes += cost
-                owner.bytes += cost
-                owner.entries += 1
+                else:
+                    entries[full] = value
+                    sizes[index] += cost
+                    added_bytes += cost
+                    added_entries += 1
                 while sizes[index] > limit:
                     evicted, dropped = entries.popitem(last=False)
                     evicted_cost = _cost(evicted, dropped)
                     sizes[index] -= evicted_cost
-                    self._bytes -= evicted_cost
                     by_prefix = evicted[:_PREFIX_LEN]
+                    if by_prefix == prefix:
+                        added_bytes -= evicted_cost
+                        added_entries -= 1
+                        continue
+                    self._bytes -= evicted_cost
                     by = owners[by_prefix]
                     by.entries -= 1
                     by.bytes -= evicted_cost
                     if by.retired and by.entries == 0:
                         del owners[by_prefix]
+            self._bytes += added_bytes
+            owner.bytes += added_bytes
+            owner.entries += added_entries
 
     def _forget(self, prefix: bytes, full: bytes) -> None:
         index = hash(full) % len(self._shards)

@@ -10,12 +10,11 @@ parent is the same interpreter; keys and values stay opaque ``bytes`` objects).
   rows_per_statement, pragmas, select_head, range_delete_head)``;
 * each request, ``(op, file, *args)``:
 
-  - ``("apply", file, prefix, latest, meta)``: a restore batch: ``latest`` maps keys (they get
-    ``prefix``) to values (None: delete); deletes, then puts in key order, then ``meta`` rows
-    (the checkpoint), in one transaction;
-  - ``("write", file, ranges, deletes, puts, meta)``: a commit's writes, as
-    ``SqliteFile.write``: range deletions, deletes, puts (sorted here), ``meta`` rows, in one
-    transaction; answers the keys the range deletions removed;
+  - ``("apply", file, prefix, latest, meta, ranges)``: a commit's writes or a restore batch,
+    as ``SqliteFile.apply``: the range deletions ``ranges``, then ``latest``, which maps keys
+    to values (None: delete), then ``meta`` rows (the checkpoint), in one transaction; keys and
+    range bounds get ``prefix``, puts go in key order; answers the keys (without ``prefix``)
+    the range deletions removed;
   - ``("read", file, keys)``: the committed values of the keys that exist, as a dict;
   - ``("release", file)``: close the connection to ``file`` (the store closes or is wiped);
 
@@ -115,8 +114,6 @@ class Applier:
         try:
             if op == "read":
                 return None, self._read(conn, *args)
-            if op == "write":
-                return None, self._transaction(conn, self._write, *args)
             return None, self._transaction(conn, self._apply, *args)
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -128,7 +125,7 @@ class Applier:
         self, file: str, prefix: bytes, latest: dict[bytes, bytes | None], meta: list[Any]
     ) -> Error | None:
         """A restore batch (the ``apply`` request); the error, or None once committed."""
-        return self.handle(("apply", file, prefix, latest, meta))[0]
+        return self.handle(("apply", file, prefix, latest, meta, []))[0]
 
     def _conn(self, file: str) -> sqlite3.Connection:
         try:
@@ -198,10 +195,12 @@ class Applier:
         prefix: bytes,
         latest: dict[bytes, bytes | None],
         meta: list[Any],
-    ) -> None:
+        ranges: list[tuple[bytes, bytes]],
+    ) -> list[bytes]:
         deletes = [prefix + k for k, v in latest.items() if v is None]
         rows = [(prefix + k, v) for k, v in latest.items() if v is not None]
-        self._write(conn, [], deletes, rows, meta)
+        bounds = [(prefix + lo, prefix + hi) for lo, hi in ranges]
+        return [key[len(prefix) :] for key in self._write(conn, bounds, deletes, rows, meta)]
 
     def _write(
         self,

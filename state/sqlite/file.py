@@ -271,7 +271,7 @@ class SqliteFile:
         try:
             self._writer = _open_writer(file, page_cache_kib)
             if self._writer_get(META_FORMAT) is None:
-                self.write(meta=[(META_FORMAT, FORMAT_VERSION)])
+                self.apply(b"", {}, meta=[(META_FORMAT, FORMAT_VERSION)])
             raw = self._writer_get(META_CHECKPOINT)
             self.checkpoint_at_open = None if raw is None else int(_OFFSET.unpack(raw)[0])
             raw = self._writer_get(META_TOPIC_ID)
@@ -352,38 +352,44 @@ class SqliteFile:
             except sqlite3.Error as exc:
                 raise translate(exc, self.file, "reading") from exc
 
-    def write(
+    def apply(
         self,
+        prefix: bytes,
+        latest: dict[bytes, bytes | None],
         *,
         ranges: Sequence[tuple[bytes, bytes]] = (),
-        deletes: Sequence[bytes] = (),
-        puts: Sequence[tuple[bytes, bytes]] = (),
         meta: Sequence[tuple[bytes, bytes]] = (),
         checkpoint: int | None = None,
     ) -> list[bytes] | None:
-        """Apply, in one transaction and in this order: range deletions, deletes, puts (in key
-        order), meta and the checkpoint. Returns the keys the range deletions removed (to evict
-        from caches), or None when they are unknown (``StoreIO.write``). On any error the
-        transaction is rolled back and the file is unchanged."""
+        """Apply, in one transaction and in this order: the range deletions ``ranges``, then
+        ``latest`` (keys and range bounds get ``prefix``; None deletes; puts in key order),
+        ``meta`` and the checkpoint. Returns the keys (without ``prefix``) the range deletions
+        removed, to evict from caches, or None when they are unknown (``StoreIO.apply``). Run
+        by a store I/O child when offloaded and big enough, else in this thread. On any error
+        the transaction is rolled back and the file is unchanged."""
         meta = [*meta]
         if checkpoint is not None:
             meta.append((META_CHECKPOINT, _OFFSET.pack(checkpoint)))
         conn = self._writer
         if conn is None:
             raise StateError(f"store database {str(self.file)!r} is closed")
-        if self.offload and (ranges or len(puts) + len(deletes) >= CHILD_MIN_ROWS):
+        if self.offload and (ranges or len(latest) >= CHILD_MIN_ROWS):
+            # The child prefixes the keys and splits puts from deletes: no Python work per key
+            # here but marshal's (docs/architecture.md, *SQLite in child processes*).
             answer = self._in_child(
-                "writing", lambda io: io.write(self.file, ranges, deletes, puts, meta)
+                "writing", lambda io: io.apply(self.file, prefix, latest, meta, ranges)
             )
             if not isinstance(answer, _InProcess):
                 return answer
+        deletes = [prefix + k for k, v in latest.items() if v is None]
         # Sorted keys walk the index in order: fewer pages touched than in arrival order.
-        rows = [*sorted(puts), *meta]
+        rows = [*sorted((prefix + k, v) for k, v in latest.items() if v is not None), *meta]
+        bounds = [(prefix + lo, prefix + hi) for lo, hi in ranges]
         # Multi-row statements (not executemany: it releases and takes back the GIL per row,
         # and each take may wait for the event loop's thread to give it up).
         try:
             conn.execute("BEGIN")
-            removed = self._delete_ranges(conn, ranges)
+            removed = self._delete_ranges(conn, bounds)
             for keys in padded(deletes, _KEYS):
                 marks = ",".join("?" * len(keys))
                 conn.execute(f'DELETE FROM "{_TABLE}" WHERE key IN ({marks})', tuple(keys))
@@ -393,26 +399,7 @@ class SqliteFile:
         except sqlite3.Error as exc:
             self._rollback()
             raise translate(exc, self.file, "writing") from exc
-        return removed
-
-    def write_in_child(
-        self,
-        prefix: bytes,
-        latest: dict[bytes, bytes | None],
-        *,
-        checkpoint: int,
-        meta: Sequence[tuple[bytes, bytes]] = (),
-    ) -> None:
-        """Like ``write`` (deletes, then puts in key order, then meta and the checkpoint, in one
-        transaction) for ``latest`` (keys get ``prefix``; None deletes), applied by a store I/O
-        child (``store_io``). Raises OSError if none can start."""
-        if self._writer is None:
-            raise StateError(f"store database {str(self.file)!r} is closed")
-        meta = [*meta, (META_CHECKPOINT, _OFFSET.pack(checkpoint))]
-        try:
-            store_io.store_io(_CHILD_LAYOUT).apply(self.file, prefix, latest, meta)
-        except sqlite3.Error as exc:
-            raise translate(exc, self.file, "writing") from exc
+        return [key[len(prefix) :] for key in removed]
 
     @staticmethod
     def _delete_ranges(conn: Any, ranges: Sequence[tuple[bytes, bytes]]) -> list[bytes]:

@@ -33,7 +33,6 @@ from onceflow.state.sqlite.lock import TaskLock
 
 __all__ = [
     "CACHE_BYTES",
-    "OFFLOAD_MIN_RECORDS",
     "PAGE_CACHE_MIB",
     "Integrity",
     "SqliteStorePartition",
@@ -49,9 +48,6 @@ CACHE_BYTES = 2 * 2**20
 """Default bound of a store partition's read cache (~11k entries: 12-byte keys, int64 values)."""
 PAGE_CACHE_MIB = 4
 """Default SQLite page cache of a store partition, both connections together."""
-OFFLOAD_MIN_RECORDS = 1_000
-"""Restore batches of at least this many keys are written by a store I/O child (see
-``store_io``), so that SQLite and the changelog's decoding use two cores."""
 
 # Loaded values stored into the read cache per hold of the state lock (``prefetch``).
 _STORE_SLICE = 256
@@ -250,23 +246,15 @@ class SqliteStorePartition(BufferedStorePartition):
         return [(key[1:], value) for key, value in rows]
 
     def _commit(self, batch: WriteBatch, checkpoint: int | None) -> list[bytes] | None:
-        puts: list[tuple[bytes, bytes]] = []
-        deletes: list[bytes] = []
-        for key, value in batch.writes.items():
-            if value is None:
-                deletes.append(_DATA + key)
-            else:
-                puts.append((_DATA + key, value))
-        ranges = [(_DATA + lo, _DATA + hi) for lo, hi in batch.ranges]
-        removed = self._db.write(
-            ranges=ranges,
-            deletes=deletes,
-            puts=puts,
+        removed = self._db.apply(
+            _DATA,
+            batch.writes,
+            ranges=list(batch.ranges),
             meta=self._meta(checkpoint),
             checkpoint=checkpoint,
         )
         self._layout_recorded()
-        return None if removed is None else [key[1:] for key in removed]
+        return removed
 
     def _layout_recorded(self) -> None:
         if self._current_layout is not None:
@@ -296,21 +284,7 @@ class SqliteStorePartition(BufferedStorePartition):
         self._cache.store_many(batch.writes.items())
 
     def _restore(self, latest: dict[bytes, bytes | None], last_offset: int) -> None:
-        if self._db.offload and len(latest) >= OFFLOAD_MIN_RECORDS:
-            try:
-                self._db.write_in_child(
-                    _DATA, latest, checkpoint=last_offset, meta=self._meta(last_offset)
-                )
-                self._layout_recorded()
-                return
-            except OSError as exc:  # no child process: this batch, and the next, in-process
-                log.warning("restoring store %s in-process: %s", self.path, exc)
-                self._db.offload = False
-        puts = [(_DATA + k, v) for k, v in latest.items() if v is not None]
-        deletes = [_DATA + k for k, v in latest.items() if v is None]
-        self._db.write(
-            deletes=deletes, puts=puts, meta=self._meta(last_offset), checkpoint=last_offset
-        )
+        self._db.apply(_DATA, latest, meta=self._meta(last_offset), checkpoint=last_offset)
         self._layout_recorded()
 
     def _after_restore(self, latest: dict[bytes, bytes | None]) -> None:

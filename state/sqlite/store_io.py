@@ -68,25 +68,16 @@ class StoreIO:
         file: Path,
         prefix: bytes,
         latest: dict[bytes, bytes | None],
-        meta: list[tuple[bytes, bytes]],
-    ) -> None:
-        """Apply a restore batch: ``latest`` (keys get ``prefix``; None deletes) and ``meta`` to
-        ``file`` in one transaction. Raises ``sqlite3.Error`` (with SQLite's code and name) if
-        it rolled back, ``OSError`` if no child could be started."""
-        self._call(("apply", str(file), prefix, latest, meta))
-
-    def write(
-        self,
-        file: Path,
-        ranges: Sequence[tuple[bytes, bytes]],
-        deletes: Sequence[bytes],
-        puts: Sequence[tuple[bytes, bytes]],
         meta: Sequence[tuple[bytes, bytes]],
+        ranges: Sequence[tuple[bytes, bytes]] = (),
     ) -> list[bytes] | None:
-        """``SqliteFile.write``'s transaction, run by a child: the keys the range deletions
-        removed, or None when that is unknown (the child died after committing and the retry
-        found them gone). Raises like ``apply``."""
-        request = ("write", str(file), list(ranges), list(deletes), list(puts), list(meta))
+        """``SqliteFile.apply``'s transaction, run by a child: the range deletions ``ranges``,
+        ``latest`` (keys and bounds get ``prefix``; None deletes) and ``meta``, committed at
+        once. Returns the keys the range deletions removed (without ``prefix``), or None when
+        that is unknown (the child died after committing and the retry found them gone).
+        Raises ``sqlite3.Error`` (with SQLite's code and name) if it rolled back, ``OSError``
+        if no child could be started."""
+        request = ("apply", str(file), prefix, latest, list(meta), list(ranges))
         removed, retried = self._call(request)
         return None if retried and ranges else removed
 

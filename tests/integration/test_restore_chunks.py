@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka_helpers import end_offsets, unique_name
 
 from onceflow.runtime.restore import RestoreProgress, restore_partition
-from onceflow.state.sqlite.partition import OFFLOAD_MIN_RECORDS, SqliteStorePartition
+from onceflow.state.sqlite.file import CHILD_MIN_ROWS
+from onceflow.state.sqlite.partition import SqliteStorePartition
 
 
 async def _transaction(
@@ -46,9 +47,12 @@ async def _restore(bootstrap: str, topic: str, path: Path, until: int | None = N
         return progress.restored
 
 
+BIG_BATCH = CHILD_MIN_ROWS * 16  # written by a store I/O child
+
+
 def _contents(path: Path) -> tuple[dict[bytes, bytes], int | None]:
     with SqliteStorePartition(path) as store:
-        keys = [b"k%05d" % i for i in range(3 * OFFLOAD_MIN_RECORDS)]
+        keys = [b"k%05d" % i for i in range(3 * BIG_BATCH)]
         values = {k: v for k in keys if (v := store.get(k)) is not None}
         return values, store.checkpoint
 
@@ -57,7 +61,7 @@ async def test_a_restore_applies_committed_records_only(
     bootstrap_servers: str, new_topic, tmp_path: Path
 ) -> None:
     topic = await new_topic("restore-chunks", config={"cleanup.policy": "compact"})
-    n = 2 * OFFLOAD_MIN_RECORDS  # big batches: written by the restore writer's children
+    n = 2 * BIG_BATCH  # big batches: written by the restore writer's children
     first = await _transaction(
         bootstrap_servers, topic, [(b"k%05d" % i, b"a%d" % i) for i in range(n)], commit=True
     )

@@ -102,7 +102,7 @@ def test_unreadable_positions_wipe_the_store(tmp_path: Path) -> None:
 
 def test_big_batches_written_by_the_restore_child_record_positions(tmp_path: Path) -> None:
     store, _ = open_global_store(tmp_path)
-    rows = [(b"k%05d" % i, b"v%d" % i) for i in range(2_500)]  # over OFFLOAD_MIN_RECORDS
+    rows = [(b"k%05d" % i, b"v%d" % i) for i in range(2_500)]  # written by a store I/O child
     store.set_positions({0: 1_500, 1: 1_000})
     store.restore_batch(rows, 2_500)
     store.close()

@@ -6,10 +6,20 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from onceflow.state.cache import ENTRY_OVERHEAD, MAX_SHARDS, MISS, SHARD_BYTES, SharedCache
+from onceflow.state.cache import (
+    ENTRY_OVERHEAD,
+    MAX_SHARDS,
+    MISS,
+    SHARD_BYTES,
+    SharedCache,
+    _cost,
+)
 from onceflow.state.sqlite.partition import SqliteStorePartition
 
 # An entry's cost in a shared cache: the 8-byte owner prefix, a 2-byte key, a 3-byte value.
@@ -171,3 +181,36 @@ def test_a_big_budget_is_spread_over_shards_that_keep_it_together() -> None:
     assert shared.size_bytes == sum(shared._shard_bytes) == hot.size_bytes
     assert max(shared._shard_bytes) <= SHARD_BYTES
     assert len(SharedCache(10**12)._shards) == MAX_SHARDS
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2),  # view
+            st.sampled_from(["store", "forget", "clear"]),
+            st.sampled_from([b"a", b"b", b"c", b"d", b"e", b"f"]),
+            st.none() | st.binary(max_size=600),  # big values: replaced bigger, smaller, evicted
+        ),
+        max_size=60,
+    )
+)
+def test_the_accounting_matches_the_entries_after_any_sequence(ops: list[Any]) -> None:
+    shared = SharedCache(4 * (ENTRY_OVERHEAD + 300))
+    views = [shared.view() for _ in range(3)]
+    for which, op, key, value in ops:
+        view = views[which]
+        if op == "store":
+            view.store_many([(key, value), (key + b"2", value)])
+            assert view.lookup(key + b"2") in (value, MISS)  # kept, or too big / evicted
+        elif op == "forget":
+            view.forget(key)
+            assert view.lookup(key) is MISS
+        else:
+            view.clear()
+    entries = [(k, v) for shard in shared._shards for k, v in shard.items()]
+    assert shared._shard_bytes == [sum(_cost(k, v) for k, v in s.items()) for s in shared._shards]
+    assert shared.size_bytes == sum(_cost(k, v) for k, v in entries) <= shared.max_bytes
+    for prefix, owner in shared._owners.items():
+        own = [(k, v) for k, v in entries if k.startswith(prefix)]
+        assert (owner.entries, owner.bytes) == (len(own), sum(_cost(k, v) for k, v in own))

@@ -15,9 +15,17 @@ from onceflow.errors import RestoreChildGoneError, StateError
 from onceflow.state.cache import MISS
 from onceflow.state.sqlite import store_io
 from onceflow.state.sqlite._io_child import Applier
-from onceflow.state.sqlite.file import _CHILD_LAYOUT, DB_FILE, META_CHECKPOINT, META_TOPIC_ID
-from onceflow.state.sqlite.partition import OFFLOAD_MIN_RECORDS, SqliteStorePartition
+from onceflow.state.sqlite.file import (
+    _CHILD_LAYOUT,
+    CHILD_MIN_ROWS,
+    DB_FILE,
+    META_CHECKPOINT,
+    META_TOPIC_ID,
+)
+from onceflow.state.sqlite.partition import SqliteStorePartition
 from onceflow.state.sqlite.store_io import StoreIO, _Child
+
+BIG_BATCH = CHILD_MIN_ROWS * 16  # written by a store I/O child
 
 
 def rows(path: Path) -> dict[bytes, bytes]:
@@ -28,7 +36,7 @@ def rows(path: Path) -> dict[bytes, bytes]:
         conn.close()
 
 
-def big_batch(n: int = OFFLOAD_MIN_RECORDS * 3) -> list[tuple[bytes, bytes | None]]:
+def big_batch(n: int = BIG_BATCH * 3) -> list[tuple[bytes, bytes | None]]:
     return [(b"%06d" % i, b"v%d" % i) for i in range(n)]
 
 
@@ -181,7 +189,7 @@ def test_a_child_that_died_after_a_range_deletion_makes_the_cache_forget(
 
         def dies_after_answering(self: _Child, request: tuple[Any, ...]) -> Any:
             answer = real(self, request)
-            if request[0] == "write" and not deaths:
+            if request[0] == "apply" and not deaths:
                 deaths.append(request)
                 raise RestoreChildGoneError("killed after COMMIT, before the answer")
             return answer
