@@ -195,7 +195,7 @@ async def _run_all(
                 continue
             print(f"[{i + 1}/{repeat}] {name}: {scenario.title} ...", flush=True)
             if scenario.kind == "restore":
-                result = await restore_once(await changelogs.of(scenario), i)
+                result = await restore_once(await changelogs.of(scenario), i, scenario)
                 print(f"    {result['restore_rate']:,.0f} records/s restored", flush=True)
             elif scenario.kind in ("failover", "scale-out"):
                 result = await _run_ha(ctx, scenario, changelogs)

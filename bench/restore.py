@@ -104,13 +104,17 @@ def _restores(proc: Proc) -> list[tuple[float, float, int]]:
     return spans
 
 
-async def restore_once(changelog: Changelog, repeat: int) -> dict[str, Any]:
-    """Start a worker with no local state and time its restore."""
+async def restore_once(
+    changelog: Changelog, repeat: int, scenario: Scenario | None = None
+) -> dict[str, Any]:
+    """Start a worker with no local state and time its restore. ``scenario``: the one to run
+    (its code and settings: ``restore.base`` shares the changelog ``restore`` filled), by default
+    the changelog's."""
     ctx = changelog.ctx
     app_id = changelog.app_id
     inp, out = f"{app_id}-in", f"{app_id}-out"
     shutil.rmtree(ctx.workdir / "state" / app_id, ignore_errors=True)
-    procs = start_workers(ctx, changelog.scenario, app_id, inp, out)
+    procs = start_workers(ctx, scenario or changelog.scenario, app_id, inp, out)
     try:
         stop_profile = await ctx.on_release(procs) if ctx.on_release else None
         ready_s = await wait_ready(procs, PARTITIONS, timeout=600)

@@ -49,8 +49,15 @@ batch held in memory (30,000 were measured no faster)."""
 POLL_MS = 20
 """The longest a restore waits for one fetch before it looks at its position again."""
 FETCH_BYTES = 2 * 2**20
-"""Bytes per fetch of a restore consumer (it reads one partition): ~70k records of a 12-byte key
-and an 8-byte value. The broker still returns a first record batch larger than this whole."""
+"""Bytes per fetch of a changelog reader by default (a standby's consumer reads all its standby
+partitions with one: this is their total)."""
+RESTORE_FETCH_BYTES = 2**19
+"""Bytes per fetch of a restore consumer (it reads one partition): ~17k records of a 12-byte key
+and an 8-byte value. The broker still returns a first record batch larger than this whole. A
+worker restores all its store partitions at once, each holding a few fetches' bytes (the
+response being read, its records, the next one): on the restore benchmark (6 partitions) each
+MiB here cost ~20 MB of the worker's peak RSS, and 2 MiB restored no faster than 512 KiB
+(docs/benchmarks.md, *Restore*, session 9)."""
 
 
 @dataclass
@@ -115,7 +122,7 @@ async def restore_partition(
     *,
     on_batch: Callable[[RestoreProgress, int], Any] | None = None,
     batch_records: int = BATCH_RECORDS,
-    fetch_bytes: int = FETCH_BYTES,
+    fetch_bytes: int = RESTORE_FETCH_BYTES,
     topic_id: str | None = None,
     until: int | None = None,
 ) -> RestoreProgress:
@@ -130,7 +137,7 @@ async def restore_partition(
     is at or beyond it holds records the task never committed: it is wiped and restored from
     the beginning.
 
-    Memory: the consumer holds at most one fetch response (``fetch_bytes``) and the batch being
+    Memory: the consumer holds a few fetch responses' bytes (``fetch_bytes``) and the batch being
     applied, about ``batch_records`` decoded records (a ``(key, value)`` tuple each, ~130 bytes
     for small records: no ``ConsumerRecord``, see ``changelog_chunks``) and their latest-value
     dict; a worker restores all its store partitions at once.

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka_helpers import end_offsets, unique_name
 
-from onceflow.runtime.restore import RestoreProgress, restore_partition
+from onceflow.runtime.restore import RESTORE_FETCH_BYTES, RestoreProgress, restore_partition
 from onceflow.state.sqlite.file import CHILD_MIN_ROWS
 from onceflow.state.sqlite.partition import SqliteStorePartition
 
@@ -39,6 +39,9 @@ async def _transaction(
 
 async def _restore(bootstrap: str, topic: str, path: Path, until: int | None = None) -> int:
     def factory(**kwargs: object) -> AIOKafkaConsumer:
+        # Every restoring partition holds a few fetches' bytes: a restore's memory (restore.py).
+        assert kwargs["max_partition_fetch_bytes"] == kwargs["fetch_max_bytes"]
+        assert kwargs["fetch_max_bytes"] == RESTORE_FETCH_BYTES < 2**20
         return AIOKafkaConsumer(bootstrap_servers=bootstrap, **kwargs)
 
     with SqliteStorePartition(path) as store:
