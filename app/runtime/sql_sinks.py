@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -25,11 +26,11 @@ from onceflow.runtime.admin import TopicAdmin
 from onceflow.runtime.clients import Clients
 from onceflow.runtime.dead_letters import dead_letter
 from onceflow.runtime.metrics import Metrics
-from onceflow.runtime.sql_health import SinkMetrics
-from onceflow.runtime.sql_offsets import make_engine, resolve_dsn
-from onceflow.runtime.sql_runner import SinkRunner
 from onceflow.settings import Settings
 from onceflow.topology import App
+
+if TYPE_CHECKING:
+    from onceflow.runtime.sql_runner import SinkRunner
 
 __all__ = ["SqlSinks"]
 
@@ -54,12 +55,19 @@ class SqlSinks:
         self._producer: AIOKafkaProducer | None = None
         self._dlq = app.dlq_topic
         self._policy = app.error_policy or settings.error_policy
-        sink_metrics = SinkMetrics(metrics) if app.sql_sinks else None
-        owner = f"{socket.gethostname()}-{os.getpid()}"
         self.runners: list[SinkRunner] = []
+        if not app.sql_sinks:
+            return
+        # Imported only for an app with SQL sinks: SQLAlchemy costs every worker ~19 MB of RSS
+        # and ~0.35 s of start-up (docs/benchmarks.md, *Restore*, session 9).
+        from onceflow.runtime.sql_health import SinkMetrics
+        from onceflow.runtime.sql_offsets import make_engine, resolve_dsn
+        from onceflow.runtime.sql_runner import SinkRunner
+
+        sink_metrics = SinkMetrics(metrics)
+        owner = f"{socket.gethostname()}-{os.getpid()}"
         for sink in app.sql_sinks.values():
             dsn = resolve_dsn(sink.database, settings, sink.name)  # fails at start, named
-            assert sink_metrics is not None
             self.runners.append(
                 SinkRunner(
                     sink,
