@@ -15,8 +15,7 @@ parent is the same interpreter; keys and values stay opaque ``bytes`` objects).
     to values (None: delete), then ``meta`` rows (the checkpoint), in one transaction; keys and
     range bounds get ``prefix``, puts go in key order; answers the keys (without ``prefix``)
     the range deletions removed;
-  - ``("read", file, prefix, keys)``: the committed values of ``prefix + key`` for each key,
-    as a list in the keys' order (None: absent);
+  - ``("read", file, keys)``: the committed values of the keys that exist, as a dict;
   - ``("release", file)``: close the connection to ``file`` (the store closes or is wiped);
 
 * each reply: ``(None, result)`` or ``((sqlite_errorcode, sqlite_errorname, message), None)``
@@ -174,15 +173,12 @@ class Applier:
             )
         return sql
 
-    def _read(
-        self, conn: sqlite3.Connection, prefix: bytes, keys: list[bytes]
-    ) -> list[bytes | None]:
-        full = [prefix + key for key in keys]
+    def _read(self, conn: sqlite3.Connection, keys: list[bytes]) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
-        for chunk in padded(full, self.rows):
+        for chunk in padded(keys, self.rows):
             sql = self.select_head + ",".join("?" * len(chunk)) + ")"
             found.update(conn.execute(sql, chunk).fetchall())
-        return [found.get(key) for key in full]
+        return found
 
     def _transaction(self, conn: sqlite3.Connection, body: Any, *args: Any) -> Any:
         conn.execute("BEGIN IMMEDIATE")

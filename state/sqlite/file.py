@@ -294,22 +294,19 @@ class SqliteFile:
         row = self._select_one(f'SELECT value FROM "{_TABLE}" WHERE key = ?', (key,))
         return None if row is None else bytes(row[0])
 
-    def get_many(self, prefix: bytes, keys: Sequence[bytes]) -> list[bytes | None]:
-        """The committed values of ``prefix + key`` for each of ``keys``, in order (None:
-        absent), one round trip per 1,024 keys; a store I/O child's (which also does the
-        prefixing and the matching) when offloaded and worth it."""
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """Committed values of the raw keys that exist, one round trip per 1,024 keys."""
         if self.offload and len(keys) >= CHILD_MIN_KEYS:
             self._check_readable()
-            values = self._in_child("reading", lambda io: io.read(self.file, prefix, keys))
-            if not isinstance(values, _InProcess):
-                return values
-        full = [prefix + key for key in keys]
-        found: dict[bytes, bytes] = {}
-        for chunk in padded(full, _KEYS):
+            found = self._in_child("reading", lambda io: io.read(self.file, keys))
+            if not isinstance(found, _InProcess):
+                return found
+        found = {}
+        for chunk in padded(keys, _KEYS):
             marks = ",".join("?" * len(chunk))
             sql = f'SELECT key, value FROM "{_TABLE}" WHERE key IN ({marks})'
             found.update((bytes(k), bytes(v)) for k, v in self._select(sql, tuple(chunk)))
-        return [found.get(key) for key in full]
+        return found
 
     def range(self, lo: bytes, hi: bytes, limit: int | None) -> list[tuple[bytes, bytes]]:
         """Committed rows with ``lo <= key < hi`` in key order, via the primary-key index."""

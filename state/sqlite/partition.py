@@ -181,7 +181,7 @@ class SqliteStorePartition(BufferedStorePartition):
         with self._state_lock:
             epoch = self._begin_read()
         try:
-            values = self._db.get_many(_DATA, missing)
+            found = self._db.get_many([_DATA + key for key in missing])
             # In slices, each under the lock: the event loop's reads of this store wait for one
             # slice at most. The read stays open meanwhile, so a flush that commits between two
             # slices adds its keys to ``_changed`` and the later slices leave them out.
@@ -190,10 +190,10 @@ class SqliteStorePartition(BufferedStorePartition):
                     changed = self._changed
                     if self._epoch != epoch or changed is None:
                         break  # a restore or a wipe came between: cache nothing
-                    end = start + _STORE_SLICE
-                    pairs = zip(missing[start:end], values[start:end], strict=True)
                     cache.store_many(
-                        pairs if not changed else ((k, v) for k, v in pairs if k not in changed)
+                        (key, found.get(_DATA + key))
+                        for key in missing[start : start + _STORE_SLICE]
+                        if key not in changed
                     )
         finally:
             with self._state_lock:

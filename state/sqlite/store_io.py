@@ -81,11 +81,10 @@ class StoreIO:
         removed, retried = self._call(request)
         return None if retried and ranges else removed
 
-    def read(self, file: Path, prefix: bytes, keys: Sequence[bytes]) -> list[bytes | None]:
-        """The committed values of ``prefix + key`` for each of ``keys``, in order (None:
-        absent). Raises like ``apply``."""
-        values: list[bytes | None] = self._call(("read", str(file), prefix, list(keys)))[0]
-        return values
+    def read(self, file: Path, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The committed values of the raw keys that exist. Raises like ``apply``."""
+        found: dict[bytes, bytes] = self._call(("read", str(file), list(keys)))[0]
+        return found
 
     def release(self, file: Path) -> None:
         """Close every child's connection to ``file`` (before the store closes or wipes it);

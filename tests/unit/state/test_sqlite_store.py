@@ -310,9 +310,7 @@ def test_prefetch_loads_the_cache_in_one_round_trip(
         queries: list[int] = []
         real_get_many = store._db.get_many
         monkeypatch.setattr(
-            store._db,
-            "get_many",
-            lambda prefix, ks: queries.append(len(ks)) or real_get_many(prefix, ks),
+            store._db, "get_many", lambda ks: queries.append(len(ks)) or real_get_many(ks)
         )
         store.prefetch(keys)
         assert queries == [1500]  # one call; SqliteFile splits it into 999-key statements
@@ -418,8 +416,8 @@ def test_a_prefetch_racing_a_flush_keeps_the_keys_the_flush_did_not_write(
     store._cache.clear()
     real_get_many = store._db.get_many
 
-    def read_then_flush_commits(prefix: bytes, raw: list[bytes]) -> list[bytes | None]:
-        found = real_get_many(prefix, raw)  # reads "old" everywhere ...
+    def read_then_flush_commits(raw: list[bytes]) -> dict[bytes, bytes]:
+        found = real_get_many(raw)  # reads "old" everywhere ...
         store.put(keys[0], b"new")  # ... then a flush of one key commits before it caches
         store.delete(keys[1])
         thread = threading.Thread(target=store.flush, args=(2,))
@@ -442,8 +440,8 @@ def test_a_read_racing_a_wipe_caches_nothing(
     store = _committed_uncached(tmp_path)
     real_get_many = store._db.get_many
 
-    def read_then_wipe(prefix: bytes, raw: list[bytes]) -> list[bytes | None]:
-        found = real_get_many(prefix, raw)
+    def read_then_wipe(raw: list[bytes]) -> dict[bytes, bytes]:
+        found = real_get_many(raw)
         store.wipe()
         return found
 
