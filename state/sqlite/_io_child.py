@@ -84,6 +84,16 @@ def ladder(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
         start += step
 
 
+def as_stored(
+    prefix: bytes, latest: dict[bytes, bytes | None], ranges: Sequence[tuple[bytes, bytes]]
+) -> tuple[list[tuple[bytes, bytes]], list[bytes], list[tuple[bytes, bytes]]]:
+    """An ``apply`` request's range bounds, deletes and puts, keys under ``prefix`` (for this
+    child and for ``SqliteFile.apply`` in-process alike)."""
+    deletes = [prefix + k for k, v in latest.items() if v is None]
+    puts = [(prefix + k, v) for k, v in latest.items() if v is not None]
+    return [(prefix + lo, prefix + hi) for lo, hi in ranges], deletes, puts
+
+
 def padded(keys: Sequence[bytes], size: int) -> Iterator[list[bytes]]:
     """``keys`` in chunks of at most ``size``, each padded to a power of two by repeating its
     last key: for ``IN (...)`` lists, where a duplicate changes nothing, few statement shapes."""
@@ -197,9 +207,7 @@ class Applier:
         meta: list[Any],
         ranges: list[tuple[bytes, bytes]],
     ) -> list[bytes]:
-        deletes = [prefix + k for k, v in latest.items() if v is None]
-        rows = [(prefix + k, v) for k, v in latest.items() if v is not None]
-        bounds = [(prefix + lo, prefix + hi) for lo, hi in ranges]
+        bounds, deletes, rows = as_stored(prefix, latest, ranges)
         return [key[len(prefix) :] for key in self._write(conn, bounds, deletes, rows, meta)]
 
     def _write(

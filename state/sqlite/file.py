@@ -43,7 +43,7 @@ from typing import Any, Final, TypeVar
 
 from onceflow.errors import StateError, StoreCorruptError
 from onceflow.state.sqlite import store_io
-from onceflow.state.sqlite._io_child import ladder, padded
+from onceflow.state.sqlite._io_child import as_stored, ladder, padded
 
 __all__ = [
     "DB_FILE",
@@ -381,10 +381,9 @@ class SqliteFile:
             )
             if not isinstance(answer, _InProcess):
                 return answer
-        deletes = [prefix + k for k, v in latest.items() if v is None]
+        bounds, deletes, puts = as_stored(prefix, latest, ranges)
         # Sorted keys walk the index in order: fewer pages touched than in arrival order.
-        rows = [*sorted((prefix + k, v) for k, v in latest.items() if v is not None), *meta]
-        bounds = [(prefix + lo, prefix + hi) for lo, hi in ranges]
+        rows = [*sorted(puts), *meta]
         # Multi-row statements (not executemany: it releases and takes back the GIL per row,
         # and each take may wait for the event loop's thread to give it up).
         try:
